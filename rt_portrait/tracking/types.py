@@ -1,0 +1,40 @@
+"""Typed outputs of the tracking stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NUM_LANDMARKS = 478  # mediapipe face mesh with iris refinement
+
+
+@dataclass(frozen=True)
+class FaceObservation:
+    """One tracked face.
+
+    ``landmarks`` is (478, 3) float32 in the image's pixel frame: x to the right, y down,
+    z away from the camera (mediapipe's relative depth scaled by the image width, so the
+    three axes share one unit). Together these axes form a right-handed camera frame
+    (OpenCV convention).
+    """
+
+    landmarks: np.ndarray
+    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+    score: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """What the tracker saw in one frame. Callers check ``found`` before using ``face``."""
+
+    found: bool
+    face: FaceObservation | None
+    image_size: tuple[int, int]  # (height, width)
+    num_faces: int = 0
+    message: str = ""  # why no face was found, for logs and the UI
+
+    @property
+    def landmarks(self) -> np.ndarray:
+        if self.face is None:
+            raise ValueError(f"no face in this frame: {self.message or 'not found'}")
+        return self.face.landmarks

@@ -1,0 +1,149 @@
+"""Warp and compose: the full-resolution source sampled through the upsampled flow.
+
+The flow lives on a working grid (R x R) over a square window of the source frame. Rather
+than crop, warp and paste back, the flow itself is upsampled to source pixels and the whole
+source is sampled once, so there is no seam: outside the window the flow is zero, and
+inside it the flow is tapered to zero at window edges that lie inside the frame.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rt_portrait.flow.types import FlowFields, Window
+
+
+def choose_window(landmarks: np.ndarray, image_size: tuple[int, int], size: int, context: float = 4.0) -> Window:
+    """A square window centred on the face, ``context`` face-sizes wide, kept inside the frame
+    where the frame is large enough (so its edges carry no motion)."""
+    h, w = image_size
+    x0, y0 = landmarks[:, :2].min(0)
+    x1, y1 = landmarks[:, :2].max(0)
+    face = float(max(x1 - x0, y1 - y0))
+    side = float(min(max(h, w), max(context * face, 32.0)))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - 0.15 * face  # hair sits above the landmarks
+    wx = float(np.clip(cx - side / 2, min(0.0, w - side), max(0.0, w - side)))
+    wy = float(np.clip(cy - side / 2, min(0.0, h - side), max(0.0, h - side)))
+    return Window(wx, wy, side, size)
+
+
+def window_taper(window: Window, image_size: tuple[int, int], device: torch.device, width: float = 0.06) -> torch.Tensor:
+    """(1, R, R) weights that fall to 0 at window edges lying inside the frame, 1 elsewhere."""
+    h, w = image_size
+    r = window.size
+    t = torch.linspace(0.5 / r, 1 - 0.5 / r, r, device=device)
+    ramp_lo = (t / width).clamp(0, 1)
+    ramp_hi = ((1 - t) / width).clamp(0, 1)
+    one = torch.ones_like(t)
+    wx = (ramp_lo if window.x0 > 0.5 else one) * (ramp_hi if window.x0 + window.side < w - 0.5 else one)
+    wy = (ramp_lo if window.y0 > 0.5 else one) * (ramp_hi if window.y0 + window.side < h - 0.5 else one)
+    return (wy[:, None] * wx[None, :])[None]
+
+
+def to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float().div_(255)
+
+
+def to_image(t: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8."""
+    return t.clamp(0, 1).mul(255).round_().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def crop_window(source: torch.Tensor, window: Window) -> torch.Tensor:
+    """The window of a (3, H, W) image resampled to (3, R, R) (area-like for downscaling)."""
+    _, h, w = source.shape
+    r = window.size
+    # antialias by box-filtering to about 2x the target first, then bilinear
+    factor = int(window.side // (2 * r))
+    src = F.avg_pool2d(source[None], factor, ceil_mode=True)[0] if factor >= 2 else source
+    sh, sw = src.shape[-2:]
+    fx, fy = sw / w, sh / h
+    c = (torch.arange(r, device=source.device, dtype=torch.float32) + 0.5) * (window.side / r)
+    xs = (window.x0 + c) * fx
+    ys = (window.y0 + c) * fy
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)
+    grid = grid / torch.tensor([sw, sh], device=source.device) * 2 - 1
+    return F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def warp_working(source_working: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward-warp a (C, R, R) working image by a (2, R, R) flow in working pixels."""
+    r = flow.shape[-1]
+    base = (torch.arange(r, device=flow.device, dtype=torch.float32) + 0.5)
+    gy, gx = torch.meshgrid(base, base, indexing="ij")
+    grid = torch.stack((gx + flow[0], gy + flow[1]), -1) * (2.0 / r) - 1
+    return F.grid_sample(source_working[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def upsample_to_frame(field: torch.Tensor, window: Window, image_size: tuple[int, int], fill: float = 0.0) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Resample a (C, R, R) working field onto the source pixels the window covers.
+
+    Returns the field over the frame region ``(y0, y1, x0, x1)`` (the window clipped to the
+    frame) and that region; outside it the field is ``fill``.
+    """
+    h, w = image_size
+    x0, y0 = max(0, int(np.floor(window.x0))), max(0, int(np.floor(window.y0)))
+    x1, y1 = min(w, int(np.ceil(window.x0 + window.side))), min(h, int(np.ceil(window.y0 + window.side)))
+    s = window.scale
+    xs = ((torch.arange(x0, x1, device=field.device, dtype=torch.float32) + 0.5) - window.x0) * s
+    ys = ((torch.arange(y0, y1, device=field.device, dtype=torch.float32) + 0.5) - window.y0) * s
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1) * (2.0 / window.size) - 1
+    up = F.grid_sample(field[None], grid[None], mode="bilinear", padding_mode="zeros" if fill == 0.0 else "border", align_corners=False)[0]
+    return up, (y0, y1, x0, x1)
+
+
+def warp_full(source: torch.Tensor, flow: torch.Tensor, window: Window) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Warp the full-resolution (3, H, W) source by the working flow; returns the warped frame
+    region and its box (the rest of the frame is the source, unchanged)."""
+    _, h, w = source.shape
+    up, box = upsample_to_frame(flow, window, (h, w))
+    y0, y1, x0, x1 = box
+    xs = torch.arange(x0, x1, device=source.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(y0, y1, device=source.device, dtype=torch.float32) + 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    inv = 1.0 / window.scale
+    grid = torch.stack((gx + up[0] * inv, gy + up[1] * inv), -1)
+    grid = grid / torch.tensor([w, h], device=source.device, dtype=torch.float32) * 2 - 1
+    warped = F.grid_sample(source[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+    return warped, box
+
+
+def push_pull_fill(image: torch.Tensor, weight: torch.Tensor, levels: int = 6) -> torch.Tensor:
+    """Fill low-weight pixels of a (C, H, W) image from their surroundings (push-pull pyramid).
+
+    Cheap, smooth and plausible for holes such as newly revealed background; a learned
+    generator replaces it later.
+    """
+    pyramid = [(image * weight, weight)]
+    for _ in range(levels):
+        iw, ww = pyramid[-1]
+        if min(iw.shape[-2:]) <= 2:
+            break
+        pyramid.append((F.avg_pool2d(iw[None], 2, ceil_mode=True)[0], F.avg_pool2d(ww[None], 2, ceil_mode=True)[0]))
+    iw, ww = pyramid[-1]
+    filled = iw / ww.clamp_min(1e-6)
+    for iw, ww in reversed(pyramid[:-1]):
+        up = F.interpolate(filled[None], size=iw.shape[-2:], mode="bilinear", align_corners=False)[0]
+        conf = (ww * 2).clamp(max=1)
+        filled = conf * (iw / ww.clamp_min(1e-6)) + (1 - conf) * up
+    return filled
+
+
+def compose(
+    source: torch.Tensor,
+    fields: FlowFields,
+    window: Window,
+    face: torch.Tensor,
+    alpha: torch.Tensor,
+) -> torch.Tensor:
+    """The output frame: the full-resolution warp with the generator's working-resolution
+    ``face`` blended in by the soft mask ``alpha`` (both (C, R, R))."""
+    _, h, w = source.shape
+    warped, (y0, y1, x0, x1) = warp_full(source, fields.flow, window)
+    up, _ = upsample_to_frame(torch.cat([face, alpha]), window, (h, w))
+    a = up[3:4]
+    out = source.clone()
+    out[:, y0:y1, x0:x1] = warped * (1 - a) + up[:3] * a
+    return out

@@ -1,0 +1,59 @@
+"""The generator stage: conditioning bundle -> face at working resolution.
+
+Every generator takes a ``GeneratorInput`` and returns a ``GeneratorOutput`` (the face and
+the soft mask with which compose blends it into the full-resolution warp). The first one
+is learning-free: it returns the warped source with holes (no source correspondence)
+filled, and blends only where the warp has nothing to show. The distilled diffusion UNet
+(DESIGN.md) joins later behind the same interface.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from rt_portrait.compose import push_pull_fill
+from rt_portrait.flow.types import FlowFields, Region
+
+
+@dataclass(frozen=True)
+class GeneratorInput:
+    warped: torch.Tensor  # (3, R, R) source warped by the flow
+    source: torch.Tensor  # (3, R, R) the source window
+    fields: FlowFields  # flow, visibility, encoding, depth, normal, labels
+    history: torch.Tensor | None  # (3, R, R) previous output warped to now, or None
+
+
+@dataclass(frozen=True)
+class GeneratorOutput:
+    face: torch.Tensor  # (3, R, R)
+    alpha: torch.Tensor  # (1, R, R) blend weight of ``face`` over the full-resolution warp
+
+
+class Generator(Protocol):
+    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput: ...
+
+
+class WarpFillGenerator:
+    """Learning-free pass-through: the warp itself, holes filled.
+
+    Newly revealed regions get a push-pull fill from nearby visible pixels; the open mouth
+    (no source correspondence) gets a darkened, shaded fill so it reads as a mouth cavity.
+    """
+
+    def __init__(self, mouth_darkness: float = 0.3, visible_at: float = 0.5) -> None:
+        self.mouth_darkness = mouth_darkness
+        self.visible_at = visible_at
+
+    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
+        vis = (inputs.fields.visibility / self.visible_at).clamp(0, 1)
+        fill = push_pull_fill(inputs.warped, vis)
+        mouth = inputs.fields.region_mask(Region.MOUTH_INTERIOR)[None].float()
+        if bool(mouth.any()):
+            # darker toward the inside of the cavity (low visibility = deep inside)
+            shade = self.mouth_darkness * (0.6 + 0.4 * vis)
+            fill = fill * (1 - mouth) + fill * shade * mouth
+        hole = 1 - vis
+        face = inputs.warped * vis + fill * hole
+        return GeneratorOutput(face=face, alpha=hole)

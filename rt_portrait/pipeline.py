@@ -1,21 +1,29 @@
 """The one data path: driver frame -> tracking -> head -> flow -> generator -> compose.
 
-``Animator`` holds what is computed once per source portrait; ``AnimatorSession`` holds
-the per-driver state that must persist across frames (smoothing filters, the driver
-reference frame, the previous output). The offline CLI, the benchmark and the live server
-all drive this same object.
-
-NOTE (integration in progress): the stage implementations are being filled in; until
-then ``AnimatorSession.__call__`` returns the source unchanged.
+``Animator`` holds what is computed once per source portrait (its head state, its scene
+point cloud per working size, its tensors). ``AnimatorSession`` holds the per-driver state
+that must persist across frames: the tracker, the smoothing filters, the driver reference
+frame and the hold/ease state for frames without a face. The offline CLI, the benchmark
+and the live server all drive this same object.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
 
-from rt_portrait.head.types import Edits, HeadState, RetargetConfig
+from rt_portrait.compose import choose_window, compose, crop_window, to_image, to_tensor, warp_working, window_taper
+from rt_portrait.flow import compute_flow
+from rt_portrait.flow.scene import SceneBuilder
+from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
+from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator
+from rt_portrait.head import Retargeter, apply_edits, build_shell, fit_head, load_template
+from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig, Strengths
+from rt_portrait.tracking import FaceTracker, HeadStateSmoother, SmoothingConfig, TrackerConfig, check_size, to_rgb, track_image
+from rt_portrait.tracking.image import ImageLimits
 
 
 class NoFaceError(ValueError):
@@ -27,39 +35,182 @@ class AnimatorConfig:
     size: int = 256  # working resolution of the flow
     retarget: RetargetConfig = field(default_factory=RetargetConfig)
     edits: Edits = field(default_factory=Edits)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     device: str = "cpu"
-    flow_backend: str = "auto"
+    flow_backend: str = "auto"  # "auto", "torch" or "triton"
+    hold_frames: int = 5  # frames without a face during which the last motion is held
+    ease_frames: int = 20  # then frames over which the head eases back to neutral
+    limits: ImageLimits = field(default_factory=ImageLimits)
 
 
 @dataclass
 class AnimatedFrame:
     image: np.ndarray  # (H, W, 3) uint8 RGB at the source's resolution
-    face_found: bool  # whether the driver frame had a face (False: motion held/eased)
+    face_found: bool  # whether the driver frame had a face (False: motion held / easing back)
     timings_ms: dict[str, float]  # per stage: track, fit, flow, warp, total
-    head: HeadState | None = None
+    head: HeadState | None = None  # the target head state that was rendered
+    fields: FlowFields | None = None
+
+
+@dataclass
+class _Scene:
+    """Everything that depends only on the source and the working size."""
+
+    window: Window
+    builder: SceneBuilder
+    source_points: PointCloud
+    source_working: torch.Tensor  # (3, R, R)
+    taper: torch.Tensor  # (1, R, R)
+
+
+def blend_states(a: HeadState, b: HeadState, t: float) -> HeadState:
+    """(1 - t) * a + t * b: slerp of rotations, lerp of everything else (same identity)."""
+    if t <= 0:
+        return a
+    if t >= 1:
+        return b
+    ra, rb = Rotation.from_matrix(a.pose.rotation), Rotation.from_matrix(b.pose.rotation)
+    rot = (Rotation.from_rotvec((rb * ra.inv()).as_rotvec() * t) * ra).as_matrix()
+    pose = Pose(rot, (1 - t) * a.pose.translation + t * b.pose.translation, float(np.exp((1 - t) * np.log(a.pose.scale) + t * np.log(b.pose.scale))))
+    return replace(a, pose=pose, expression=(1 - t) * a.expression + t * b.expression)
 
 
 class Animator:
-    def __init__(self, source: np.ndarray, config: AnimatorConfig | None = None, name: str = "source") -> None:
-        self.config = config or AnimatorConfig()
-        self.source = np.ascontiguousarray(source[..., :3])
-        self.name = name
+    """A source portrait ready to be animated.
 
-    def session(self) -> "AnimatorSession":
-        return AnimatorSession(self)
+    >>> animator = Animator(portrait_rgb)          # doctest: +SKIP
+    >>> session = animator.session()               # doctest: +SKIP
+    >>> frame = session(driver_rgb).image          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        source: np.ndarray,
+        config: AnimatorConfig | None = None,
+        name: str = "source",
+        generator: Generator | None = None,
+    ) -> None:
+        self.config = config or AnimatorConfig()
+        self.name = name
+        rgb = to_rgb(source, name=name)
+        check_size(rgb, self.config.limits, name)
+        track = track_image(rgb)
+        if not track.found:
+            raise NoFaceError(f"{name}: no face found in the source portrait ({track.message or 'no detection'})")
+        self.source = rgb
+        self.image_size = (rgb.shape[0], rgb.shape[1])
+        self.source_landmarks = track.landmarks
+        self.template = load_template()
+        self.shell = build_shell(self.template)
+        self.source_state = fit_head(track.landmarks, self.image_size, template=self.template)
+        self.device = torch.device(self.config.device)
+        self.source_tensor = to_tensor(rgb, self.device)
+        self.generator: Generator = generator or WarpFillGenerator()
+        self._scenes: dict[int, _Scene] = {}
+
+    def scene(self, size: int) -> _Scene:
+        if size not in self._scenes:
+            window = choose_window(self.source_landmarks, self.image_size, size)
+            builder = SceneBuilder(self.template, self.shell, window, self.image_size, device=self.device)
+            self._scenes[size] = _Scene(
+                window=window,
+                builder=builder,
+                source_points=builder(self.source_state),
+                source_working=crop_window(self.source_tensor, window),
+                taper=window_taper(window, self.image_size, self.device),
+            )
+        return self._scenes[size]
+
+    def target_state(self, edits: Edits) -> HeadState:
+        """The source head with edits only (no driver)."""
+        return apply_edits(self.source_state, edits, self.template)
+
+    @torch.inference_mode()
+    def render(self, target: HeadState, size: int | None = None) -> tuple[np.ndarray, FlowFields, dict[str, float]]:
+        """Flow, generator and compose for one target head state."""
+        size = size or self.config.size
+        scene = self.scene(size)
+        t0 = time.perf_counter()
+        target_points = scene.builder(target)
+        fields = compute_flow(target_points, scene.source_points, FlowConfig(size=size, backend=self.config.flow_backend))
+        fields = replace(fields, flow=fields.flow * scene.taper)
+        t1 = time.perf_counter()
+        warped = warp_working(scene.source_working, fields.flow)
+        out = self.generator(GeneratorInput(warped=warped, source=scene.source_working, fields=fields, history=None))
+        frame = compose(self.source_tensor, fields, scene.window, out.face, out.alpha)
+        image = to_image(frame)
+        t2 = time.perf_counter()
+        return image, fields, {"flow": (t1 - t0) * 1e3, "warp": (t2 - t1) * 1e3}
+
+    def render_edits(self, edits: Edits, size: int | None = None) -> AnimatedFrame:
+        t0 = time.perf_counter()
+        target = self.target_state(edits)
+        t1 = time.perf_counter()
+        image, fields, timings = self.render(target, size)
+        timings = {"track": 0.0, "fit": (t1 - t0) * 1e3, **timings, "total": (time.perf_counter() - t0) * 1e3}
+        return AnimatedFrame(image, True, timings, target, fields)
+
+    def session(self, fps: float = 30.0) -> "AnimatorSession":
+        return AnimatorSession(self, fps=fps)
 
 
 class AnimatorSession:
-    def __init__(self, animator: Animator) -> None:
+    """Per-driver state. Call it with each driver frame, in order."""
+
+    def __init__(self, animator: Animator, fps: float = 30.0) -> None:
+        cfg = animator.config
         self.animator = animator
-        self.edits = Edits(**vars(animator.config.edits))
-        self.retarget = RetargetConfig(animator.config.retarget.mode, animator.config.retarget.strengths)
-        self.size = animator.config.size
+        self.fps = fps
+        self.edits = replace(cfg.edits)
+        self.retarget = RetargetConfig(cfg.retarget.mode, replace(cfg.retarget.strengths))
+        self.size = cfg.size
+        self.tracker = FaceTracker(TrackerConfig(static_image=False))
+        self.smoother = HeadStateSmoother(cfg.smoothing)
+        self.retargeter = Retargeter(animator.source_state, self.retarget)
+        self._driven: HeadState | None = None  # last retargeted state, before edits
+        self._missing = 0
+        self._frame_index = 0
 
     def recalibrate(self) -> None:
-        """Make the next driver frame the neutral reference (relative mode)."""
+        """Make the next driver frame with a face the neutral reference (relative mode)."""
+        self.retargeter.set_reference(None)
+        self.smoother.reset()
 
-    def __call__(self, frame: np.ndarray) -> AnimatedFrame:
+    def drive(self, frame: np.ndarray, t: float | None = None) -> tuple[HeadState, bool, dict[str, float]]:
+        """Track and retarget one driver frame; returns the target head state (edits applied)."""
+        t = self._frame_index / self.fps if t is None else t
+        self._frame_index += 1
         t0 = time.perf_counter()
-        out = self.animator.source.copy()
-        return AnimatedFrame(out, True, {"total": (time.perf_counter() - t0) * 1e3})
+        track = self.tracker.track(frame)
+        t1 = time.perf_counter()
+        if track.found:
+            driver = fit_head(track.landmarks, track.image_size, template=self.animator.template)
+            driver = self.smoother(driver, t)
+            self.retargeter.config = self.retarget  # strengths and mode may change live
+            self._driven = self.retargeter(driver)
+            self._missing = 0
+            driven = self._driven
+        else:
+            # hold the last motion for a moment, then ease back to the neutral source
+            self._missing += 1
+            neutral = self.animator.source_state
+            if self._driven is None:
+                driven = neutral
+            else:
+                cfg = self.animator.config
+                ease = (self._missing - cfg.hold_frames) / max(cfg.ease_frames, 1)
+                driven = blend_states(self._driven, neutral, float(np.clip(ease, 0.0, 1.0)))
+        target = apply_edits(driven, self.edits, self.animator.template)
+        t2 = time.perf_counter()
+        return target, track.found, {"track": (t1 - t0) * 1e3, "fit": (t2 - t1) * 1e3}
+
+    def __call__(self, frame: np.ndarray, t: float | None = None) -> AnimatedFrame:
+        t0 = time.perf_counter()
+        target, found, timings = self.drive(frame, t)
+        image, fields, render_timings = self.animator.render(target, self.size)
+        timings.update(render_timings)
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return AnimatedFrame(image, found, timings, target, fields)
+
+    def close(self) -> None:
+        self.tracker.close()

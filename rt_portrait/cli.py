@@ -1,0 +1,178 @@
+"""``rt-portrait``: a thin command-line layer over the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from rt_portrait.head.types import Edits, Strengths
+
+EDIT_HELP = {
+    "yaw": "degrees, + turns the face to its own left",
+    "pitch": "degrees, + tilts the face down",
+    "roll": "degrees, + counter-clockwise in the image",
+    "jaw_open": "0..1",
+    "smile": "-1..1",
+    "blink_left": "0..1 (the subject's left eye)",
+    "blink_right": "0..1",
+    "brow_raise": "-1..1",
+    "gaze_x": "-1..1, + toward the image's right",
+    "gaze_y": "-1..1, + down",
+}
+
+
+def _add_edit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("edits (applied on top of the motion)")
+    for f in fields(Edits):
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=float, default=0.0, help=EDIT_HELP[f.name])
+
+
+def _add_motion_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("motion")
+    g.add_argument("--mode", choices=["relative", "absolute"], default="relative", help="driver motion relative to its first frame, or absolute")
+    for f in fields(Strengths):
+        g.add_argument(f"--{f.name}-strength", dest=f"strength_{f.name}", type=float, default=1.0, help=f"gain of the driver's {f.name} motion")
+    p.add_argument("--size", type=int, default=256, help="working resolution of the flow (default 256)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+
+
+def _edits(args: argparse.Namespace) -> Edits:
+    return Edits(**{f.name: getattr(args, f.name) for f in fields(Edits)})
+
+
+def _config(args: argparse.Namespace):
+    from rt_portrait.head.types import RetargetConfig
+    from rt_portrait.pipeline import AnimatorConfig
+
+    strengths = Strengths(**{f.name: getattr(args, f"strength_{f.name}") for f in fields(Strengths)})
+    return AnimatorConfig(size=args.size, retarget=RetargetConfig(args.mode, strengths), edits=_edits(args), device=args.device)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rt_portrait.demo import run_demo
+
+    paths = run_demo(Path(args.output), portrait=args.portrait, size=args.size, seconds=args.seconds)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from rt_portrait.track_cli import track_file
+
+    rows = track_file(Path(args.input), every=args.every, max_frames=args.max_frames)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=None if len(rows) > 1 else 2)
+        print()
+    else:
+        for r in rows:
+            if r["found"]:
+                print(f"frame {r['frame']:5d}  yaw {r['yaw']:+6.1f}  pitch {r['pitch']:+6.1f}  roll {r['roll']:+6.1f}  scale {r['scale']:7.1f}  expr {r['expression']:.4f}")
+            else:
+                print(f"frame {r['frame']:5d}  no face ({r['message']})")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from rt_portrait.animate import edit_file
+
+    print(edit_file(Path(args.source), Path(args.output), _config(args)))
+    return 0
+
+
+def cmd_animate(args: argparse.Namespace) -> int:
+    from rt_portrait.animate import animate_file
+
+    print(animate_file(Path(args.source), Path(args.driver), Path(args.output), _config(args), max_frames=args.max_frames, progress=not args.quiet))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rt_portrait.benchmark import run_stage_benchmark
+
+    report = run_stage_benchmark(size=args.size, device=args.device, frames=args.frames, backend=args.backend)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report["table"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rt-portrait", description="Real-time portrait animation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="animate the embedded default portrait with a scripted motion")
+    p.add_argument("-o", "--output", default="rt-portrait-demo", help="output folder (default ./rt-portrait-demo)")
+    p.add_argument("--portrait", default="astronaut", choices=["astronaut", "grace_hopper"])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("track", help="track faces in an image or video and print the head pose per frame")
+    p.add_argument("input")
+    p.add_argument("--json", action="store_true", help="print JSON (one list of per-frame rows)")
+    p.add_argument("--every", type=int, default=1)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("edit", help="edit the head of a still portrait")
+    p.add_argument("--source", required=True)
+    p.add_argument("-o", "--output", required=True)
+    _add_motion_args(p)
+    _add_edit_args(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("animate", help="animate a portrait with a driver video (keeps its audio and fps)")
+    p.add_argument("--source", required=True)
+    p.add_argument("--driver", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_motion_args(p)
+    _add_edit_args(p)
+    p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("bench", help="median milliseconds per stage on a real face video")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--frames", type=int, default=120)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    try:
+        from rt_portrait.eval import harness
+    except ImportError:  # pragma: no cover - only while the package is half-installed
+        harness = None
+    if harness is not None and hasattr(harness, "add_arguments"):
+        p = sub.add_parser("eval", help="self-reenactment evaluation on a folder of videos")
+        harness.add_arguments(p)
+        p.set_defaults(func=harness.run_from_args)
+
+    try:
+        from rt_portrait.server import app as server_app
+    except ImportError:  # pragma: no cover
+        server_app = None
+    if server_app is not None and hasattr(server_app, "add_arguments"):
+        p = sub.add_parser("serve", help="live avatar server (WebRTC page, WHIP/WHEP)")
+        server_app.add_arguments(p)
+        p.set_defaults(func=server_app.run_from_args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        # user-facing errors (bad files, no face, bad ranges) end with a clear message, not a trace
+        print(f"rt-portrait {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

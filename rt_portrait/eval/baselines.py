@@ -1,0 +1,179 @@
+"""Methods the harness compares: two baselines and the 3D-flow animator.
+
+Every method follows :class:`Method`: ``start_clip(source_rgb, source_track)`` once per clip
+(per-clip state lives in the method object), then
+``method(source_rgb, source_track, driver_rgb, driver_track) -> output_rgb`` for each
+evaluated driver frame, in order. The output has the driver frame's size.
+
+* ``static``: the source frame itself (no motion).
+* ``warp2d``: a 2D piecewise-affine warp of the source onto the driver's landmarks. The
+  triangles are the Delaunay triangulation of the driver's 478 landmarks plus 8 fixed
+  image-border points (corners and edge midpoints), so every output pixel is defined and
+  the frame border stays put. One dense backward map per frame (barycentric coordinates
+  from scipy's Delaunay), then bilinear sampling; no Python loop over pixels.
+* ``flow3d``: :class:`rt_portrait.pipeline.Animator` (one Animator and one session per clip).
+  The session is first primed with the source frame itself so that, in the default
+  relative retargeting mode, the driver's reference is the source: the motion it applies
+  is then the driver's motion away from the source frame, which is what self-reenactment
+  asks for. Evaluated frames are then fed in order (the session is stateful).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+from scipy.spatial import Delaunay
+
+from rt_portrait.tracking.types import TrackResult
+
+
+class Method(Protocol):
+    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult) -> None: ...
+
+    def __call__(
+        self, source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
+    ) -> np.ndarray: ...
+
+
+FrameFn = Callable[[np.ndarray, TrackResult, np.ndarray, TrackResult], np.ndarray]
+
+
+class Stateless:
+    """Adapts a plain per-frame function to :class:`Method`."""
+
+    def __init__(self, fn: FrameFn) -> None:
+        self.fn = fn
+
+    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult) -> None:
+        return None
+
+    def __call__(
+        self, source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
+    ) -> np.ndarray:
+        return self.fn(source_rgb, source_track, driver_rgb, driver_track)
+
+
+def _resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == shape:
+        return image
+    from skimage.transform import resize
+
+    out = resize(image, shape, order=1, preserve_range=True, anti_aliasing=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def static(
+    source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
+) -> np.ndarray:
+    """The source frame itself, at the driver frame's size."""
+    return _resize_to(np.ascontiguousarray(source_rgb[..., :3]), driver_rgb.shape[:2]).copy()
+
+
+def bilinear_sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample ``image`` (H, W, C) at float pixel coordinates; edges are replicated."""
+    h, w = image.shape[:2]
+    img = image.astype(np.float32)
+    x = np.clip(x, 0.0, w - 1.0)
+    y = np.clip(y, 0.0, h - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.intp), max(w - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(np.intp), max(h - 2, 0))
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx = (x - x0)[..., None].astype(np.float32)
+    fy = (y - y0)[..., None].astype(np.float32)
+    top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
+    bot = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def _border_points(h: int, w: int) -> np.ndarray:
+    xs, ys = [0.0, (w - 1) / 2, w - 1.0], [0.0, (h - 1) / 2, h - 1.0]
+    return np.array([(x, y) for y in ys for x in xs if not (x == xs[1] and y == ys[1])], dtype=np.float64)
+
+
+def piecewise_affine_map(
+    src_points: np.ndarray, dst_points: np.ndarray, out_shape: tuple[int, int], src_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense backward map (x, y in the source) for every output pixel.
+
+    Triangulates ``dst_points`` (N, 2) plus the output's border points; a pixel inside
+    triangle k maps to the same barycentric combination of the matching ``src_points``.
+    Border points map to the source's border points (the frame stays put).
+    """
+    h, w = out_shape
+    sh, sw = src_shape
+    dst = np.concatenate([np.asarray(dst_points, np.float64)[:, :2], _border_points(h, w)])
+    src = np.concatenate([np.asarray(src_points, np.float64)[:, :2], _border_points(sh, sw)])
+    tri = Delaunay(dst)
+    # one affine per triangle, dst pixel -> src point: src = c2 + [c0-c2, c1-c2] T (p - r)
+    corners = src[tri.simplices]  # (S, 3, 2)
+    edges = np.stack([corners[:, 0] - corners[:, 2], corners[:, 1] - corners[:, 2]], axis=2)  # (S, 2, 2)
+    lin = np.nan_to_num(edges @ tri.transform[:, :2])  # (S, 2, 2); NaN only on degenerate slivers
+    off = corners[:, 2] - np.einsum("sij,sj->si", lin, np.nan_to_num(tri.transform[:, 2]))
+    yy, xx = np.mgrid[0:h, 0:w]
+    xf, yf = xx.ravel().astype(np.float64), yy.ravel().astype(np.float64)
+    simplex = tri.find_simplex(np.stack([xf, yf], axis=1))
+    inside = simplex >= 0
+    s = np.where(inside, simplex, 0)
+    mx = lin[s, 0, 0] * xf + lin[s, 0, 1] * yf + off[s, 0]
+    my = lin[s, 1, 0] * xf + lin[s, 1, 1] * yf + off[s, 1]
+    # outside the hull cannot happen (border points span the frame); keep identity to be safe
+    mx = np.where(inside, mx, xf * (sw - 1) / max(w - 1, 1))
+    my = np.where(inside, my, yf * (sh - 1) / max(h - 1, 1))
+    mapped = np.stack([mx, my], axis=1)
+    return mapped[:, 0].reshape(h, w), mapped[:, 1].reshape(h, w)
+
+
+def warp2d(
+    source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
+) -> np.ndarray:
+    """Piecewise-affine warp of the source onto the driver's landmarks (see module doc).
+
+    Without a face in the driver frame (or the source) it returns the source unchanged.
+    """
+    source = np.ascontiguousarray(source_rgb[..., :3])
+    out_shape = driver_rgb.shape[:2]
+    if not (source_track.found and driver_track.found):
+        return static(source, source_track, driver_rgb, driver_track)
+    mx, my = piecewise_affine_map(source_track.landmarks, driver_track.landmarks, out_shape, source.shape[:2])
+    out = bilinear_sample(source, mx, my)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+class Flow3D:
+    """The 3D-flow animator, one Animator and one stateful session per clip."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._session: Callable[[np.ndarray], object] | None = None
+
+    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult) -> None:
+        from rt_portrait.pipeline import Animator, AnimatorConfig
+
+        session = Animator(source_rgb, AnimatorConfig(size=self.size)).session()
+        session(source_rgb)  # prime: the source frame becomes the driver reference
+        self._session = session
+
+    def __call__(
+        self, source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
+    ) -> np.ndarray:
+        if self._session is None:
+            raise RuntimeError("Flow3D: call start_clip(source, track) before feeding frames")
+        frame = self._session(driver_rgb)
+        image = np.asarray(frame.image)  # type: ignore[attr-defined]
+        return _resize_to(image[..., :3], driver_rgb.shape[:2])
+
+
+METHOD_NAMES: tuple[str, ...] = ("static", "warp2d", "flow3d")
+
+
+def make_method(name: str, size: int = 256) -> Method:
+    """A fresh method object by name (``static``, ``warp2d``, ``flow3d``)."""
+    if name == "static":
+        return Stateless(static)
+    if name == "warp2d":
+        return Stateless(warp2d)
+    if name == "flow3d":
+        return Flow3D(size=size)
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")

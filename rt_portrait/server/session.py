@@ -1,0 +1,507 @@
+"""Per-session state of the live server: the driver reader, the processing worker and the
+avatar tracks that carry its output to any number of players.
+
+Frame policy: the reader keeps only the newest decoded driver frame (a slot, not a queue);
+the worker takes whatever is newest when it becomes free, so a slow pipeline drops frames
+instead of building lag. Each session has its own single-thread executor, because an
+``AnimatorSession`` is stateful and must see its frames in order, and so that one slow or
+failing session never blocks another's work.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import fractions
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from rt_portrait.head.types import Edits, Strengths
+from rt_portrait.pipeline import Animator, AnimatorSession
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+
+# ---------------------------------------------------------------------------------------
+# ICE restricted to loopback
+# ---------------------------------------------------------------------------------------
+# aioice gathers host candidates from every interface (and skips 127.0.0.1). Tests and
+# benchmarks must keep all traffic on loopback, so gathering consults this context variable:
+# only code running inside ``loopback_ice()`` (or a task started from it) is affected, and
+# the wrapper delegates to aioice's own function otherwise.
+_LOOPBACK_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("rt_portrait_loopback_ice", default=False)
+
+
+def _install_loopback_hook() -> None:
+    import aioice.ice
+
+    current = aioice.ice.get_host_addresses
+    if getattr(current, "_rt_portrait_hook", False):
+        return
+    original = current
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        if _LOOPBACK_ONLY.get():
+            return ["127.0.0.1"] if use_ipv4 else []
+        return original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+
+    get_host_addresses._rt_portrait_hook = True  # type: ignore[attr-defined]
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+@contextlib.contextmanager
+def loopback_ice(enabled: bool = True) -> Iterator[None]:
+    """Within this block (and tasks it starts), ICE gathers only a 127.0.0.1 candidate."""
+    if not enabled:
+        yield
+        return
+    _install_loopback_hook()
+    token = _LOOPBACK_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LOOPBACK_ONLY.reset(token)
+
+
+_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ", re.IGNORECASE)
+
+
+def keep_loopback_candidates(sdp: str) -> str:
+    """Drop remote ICE candidates that are not 127.0.0.1 (no LAN or mDNS checks in tests)."""
+    out = []
+    for line in sdp.splitlines():
+        m = _CANDIDATE.match(line)
+        if m and m.group(1) != "127.0.0.1":
+            continue
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
+def new_peer_connection() -> RTCPeerConnection:
+    # No STUN/TURN servers: aiortc's default would contact a public STUN server.
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+# ---------------------------------------------------------------------------------------
+# Controls
+# ---------------------------------------------------------------------------------------
+EDIT_RANGES: dict[str, tuple[float, float]] = {
+    "yaw": (-45.0, 45.0),
+    "pitch": (-45.0, 45.0),
+    "roll": (-45.0, 45.0),
+    "jaw_open": (0.0, 1.0),
+    "smile": (-1.0, 1.0),
+    "blink_left": (0.0, 1.0),
+    "blink_right": (0.0, 1.0),
+    "brow_raise": (-1.0, 1.0),
+    "gaze_x": (-1.0, 1.0),
+    "gaze_y": (-1.0, 1.0),
+}
+STRENGTH_RANGE = (0.0, 2.0)
+
+
+class ControlError(ValueError):
+    """A control message names an unknown field or carries a non-numeric value."""
+
+
+def _merge(current: object, updates: object, ranges: dict[str, tuple[float, float]], what: str) -> dict[str, float]:
+    if not isinstance(updates, dict):
+        raise ControlError(f"{what} must be a JSON object of numbers")
+    values = {f.name: float(getattr(current, f.name)) for f in fields(current)}  # type: ignore[arg-type]
+    for key, raw in updates.items():
+        if key not in values:
+            raise ControlError(f"unknown {what} field {key!r}; expected one of {sorted(values)}")
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not np.isfinite(raw):
+            raise ControlError(f"{what}.{key} must be a finite number, got {raw!r}")
+        lo, hi = ranges[key]
+        values[key] = float(min(max(raw, lo), hi))  # clamp: a slider overshoot is not an error
+    return values
+
+
+def merged_edits(current: Edits, updates: object) -> Edits:
+    return Edits(**_merge(current, updates, EDIT_RANGES, "edits"))
+
+
+def merged_strengths(current: Strengths, updates: object) -> Strengths:
+    ranges = {f.name: STRENGTH_RANGE for f in fields(Strengths)}
+    return Strengths(**_merge(current, updates, ranges, "strengths"))
+
+
+# ---------------------------------------------------------------------------------------
+# Output fan-out
+# ---------------------------------------------------------------------------------------
+class OutputBus:
+    """Newest output frame of a session, shared by every player (no per-player queue)."""
+
+    def __init__(self, idle_image: np.ndarray) -> None:
+        self.seq = 0
+        self.frame: VideoFrame | None = None
+        self.image = idle_image  # what a player shows before (or between) driven frames
+        self._event = asyncio.Event()
+        self._t0 = time.monotonic()
+        self.closed = False
+
+    def pts(self) -> int:
+        return int((time.monotonic() - self._t0) * 90000)
+
+    def publish(self, frame: VideoFrame, image: np.ndarray) -> None:
+        self.frame, self.image = frame, image
+        self.seq += 1
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._event.set()
+
+    async def wait(self, after_seq: int, timeout: float) -> bool:
+        if self.seq > after_seq or self.closed:
+            return True
+        event = self._event
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return self.seq > after_seq
+
+
+class AvatarTrack(MediaStreamTrack):
+    """One player's view of a session's output. Re-sends the current image once a second
+    while no new frame arrives, so a player that joins an idle session still sees it."""
+
+    kind = "video"
+
+    def __init__(self, bus: OutputBus, idle_interval_s: float = 1.0) -> None:
+        super().__init__()
+        self._bus = bus
+        self._seen = 0
+        self._idle = idle_interval_s
+        self.frames_sent = 0
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live" or self._bus.closed:
+            raise MediaStreamError
+        fresh = await self._bus.wait(self._seen, self._idle)
+        if self._bus.closed:
+            raise MediaStreamError
+        if fresh and self._bus.frame is not None:
+            self._seen = self._bus.seq
+            frame = self._bus.frame
+        else:
+            frame = VideoFrame.from_ndarray(self._bus.image, format="rgb24")
+            frame.pts, frame.time_base = self._bus.pts(), VIDEO_TIME_BASE
+        self.frames_sent += 1
+        return frame
+
+
+# ---------------------------------------------------------------------------------------
+# Stats
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _Rate:
+    """Events per second over a sliding window of timestamps (bounded)."""
+
+    window_s: float = 2.0
+    stamps: list[float] = field(default_factory=list)
+
+    def tick(self, now: float) -> None:
+        self.stamps.append(now)
+        cut = now - self.window_s
+        while self.stamps and self.stamps[0] < cut:
+            self.stamps.pop(0)
+        del self.stamps[:-512]
+
+    def rate(self, now: float) -> float:
+        recent = [t for t in self.stamps if t >= now - self.window_s]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0], 1e-6)
+        return (len(recent) - 1) / span
+
+
+@dataclass
+class SessionStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+    errors: int = 0
+    last_error: str = ""
+    face_found: bool | None = None
+    size: int = 0
+    degrade_level: int = 0  # 0 = full size; each level = one size step down
+    stage_ms: dict[str, float] = field(default_factory=dict)  # EMA per stage
+    age_ms: float = 0.0  # receive -> output published, EMA
+    rate_in: _Rate = field(default_factory=_Rate)
+    rate_out: _Rate = field(default_factory=_Rate)
+
+    def ema(self, key: str, value: float, alpha: float = 0.2) -> None:
+        prev = self.stage_ms.get(key)
+        self.stage_ms[key] = value if prev is None else prev + alpha * (value - prev)
+
+
+# ---------------------------------------------------------------------------------------
+# Session
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SessionLimits:
+    fps: float = 30.0
+    min_size: int = 128
+    size_step: int = 64
+    probe_rows: int = 0  # copy the driver's top rows onto the output (latency probes)
+    echo: bool = False  # no processing: return the driver frame (transport baseline)
+    max_consecutive_errors: int = 30
+    max_viewers: int = 4
+
+
+def _copy_probe_rows(driver: np.ndarray, out: np.ndarray, rows: int) -> np.ndarray:
+    """Nearest-resize the driver's top ``rows`` rows onto the top of ``out``."""
+    h_out, w_out = out.shape[:2]
+    scale = w_out / driver.shape[1]
+    rows_out = min(h_out, max(1, round(rows * scale)))
+    ys = np.minimum((np.arange(rows_out) / scale).astype(int), driver.shape[0] - 1)
+    xs = np.minimum((np.arange(w_out) / scale).astype(int), driver.shape[1] - 1)
+    out = out.copy()
+    out[:rows_out] = driver[ys][:, xs]
+    return out
+
+
+class Session:
+    """One driver (page or WHIP ingest) with its pipeline state and its players."""
+
+    def __init__(self, kind: str, animator: Animator, limits: SessionLimits, on_closed: Callable[["Session"], None]) -> None:
+        self.id = uuid.uuid4().hex[:16]
+        self.kind = kind  # "page" or "whip"
+        self.limits = limits
+        self.created = time.time()
+        self.pc: RTCPeerConnection | None = None
+        self.viewers: dict[str, RTCPeerConnection] = {}
+        self.stats = SessionStats(size=animator.config.size)
+        self.bus = OutputBus(np.ascontiguousarray(animator.source))
+        self._anim: AnimatorSession = animator.session()
+        self._full_size = self._anim.size
+        self._source_name = animator.name
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{self.id}")
+        self._newest: tuple[VideoFrame, float] | None = None
+        self._new_frame = asyncio.Event()
+        self._recalibrate = False
+        self._tasks: list[asyncio.Future[None]] = []
+        self._worker: asyncio.Future[None] | None = None
+        self._on_closed = on_closed
+        self.closed = False
+
+    # -- controls (called from the event loop; swaps are atomic attribute assignments) --
+    @property
+    def source_name(self) -> str:
+        return self._source_name
+
+    def set_controls(self, payload: object) -> None:
+        if not isinstance(payload, dict):
+            raise ControlError("control message must be a JSON object")
+        unknown = set(payload) - {"edits", "strengths", "recalibrate"}
+        if unknown:
+            raise ControlError(f"unknown control keys {sorted(unknown)}; expected edits, strengths, recalibrate")
+        edits = merged_edits(self._anim.edits, payload["edits"]) if "edits" in payload else None
+        strengths = merged_strengths(self._anim.retarget.strengths, payload["strengths"]) if "strengths" in payload else None
+        if edits is not None:
+            self._anim.edits = edits
+        if strengths is not None:
+            self._anim.retarget.strengths = strengths
+        if payload.get("recalibrate"):
+            self._recalibrate = True  # applied by the worker before its next frame
+
+    def controls(self) -> dict[str, dict[str, float]]:
+        return {"edits": dict(vars(self._anim.edits)), "strengths": dict(vars(self._anim.retarget.strengths))}
+
+    def set_animator(self, animator: Animator) -> None:
+        """Switch the source portrait, keeping the user's edits and strengths."""
+        new = animator.session()
+        new.edits = self._anim.edits
+        new.retarget.strengths = self._anim.retarget.strengths
+        self._full_size = new.size
+        self._anim = new
+        self._source_name = animator.name
+        self.stats.degrade_level = 0
+        self.bus.image = np.ascontiguousarray(animator.source)
+
+    # -- media --
+    def attach_driver(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            self._tasks.append(asyncio.ensure_future(self._read(track)))
+            if self._worker is None:
+                self._worker = asyncio.ensure_future(self._work())
+                self._tasks.append(self._worker)
+        else:
+            # Audio (e.g. from OBS) is not used, but must be drained: aiortc buffers
+            # undelivered decoded frames without bound.
+            self._tasks.append(asyncio.ensure_future(self._drain(track)))
+
+    def new_viewer_track(self) -> AvatarTrack:
+        return AvatarTrack(self.bus)
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                await track.recv()
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.perf_counter()
+                self.stats.frames_in += 1
+                self.stats.rate_in.tick(now)
+                if self._newest is not None:
+                    self.stats.dropped += 1  # the worker never saw it: stale
+                self._newest = (frame, now)
+                self._new_frame.set()
+        except MediaStreamError:
+            log.info("session %s: driver track ended", self.id)
+            asyncio.ensure_future(self.close())
+        except asyncio.CancelledError:
+            pass
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        consecutive_errors = 0
+        try:
+            while not self.closed:
+                await self._new_frame.wait()
+                self._new_frame.clear()
+                if self._newest is None:
+                    continue
+                frame, t_recv = self._newest
+                self._newest = None
+                try:
+                    out, image = await loop.run_in_executor(self._executor, self._process, frame)
+                    consecutive_errors = 0
+                except Exception as exc:  # noqa: BLE001 - one bad frame must not end the session
+                    consecutive_errors += 1
+                    self.stats.errors += 1
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("session %s: frame failed", self.id)
+                    if consecutive_errors >= self.limits.max_consecutive_errors:
+                        log.error("session %s: %d consecutive errors, closing", self.id, consecutive_errors)
+                        asyncio.ensure_future(self.close())
+                        return
+                    continue
+                if self.closed:
+                    return
+                out.pts, out.time_base = self.bus.pts(), VIDEO_TIME_BASE
+                self.bus.publish(out, image)
+                now = time.perf_counter()
+                self.stats.frames_out += 1
+                self.stats.rate_out.tick(now)
+                age = (now - t_recv) * 1e3
+                self.stats.age_ms = age if self.stats.frames_out == 1 else self.stats.age_ms + 0.2 * (age - self.stats.age_ms)
+        except asyncio.CancelledError:
+            pass
+
+    def _process(self, frame: VideoFrame) -> tuple[VideoFrame, np.ndarray]:
+        """Runs in the session's executor thread."""
+        t0 = time.perf_counter()
+        rgb = frame.to_ndarray(format="rgb24")
+        t1 = time.perf_counter()
+        anim = self._anim
+        if self._recalibrate:
+            self._recalibrate = False
+            anim.recalibrate()
+        if self.limits.echo:
+            image, timings, face = rgb, {}, None
+        else:
+            result = anim(rgb)
+            image, timings, face = result.image, result.timings_ms, result.face_found
+        t2 = time.perf_counter()
+        if self.limits.probe_rows > 0:
+            image = _copy_probe_rows(rgb, image, self.limits.probe_rows)
+        out = VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="yuv420p")
+        t3 = time.perf_counter()
+        st = self.stats
+        st.face_found = face
+        st.ema("decode", (t1 - t0) * 1e3)
+        for key, value in timings.items():
+            st.ema(key, float(value))
+        st.ema("pipeline", (t2 - t1) * 1e3)
+        st.ema("encode_prep", (t3 - t2) * 1e3)
+        st.ema("server_total", (t3 - t0) * 1e3)
+        if not self.limits.echo:
+            self._degrade(anim, st.stage_ms["server_total"])
+        st.size = anim.size
+        return out, image
+
+    def _degrade(self, anim: AnimatorSession, total_ms: float) -> None:
+        """Step the working size down when over the frame budget, back up when well under.
+        Below the minimum size the newest-frame policy skips frames instead of lagging."""
+        budget = 1000.0 / self.limits.fps
+        st = self.stats
+        if st.frames_out < 5:
+            return  # let the EMA settle first
+        if total_ms > 0.9 * budget and anim.size - self.limits.size_step >= self.limits.min_size:
+            anim.size -= self.limits.size_step
+            st.degrade_level += 1
+            st.stage_ms["server_total"] = 0.0 + 0.5 * budget  # restart the EMA near the new level
+        elif total_ms < 0.5 * budget and anim.size + self.limits.size_step <= self._full_size and st.degrade_level > 0:
+            anim.size += self.limits.size_step
+            st.degrade_level -= 1
+            st.stage_ms["server_total"] = 0.8 * budget
+
+    # -- reporting and teardown --
+    def snapshot(self) -> dict[str, object]:
+        now = time.perf_counter()
+        st = self.stats
+        budget = 1000.0 / self.limits.fps
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "source": self._source_name,
+            "state": self.pc.connectionState if self.pc else "new",
+            "viewers": len(self.viewers),
+            "frames_in": st.frames_in,
+            "frames_out": st.frames_out,
+            "dropped": st.dropped,
+            "fps_in": round(st.rate_in.rate(now), 2),
+            "fps_out": round(st.rate_out.rate(now), 2),
+            "face_found": st.face_found,
+            "size": st.size,
+            "degrade_level": st.degrade_level,
+            "skipping": st.rate_out.rate(now) < 0.9 * st.rate_in.rate(now) and st.frames_out > 10,
+            "budget_ms": round(budget, 2),
+            "stage_ms": {k: round(v, 2) for k, v in st.stage_ms.items()},
+            "age_ms": round(st.age_ms, 2),
+            "errors": st.errors,
+            "last_error": st.last_error,
+            "controls": self.controls(),
+        }
+
+    async def close_viewer(self, viewer_id: str) -> bool:
+        pc = self.viewers.pop(viewer_id, None)
+        if pc is None:
+            return False
+        await pc.close()
+        return True
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.bus.close()
+        self._new_frame.set()
+        for task in self._tasks:
+            task.cancel()
+        for viewer_id in list(self.viewers):
+            with contextlib.suppress(Exception):
+                await self.close_viewer(viewer_id)
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._on_closed(self)
+        log.info("session %s closed", self.id)

@@ -1,0 +1,167 @@
+"""End-to-end pipeline, offline jobs and CLI on real faces (registry data only)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from rt_portrait.animate import animate_file
+from rt_portrait.head import fit_head, head_euler
+from rt_portrait.head.types import Edits
+from rt_portrait.pipeline import Animator, AnimatorConfig, NoFaceError
+from rt_portrait.tracking import track_image
+from rt_portrait.video import probe, read_frames, write_image
+
+
+@pytest.fixture(scope="module")
+def animator(astronaut: np.ndarray) -> Animator:
+    return Animator(astronaut, AnimatorConfig(size=256), name="astronaut")
+
+
+def _yaw(rgb: np.ndarray) -> float:
+    track = track_image(rgb)
+    assert track.found
+    return head_euler(fit_head(track.landmarks, track.image_size))[0]
+
+
+def test_identity_render_reproduces_source(animator: Animator, astronaut: np.ndarray) -> None:
+    out = animator.render_edits(Edits()).image
+    assert out.shape == astronaut.shape
+    err = np.abs(out.astype(float) - astronaut.astype(float)).mean()
+    assert err < 2.0, f"no-motion render differs from the source by {err:.2f} grey levels"
+
+
+def test_yaw_edit_changes_retracked_yaw(animator: Animator, astronaut: np.ndarray) -> None:
+    """yaw = 15 on the rendered image, re-tracked by the face mesh: +15 +- 2 degrees."""
+    base = _yaw(astronaut)
+    turned = _yaw(animator.render_edits(Edits(yaw=15)).image)
+    assert turned - base == pytest.approx(15, abs=2.5)
+
+
+def test_background_stays_and_hair_moves(animator: Animator, astronaut: np.ndarray) -> None:
+    frame = animator.render_edits(Edits(yaw=15))
+    flow = frame.fields.flow
+    # image corners are background: no motion; the head shell (hair/forehead) moves
+    assert float(flow[:, :8, :8].abs().max()) < 1e-3
+    from rt_portrait.flow.types import Region
+
+    shell = frame.fields.region_mask(Region.HEAD_SHELL)
+    assert shell.any()
+    assert float(flow[:, shell].norm(dim=0).mean()) > 0.5
+
+
+def test_open_mouth_is_marked_for_the_generator(animator: Animator) -> None:
+    from rt_portrait.flow.types import Region
+
+    fields = animator.render_edits(Edits(jaw_open=1.0)).fields
+    mouth = fields.region_mask(Region.MOUTH_INTERIOR)
+    assert int(mouth.sum()) > 10, "an open mouth must show mouth-interior pixels"
+    assert float(fields.visibility[0][mouth].mean()) < 0.5, "the closed-mouth source has no correspondence for them"
+
+
+def test_source_without_face_names_the_file(tmp_path: Path) -> None:
+    from rt_portrait.assets import pyfeat_file
+    from rt_portrait.tracking import load_image
+
+    path = pyfeat_file("free-mountain-vector-01.jpg")
+    with pytest.raises(NoFaceError, match="free-mountain"):
+        Animator(load_image(path), name=str(path))
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "odd", "large"])
+def test_source_formats(kind: str, astronaut: np.ndarray) -> None:
+    from PIL import Image
+
+    img: np.ndarray
+    if kind == "gray":
+        img = np.asarray(Image.fromarray(astronaut).convert("L"))
+    elif kind == "rgba":
+        img = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+    elif kind == "odd":
+        img = astronaut[3:400, 5:377]
+    else:
+        img = np.asarray(Image.fromarray(astronaut).resize((2400, 2400)))
+    out = Animator(img, AnimatorConfig(size=128)).render_edits(Edits(smile=0.5)).image
+    assert out.shape[:2] == img.shape[:2] and out.shape[2] == 3
+
+
+def test_animate_keeps_audio_and_fps(tmp_path: Path, talking_video: Path, astronaut: np.ndarray) -> None:
+    src = write_image(tmp_path / "portrait.png", astronaut[::2, ::2])
+    out = animate_file(src, talking_video, tmp_path / "out.mp4", AnimatorConfig(size=128), max_frames=24, progress=False)
+    info, driver = probe(out), probe(talking_video)
+    assert info.fps == driver.fps
+    assert info.has_audio
+    assert (info.width, info.height) == (256, 256)
+    frames = list(read_frames(out))
+    assert len(frames) == 24
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+    # the face moves: output frames are not all the same
+    assert np.abs(frames[0].astype(float) - frames[-1].astype(float)).mean() > 0.2
+
+
+def test_animate_failure_leaves_no_file(tmp_path: Path, astronaut: np.ndarray) -> None:
+    src = write_image(tmp_path / "portrait.png", astronaut[::2, ::2])
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    with pytest.raises(ValueError, match="corrupt.mp4"):
+        animate_file(src, bad, tmp_path / "out.mp4", AnimatorConfig(size=128), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.mp4", "portrait.png"]
+
+
+def test_driver_without_face_holds_then_eases_back(animator: Animator, talking_video: Path) -> None:
+    session = animator.session()
+    frames = list(read_frames(talking_video, max_frames=30))
+    for f in frames[:20]:
+        session(f)
+    blank = np.full_like(frames[0], 40)
+    held = session(blank)
+    assert not held.face_found
+    last_driven = session._driven
+    assert held.head is not None
+    for _ in range(40):
+        out = session(blank)
+    # eased back to the neutral source pose
+    src = animator.source_state
+    assert np.allclose(out.head.pose.rotation, src.pose.rotation, atol=1e-6)
+    assert last_driven is not None
+    back = session(frames[20])
+    assert back.face_found, "tracking recovers when the face returns"
+
+
+def test_cli_track_json(tmp_path: Path, astronaut: np.ndarray) -> None:
+    img = write_image(tmp_path / "a.png", astronaut)
+    mirrored = write_image(tmp_path / "m.png", astronaut[:, ::-1])
+    rows = [json.loads(subprocess.run([sys.executable, "-m", "rt_portrait.cli", "track", str(p), "--json"], capture_output=True, text=True, check=True).stdout)[0] for p in (img, mirrored)]
+    assert rows[0]["found"] and rows[1]["found"]
+    assert rows[0]["yaw"] == pytest.approx(-rows[1]["yaw"], abs=2.0)
+    for key in ("pitch", "roll", "scale", "expression"):
+        assert key in rows[0]
+
+
+def test_cli_edit_and_errors(tmp_path: Path, astronaut: np.ndarray) -> None:
+    src = write_image(tmp_path / "a.png", astronaut[::2, ::2])
+    out = tmp_path / "edited.png"
+    r = subprocess.run([sys.executable, "-m", "rt_portrait.cli", "edit", "--source", str(src), "--yaw", "15", "--smile", "0.6", "-o", str(out), "--size", "128"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.exists()
+    notimg = tmp_path / "notes.png"
+    notimg.write_text("not an image")
+    r = subprocess.run([sys.executable, "-m", "rt_portrait.cli", "edit", "--source", str(notimg), "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "notes.png" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.png").exists()
+    r = subprocess.run([sys.executable, "-m", "rt_portrait.cli", "edit", "--source", str(src), "--jaw-open", "3", "-o", str(tmp_path / "y.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "jaw_open" in r.stderr
+
+
+def test_demo_writes_video_and_sheet(tmp_path: Path) -> None:
+    from rt_portrait.demo import run_demo
+
+    video, sheet = run_demo(tmp_path, size=128, seconds=1.0, progress=False)
+    assert probe(video).frames == 25
+    assert sheet.stat().st_size > 10_000

@@ -1,0 +1,517 @@
+"""The live avatar server: aiohttp application, WebRTC endpoints, limits and config.
+
+Endpoints
+---------
+GET  /                          the page (upload a source, camera, sliders, stats)
+POST /offer                     the page's offer/answer (JSON {sdp, type}) -> {sdp, type, session}
+POST /whip                      WHIP ingest (RFC 9725): application/sdp offer -> 201 + answer,
+                                Location: /whip/<session>
+DELETE /whip/<session>          end that session (also DELETE /session/<session>)
+POST /whep/<session>            WHEP playback of that session's avatar -> 201 + answer,
+                                Location: /whep/<session>/<viewer>
+DELETE /whep/<session>/<viewer> end that playback
+POST /session/<id>/control      JSON {"edits": {...}, "strengths": {...}, "recalibrate": true}
+POST /session/<id>/source       a new source portrait (image bytes or multipart field "image")
+GET  /session/<id>/stats        one session's stats;  GET /stats: the server and every session
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from rt_portrait.pipeline import Animator, AnimatorConfig
+from rt_portrait.server.session import (
+    ControlError,
+    Session,
+    SessionLimits,
+    keep_loopback_candidates,
+    loopback_ice,
+    new_peer_connection,
+)
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    source: str | None = None  # portrait for WHIP sessions and the page's default; None = embedded
+    size: int = 256  # working resolution of the pipeline
+    max_sessions: int = 4
+    max_viewers_per_session: int = 4
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_side: int = 4096
+    max_sdp_bytes: int = 64 * 1024
+    fps: float = 30.0  # frame budget used for degradation
+    min_size: int = 128  # degradation floor of the working size
+    ice_loopback_only: bool = False  # gather and accept only 127.0.0.1 candidates (tests)
+    negotiate_timeout_s: float = 15.0
+    connect_timeout_s: float = 30.0  # a session that never connects is reclaimed
+    echo: bool = False  # transport baseline: send the driver back unprocessed
+    probe_rows: int = 0  # copy the driver's top rows onto the output (latency probes)
+
+
+class BadInput(web.HTTPException):
+    """A 4xx/5xx with a JSON body that names the problem."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status
+        super().__init__(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+
+
+# ---------------------------------------------------------------------------------------
+# Portrait loading
+# ---------------------------------------------------------------------------------------
+def decode_portrait(data: bytes, max_side: int) -> np.ndarray:
+    """Bytes of an image file -> (H, W, 3) uint8 RGB, checking the dimensions before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise BadInput(400, "empty upload: send an image file (JPEG, PNG, WebP...)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise BadInput(415, "the upload is not an image this server can read (JPEG, PNG, WebP, BMP...)") from None
+    w, h = img.size
+    if w > max_side or h > max_side:
+        raise BadInput(413, f"image is {w}x{h}; the limit is {max_side} px per side")
+    if w < 32 or h < 32:
+        raise BadInput(422, f"image is {w}x{h}; too small for a portrait (at least 32x32)")
+    try:
+        rgb = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInput(415, f"could not decode the image: {exc}") from None
+    return np.ascontiguousarray(rgb)
+
+
+def load_source_file(path: str, max_side: int) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"--source {path!r}: no such file")
+    try:
+        return decode_portrait(p.read_bytes(), max_side)
+    except BadInput as exc:
+        raise SystemExit(f"--source {path!r}: {json.loads(exc.text or '{}').get('error')}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------------------
+class ServerState:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.sessions: dict[str, Session] = {}
+        self.default_animator: Animator | None = None
+        # Source analysis (face tracking of an upload) is CPU work: keep it off the loop and
+        # off the sessions' own executors.
+        self.build_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-build")
+        self.limits = SessionLimits(
+            fps=config.fps,
+            min_size=min(config.min_size, config.size),
+            probe_rows=config.probe_rows,
+            echo=config.echo,
+            max_viewers=config.max_viewers_per_session,
+        )
+
+    def animator_config(self) -> AnimatorConfig:
+        return AnimatorConfig(size=self.config.size)
+
+    async def build_animator(self, image: np.ndarray, name: str) -> Animator:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.build_executor, lambda: Animator(image, self.animator_config(), name=name))
+
+    def new_session(self, kind: str) -> Session:
+        if len(self.sessions) >= self.config.max_sessions:
+            raise BadInput(503, f"server is full: {self.config.max_sessions} sessions at once", {"Retry-After": "5"})
+        assert self.default_animator is not None
+        session = Session(kind, self.default_animator, self.limits, on_closed=lambda s: self.sessions.pop(s.id, None))
+        self.sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise BadInput(404, f"no session {session_id!r} (ended, or never existed)")
+        return session
+
+
+STATE = web.AppKey("rt_portrait_state", ServerState)
+
+
+# ---------------------------------------------------------------------------------------
+# SDP handling
+# ---------------------------------------------------------------------------------------
+def check_sdp(text: str, max_bytes: int) -> str:
+    if len(text.encode("utf-8", "replace")) > max_bytes:
+        raise BadInput(413, f"SDP offer is larger than {max_bytes} bytes")
+    if not text.lstrip().startswith("v=0"):
+        raise BadInput(400, "not an SDP offer: it must start with 'v=0'")
+    if "\nm=video" not in text.replace("\r\n", "\n"):
+        raise BadInput(400, "the SDP offer has no video m-line")
+    return text
+
+
+async def read_sdp_body(request: web.Request, max_bytes: int) -> str:
+    if request.content_type != "application/sdp":
+        raise BadInput(415, f"expected Content-Type application/sdp, got {request.content_type or 'none'!r}")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BadInput(413, f"SDP offer is larger than {max_bytes} bytes")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise BadInput(413, f"SDP offer is larger than {max_bytes} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(400, "SDP offer is not valid UTF-8") from None
+    return check_sdp(text, max_bytes)
+
+
+async def negotiate(
+    state: ServerState, offer: str, setup: Callable[[RTCPeerConnection], None], need: str, player: Any = None
+) -> RTCPeerConnection:
+    """Apply a remote offer and produce a complete (non-trickle) answer.
+
+    ``need``: "recv" when the server ingests the client's video (the offer must send video),
+    "send" when it plays ``player`` to the client (the offer must receive video)."""
+    cfg = state.config
+    pc = new_peer_connection()
+    try:
+        with loopback_ice(cfg.ice_loopback_only):
+            if cfg.ice_loopback_only:
+                offer = keep_loopback_candidates(offer)
+            setup(pc)
+            async with asyncio.timeout(cfg.negotiate_timeout_s):
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+                # aiortc stores the offered direction from the server's side (reversed)
+                offered = {t._offerDirection for t in pc.getTransceivers() if t.kind == "video"}
+                wanted = {"recvonly", "sendrecv"} if need == "recv" else {"sendonly", "sendrecv"}
+                if not offered & wanted:
+                    raise BadInput(400, f"the SDP offer does not {'send' if need == 'recv' else 'receive'} video")
+                if player is not None:
+                    pc.addTrack(player)
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)
+        return pc
+    except BadInput:
+        await pc.close()
+        raise
+    except TimeoutError:
+        await pc.close()
+        raise BadInput(504, "negotiation timed out") from None
+    except Exception as exc:  # noqa: BLE001 - aiortc raises many types on hostile SDP
+        await pc.close()
+        log.info("rejected offer: %s: %s", type(exc).__name__, exc)
+        raise BadInput(400, f"could not negotiate the SDP offer: {type(exc).__name__}: {exc}") from None
+
+
+def watch_connection(session: Session, pc: RTCPeerConnection, timeout_s: float) -> None:
+    """Tear the session down when its client vanishes or never connects."""
+
+    @pc.on("connectionstatechange")
+    async def _changed() -> None:
+        log.info("session %s: connection %s", session.id, pc.connectionState)
+        if pc.connectionState in ("failed", "closed"):
+            await session.close()
+
+    async def _deadline() -> None:
+        await asyncio.sleep(timeout_s)
+        if pc.connectionState != "connected" and not session.closed:
+            log.info("session %s: not connected after %.0f s, closing", session.id, timeout_s)
+            await session.close()
+
+    session._tasks.append(asyncio.ensure_future(_deadline()))
+
+
+async def start_session(state: ServerState, kind: str, offer: str) -> Session:
+    """A new ingest session; for the page, the avatar returns on the same transceiver."""
+    session = state.new_session(kind)
+
+    def setup(pc: RTCPeerConnection) -> None:
+        @pc.on("track")
+        def _on_track(track: Any) -> None:
+            session.attach_driver(track)
+            if kind == "page" and track.kind == "video":
+                pc.addTrack(session.new_viewer_track())
+
+    try:
+        session.pc = await negotiate(state, offer, setup, need="recv")
+    except BaseException:
+        await session.close()
+        raise
+    watch_connection(session, session.pc, state.config.connect_timeout_s)
+    return session
+
+
+# ---------------------------------------------------------------------------------------
+# Handlers
+# ---------------------------------------------------------------------------------------
+def json_error_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BadInput:
+            raise
+        except web.HTTPRequestEntityTooLarge as exc:
+            return web.json_response({"error": f"request body too large ({exc.reason})"}, status=413)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and exc.content_type != "application/json":
+                return web.json_response({"error": exc.reason}, status=exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+            raise
+        except Exception:  # noqa: BLE001 - a handler bug answers 500, the server keeps serving
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return web.json_response({"error": "internal server error"}, status=500)
+
+    return middleware
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def post_offer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.content_type != "application/json":
+        raise BadInput(415, "expected Content-Type application/json with {sdp, type}")
+    if request.content_length is not None and request.content_length > 2 * state.config.max_sdp_bytes:
+        raise BadInput(413, f"offer is larger than {state.config.max_sdp_bytes} bytes")
+    try:
+        body = json.loads((await request.content.read(2 * state.config.max_sdp_bytes + 1)).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput(400, "body is not valid JSON") from None
+    if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
+        raise BadInput(400, "expected {\"type\": \"offer\", \"sdp\": \"v=0...\"}")
+    offer = check_sdp(body["sdp"], state.config.max_sdp_bytes)
+    session = await start_session(state, "page", offer)
+    assert session.pc is not None
+    answer = session.pc.localDescription.sdp
+    return web.json_response({"sdp": answer, "type": "answer", "session": session.id, "location": f"/session/{session.id}"})
+
+
+async def post_whip(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    offer = await read_sdp_body(request, state.config.max_sdp_bytes)
+    session = await start_session(state, "whip", offer)
+    assert session.pc is not None
+    answer = session.pc.localDescription.sdp
+    location = f"/whip/{session.id}"
+    return web.Response(status=201, text=answer, content_type="application/sdp", headers={"Location": location, "ETag": f'"{session.id}"'})
+
+
+async def options_whip(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Accept-Post": "application/sdp", "Allow": "OPTIONS, POST"})
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    session = request.app[STATE].get(request.match_info["session"])
+    await session.close()
+    return web.Response(status=200, text="session ended\n")
+
+
+async def patch_whip(request: web.Request) -> web.Response:
+    request.app[STATE].get(request.match_info["session"])
+    # aiortc gathers every candidate before answering: there is nothing to trickle.
+    raise BadInput(405, "trickle ICE and ICE restarts are not supported; candidates are in the answer", {"Allow": "DELETE"})
+
+
+async def post_whep(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    session = state.get(request.match_info["session"])
+    offer = await read_sdp_body(request, state.config.max_sdp_bytes)
+    if len(session.viewers) >= state.config.max_viewers_per_session:
+        raise BadInput(503, f"session already has {state.config.max_viewers_per_session} players", {"Retry-After": "5"})
+    track = session.new_viewer_track()
+    pc = await negotiate(state, offer, lambda pc: None, need="send", player=track)
+    viewer_id = track.id.replace("-", "")[:16]
+    if session.closed:
+        await pc.close()
+        raise BadInput(404, "session ended during negotiation")
+    session.viewers[viewer_id] = pc
+
+    @pc.on("connectionstatechange")
+    async def _changed() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            await session.close_viewer(viewer_id)
+
+    location = f"/whep/{session.id}/{viewer_id}"
+    return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp", headers={"Location": location})
+
+
+async def delete_whep(request: web.Request) -> web.Response:
+    session = request.app[STATE].get(request.match_info["session"])
+    if not await session.close_viewer(request.match_info["viewer"]):
+        raise BadInput(404, f"no player {request.match_info['viewer']!r} on session {session.id}")
+    return web.Response(status=200, text="playback ended\n")
+
+
+async def post_control(request: web.Request) -> web.Response:
+    session = request.app[STATE].get(request.match_info["session"])
+    try:
+        payload = json.loads((await request.content.read(16 * 1024 + 1)).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput(400, "control body is not valid JSON") from None
+    try:
+        session.set_controls(payload)
+    except ControlError as exc:
+        raise BadInput(400, str(exc)) from None
+    return web.json_response(session.controls())
+
+
+async def post_source(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    session = state.get(request.match_info["session"])
+    limit = state.config.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise BadInput(413, f"upload is larger than {limit} bytes")
+    name = "upload"
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        part = await reader.next()
+        while part is not None and getattr(part, "name", None) != "image":
+            part = await reader.next()
+        if part is None:
+            raise BadInput(400, "multipart upload has no field named 'image'")
+        name = Path(part.filename or "upload").stem[:64]
+        data = bytearray()
+        while chunk := await part.read_chunk(64 * 1024):  # type: ignore[union-attr]
+            data += chunk
+            if len(data) > limit:
+                raise BadInput(413, f"upload is larger than {limit} bytes")
+        raw = bytes(data)
+    else:
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise BadInput(413, f"upload is larger than {limit} bytes")
+    image = decode_portrait(raw, state.config.max_image_side)
+    try:
+        animator = await state.build_animator(image, name)
+    except ValueError as exc:
+        raise BadInput(422, f"no usable face in the uploaded portrait: {exc}") from None
+    if session.closed:
+        raise BadInput(404, "session ended during the upload")
+    session.set_animator(animator)
+    return web.json_response({"session": session.id, "source": name, "width": int(image.shape[1]), "height": int(image.shape[0])})
+
+
+async def get_session_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].get(request.match_info["session"]).snapshot())
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    cfg = asdict(state.config)
+    return web.json_response(
+        {
+            "sessions": [s.snapshot() for s in list(state.sessions.values())],
+            "max_sessions": cfg["max_sessions"],
+            "size": cfg["size"],
+            "fps": cfg["fps"],
+            "echo": cfg["echo"],
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Application
+# ---------------------------------------------------------------------------------------
+def build_app(config: ServerConfig) -> web.Application:
+    # client_max_size bounds every body read through aiohttp's helpers (multipart included).
+    app = web.Application(client_max_size=config.max_upload_bytes + 64 * 1024, middlewares=[json_error_middleware()])
+    state = ServerState(config)
+    app[STATE] = state
+
+    async def startup(app: web.Application) -> None:
+        if config.source is None:
+            from rt_portrait.assets import default_portrait
+
+            image, name = default_portrait(), "astronaut"
+        else:
+            image, name = load_source_file(config.source, config.max_image_side), Path(config.source).stem
+        try:
+            state.default_animator = await state.build_animator(image, name)
+        except ValueError as exc:
+            raise SystemExit(f"source portrait {name!r} is unusable: {exc}") from None
+
+    async def shutdown(app: web.Application) -> None:
+        for session in list(state.sessions.values()):
+            with contextlib.suppress(Exception):
+                await session.close()
+        state.build_executor.shutdown(wait=False, cancel_futures=True)
+
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR)
+    app.router.add_post("/offer", post_offer)
+    app.router.add_post("/whip", post_whip)
+    app.router.add_route("OPTIONS", "/whip", options_whip)
+    app.router.add_delete("/whip/{session}", delete_session)
+    app.router.add_patch("/whip/{session}", patch_whip)
+    app.router.add_delete("/session/{session}", delete_session)
+    app.router.add_post("/whep/{session}", post_whep)
+    app.router.add_delete("/whep/{session}/{viewer}", delete_whep)
+    app.router.add_post("/session/{session}/control", post_control)
+    app.router.add_post("/session/{session}/source", post_source)
+    app.router.add_get("/session/{session}/stats", get_session_stats)
+    app.router.add_get("/stats", get_stats)
+    return app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServerConfig()
+    parser.add_argument("--source", default=None, help="source portrait image (default: the embedded portrait)")
+    parser.add_argument("--host", default=d.host, help=f"address to bind (default {d.host})")
+    parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
+    parser.add_argument("--size", type=int, default=d.size, help=f"working resolution (default {d.size})")
+    parser.add_argument("--fps", type=float, default=d.fps, help="frame budget for degradation (default 30)")
+    parser.add_argument("--max-sessions", type=int, default=d.max_sessions)
+    parser.add_argument("--max-viewers", type=int, default=d.max_viewers_per_session, help="WHEP players per session")
+    parser.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
+    parser.add_argument("--max-image-side", type=int, default=d.max_image_side)
+    parser.add_argument("--ice-loopback-only", action="store_true", help="offer and accept only 127.0.0.1 ICE candidates")
+    parser.add_argument("--echo", action="store_true", help="send the driver back unprocessed (transport baseline)")
+    parser.add_argument("--probe-rows", type=int, default=0, help="copy the driver's top rows onto the output (latency probes)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        source=args.source,
+        size=args.size,
+        fps=args.fps,
+        max_sessions=args.max_sessions,
+        max_viewers_per_session=args.max_viewers,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_image_side=args.max_image_side,
+        ice_loopback_only=args.ice_loopback_only,
+        echo=args.echo,
+        probe_rows=args.probe_rows,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)
+    web.run_app(build_app(config), host=config.host, port=config.port, print=None)
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(description="rt-portrait live avatar server")
+    add_arguments(_parser)
+    run_from_args(_parser.parse_args())

@@ -1,0 +1,230 @@
+"""Test and bench helpers: aiortc clients for the live server (WHIP, WHEP and the page's
+/offer), a stamped real-face video track, and a server runner on 127.0.0.1.
+
+Every wait here is bounded by a timeout or a frame count.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import functools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from rt_portrait.server.app import ServerConfig, build_app
+from rt_portrait.server.session import loopback_ice, new_peer_connection
+
+TIME_BASE = fractions.Fraction(1, 90000)
+STAMP_BITS = 12
+
+
+@functools.lru_cache(maxsize=4)
+def face_frames(size: int, count: int = 96, video: str = "WolfgangLanger_Pexels.mp4", start: int = 0) -> tuple[np.ndarray, ...]:
+    """``count`` consecutive frames of a real talking-face video, centre-cropped square and
+    resized to ``size`` (RGB uint8)."""
+    import av
+    from PIL import Image
+
+    from rt_portrait.assets import pyfeat_file
+
+    out: list[np.ndarray] = []
+    with av.open(str(pyfeat_file(video))) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i < start:
+                continue
+            rgb = frame.to_ndarray(format="rgb24")
+            h, w = rgb.shape[:2]
+            s = min(h, w)
+            y0, x0 = (h - s) // 2, (w - s) // 2
+            crop = Image.fromarray(rgb[y0 : y0 + s, x0 : x0 + s]).resize((size, size), Image.BILINEAR)
+            out.append(np.asarray(crop))
+            if len(out) >= count:
+                break
+    if not out:
+        raise RuntimeError(f"could not decode frames from {video}")
+    return tuple(out)
+
+
+def stamp(image: np.ndarray, index: int, rows: int) -> np.ndarray:
+    """Write ``index`` as STAMP_BITS black/white blocks across the top ``rows`` rows."""
+    out = image.copy()
+    w = out.shape[1]
+    bw = w // STAMP_BITS
+    for bit in range(STAMP_BITS):
+        out[:rows, bit * bw : (bit + 1) * bw] = 255 if (index >> bit) & 1 else 0
+    return out
+
+
+def read_stamp(image: np.ndarray, rows: int) -> int:
+    w = image.shape[1]
+    bw = w // STAMP_BITS
+    strip = image[2 : max(3, rows - 2)].mean(axis=(0, 2)) if image.ndim == 3 else image[2 : rows - 2].mean(axis=0)
+    value = 0
+    for bit in range(STAMP_BITS):
+        seg = strip[bit * bw + bw // 4 : (bit + 1) * bw - bw // 4]
+        if seg.mean() > 128:
+            value |= 1 << bit
+    return value
+
+
+class FaceVideoTrack(MediaStreamTrack):
+    """Plays real face frames at ``fps`` (looping), optionally stamped with the frame index,
+    and records when each frame left. Ends after ``max_frames``."""
+
+    kind = "video"
+
+    def __init__(self, frames: tuple[np.ndarray, ...], fps: float = 30.0, stamp_rows: int = 0, max_frames: int = 100_000) -> None:
+        super().__init__()
+        self.frames = frames
+        self.fps = fps
+        self.stamp_rows = stamp_rows
+        self.max_frames = max_frames
+        self.sent = 0
+        self.sent_at: dict[int, float] = {}
+        self._t0: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        if self.sent >= self.max_frames or self.readyState != "live":
+            self.stop()
+            raise MediaStreamError
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now
+        due = self._t0 + self.sent / self.fps
+        if due > now:
+            await asyncio.sleep(due - now)
+        index = self.sent
+        image = self.frames[index % len(self.frames)]
+        if self.stamp_rows:
+            image = stamp(image, index % (1 << STAMP_BITS), self.stamp_rows)
+        frame = VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = int(index * 90000 / self.fps)
+        frame.time_base = TIME_BASE
+        self.sent_at[index % (1 << STAMP_BITS)] = time.perf_counter()
+        self.sent += 1
+        return frame
+
+
+@dataclass
+class Sink:
+    """Consumes a received track: counts frames, keeps every ``keep_every``-th image, and
+    (with ``stamp_rows``) the stamp read from each frame with its arrival time."""
+
+    keep_every: int = 0
+    stamp_rows: int = 0
+    max_kept: int = 200
+    count: int = 0
+    kept: list[np.ndarray] = field(default_factory=list)
+    stamps: list[tuple[int, float]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+
+    def start(self, track: MediaStreamTrack) -> None:
+        self.task = asyncio.ensure_future(self._run(track))
+
+    async def _run(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                frame = await track.recv()
+                t = time.perf_counter()
+                self.count += 1
+                self.sizes.add((frame.height, frame.width))
+                need_image = self.stamp_rows or (self.keep_every and self.count % self.keep_every == 0)
+                if need_image:
+                    image = frame.to_ndarray(format="rgb24")
+                    if self.stamp_rows:
+                        self.stamps.append((read_stamp(image, self.stamp_rows), t))
+                    if self.keep_every and self.count % self.keep_every == 0 and len(self.kept) < self.max_kept:
+                        self.kept.append(image)
+
+    async def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.count < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.count >= count
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def _offer(pc: RTCPeerConnection) -> str:
+    with loopback_ice(True):
+        await pc.setLocalDescription(await pc.createOffer())
+    return pc.localDescription.sdp
+
+
+async def whip_publish(http: aiohttp.ClientSession, base: str, track: MediaStreamTrack) -> tuple[RTCPeerConnection, str]:
+    pc = new_peer_connection()
+    pc.addTransceiver(track, direction="sendonly")
+    sdp = await _offer(pc)
+    async with http.post(f"{base}/whip", data=sdp, headers={"Content-Type": "application/sdp"}) as resp:
+        body = await resp.text()
+        if resp.status != 201:
+            await pc.close()
+            raise RuntimeError(f"WHIP failed: {resp.status} {body}")
+        location = resp.headers["Location"]
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return pc, location
+
+
+async def whep_play(http: aiohttp.ClientSession, base: str, session_id: str, sink: Sink) -> tuple[RTCPeerConnection, str]:
+    pc = new_peer_connection()
+    pc.addTransceiver("video", direction="recvonly")
+
+    @pc.on("track")
+    def _on_track(track: MediaStreamTrack) -> None:
+        sink.start(track)
+
+    sdp = await _offer(pc)
+    async with http.post(f"{base}/whep/{session_id}", data=sdp, headers={"Content-Type": "application/sdp"}) as resp:
+        body = await resp.text()
+        if resp.status != 201:
+            await pc.close()
+            raise RuntimeError(f"WHEP failed: {resp.status} {body}")
+        location = resp.headers["Location"]
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return pc, location
+
+
+async def page_call(http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, sink: Sink) -> tuple[RTCPeerConnection, str]:
+    """What the page does: one sendrecv transceiver, the camera up and the avatar down."""
+    pc = new_peer_connection()
+    pc.addTransceiver(track, direction="sendrecv")
+
+    @pc.on("track")
+    def _on_track(remote: MediaStreamTrack) -> None:
+        sink.start(remote)
+
+    sdp = await _offer(pc)
+    async with http.post(f"{base}/offer", json={"sdp": sdp, "type": "offer"}) as resp:
+        body = await resp.json()
+        if resp.status != 200:
+            await pc.close()
+            raise RuntimeError(f"offer failed: {resp.status} {body}")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
+    return pc, body["session"]
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: ServerConfig) -> AsyncIterator[tuple[str, web.Application]]:
+    """The server on 127.0.0.1 with a free port, in this event loop."""
+    app = build_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 20)

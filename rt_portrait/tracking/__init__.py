@@ -1,0 +1,30 @@
+"""Tracking stage: frames -> 478 face-mesh landmarks in pixels, plus online smoothing."""
+from rt_portrait.tracking.image import ImageError, ImageLimits, check_size, load_image, to_rgb
+from rt_portrait.tracking.smoothing import (
+    HeadStateSmoother,
+    LandmarkSmoother,
+    OneEuroConfig,
+    OneEuroFilter,
+    SmoothingConfig,
+)
+from rt_portrait.tracking.tracker import FaceTracker, TrackerConfig, track_image
+from rt_portrait.tracking.types import NUM_LANDMARKS, FaceObservation, TrackResult
+
+__all__ = [
+    "NUM_LANDMARKS",
+    "FaceObservation",
+    "FaceTracker",
+    "HeadStateSmoother",
+    "ImageError",
+    "ImageLimits",
+    "LandmarkSmoother",
+    "OneEuroConfig",
+    "OneEuroFilter",
+    "SmoothingConfig",
+    "TrackResult",
+    "TrackerConfig",
+    "check_size",
+    "load_image",
+    "to_rgb",
+    "track_image",
+]

@@ -32,6 +32,9 @@ class TrackResult:
     image_size: tuple[int, int]  # (height, width)
     num_faces: int = 0
     message: str = ""  # why no face was found, for logs and the UI
+    # boxes (x0, y0, x1, y1, pixels) of all faces seen, as the detector or tracker reported
+    # them; ``face`` is the one chosen by the selection rule (for UIs and checks)
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
 
     @property
     def landmarks(self) -> np.ndarray:

@@ -20,7 +20,7 @@ evaluated driver frame, in order. The output has the driver frame's size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.spatial import Delaunay
@@ -29,7 +29,7 @@ from rt_portrait.tracking.types import TrackResult
 
 
 class Method(Protocol):
-    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult) -> None: ...
+    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult, fps: float = 30.0) -> None: ...
 
     def __call__(
         self, source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
@@ -45,7 +45,7 @@ class Stateless:
     def __init__(self, fn: FrameFn) -> None:
         self.fn = fn
 
-    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult) -> None:
+    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult, fps: float = 30.0) -> None:
         return None
 
     def __call__(
@@ -146,22 +146,30 @@ class Flow3D:
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self._session: Callable[[np.ndarray], object] | None = None
+        self._session: Any = None  # rt_portrait.pipeline.AnimatorSession
 
-    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult) -> None:
+    def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult, fps: float = 30.0) -> None:
+        """``fps``: rate of the frames that will be fed (the clip's fps / every), so the
+        session's time-aware smoothing sees the real spacing of the evaluated frames."""
         from rt_portrait.pipeline import Animator, AnimatorConfig
 
-        session = Animator(source_rgb, AnimatorConfig(size=self.size)).session()
+        self.close()
+        session = Animator(source_rgb, AnimatorConfig(size=self.size)).session(fps=fps)
         session(source_rgb)  # prime: the source frame becomes the driver reference
         self._session = session
+
+    def close(self) -> None:
+        close = getattr(self._session, "close", None)
+        if callable(close):
+            close()
+        self._session = None
 
     def __call__(
         self, source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
     ) -> np.ndarray:
         if self._session is None:
             raise RuntimeError("Flow3D: call start_clip(source, track) before feeding frames")
-        frame = self._session(driver_rgb)
-        image = np.asarray(frame.image)  # type: ignore[attr-defined]
+        image = np.asarray(self._session(driver_rgb).image)
         return _resize_to(image[..., :3], driver_rgb.shape[:2])
 
 

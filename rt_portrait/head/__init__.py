@@ -1,0 +1,34 @@
+"""Parametric head model: template, pose fitting, head shell, retargeting and edits."""
+from .edits import RANGES as EDIT_RANGES
+from .edits import apply_edits, validate_edits
+from .fit import fit_head, fit_similarity, head_euler, invert_pose
+from .retarget import Retargeter
+from .rotation import euler_from_rotation, rotation_from_euler, slerp_to_identity
+from .shell import HeadShell, background_anchors, build_shell, shell_geometry
+from .template import Template, load_template
+from .types import Edits, HeadState, Pose, RetargetConfig, Strengths
+
+__all__ = [
+    "EDIT_RANGES",
+    "Edits",
+    "HeadShell",
+    "HeadState",
+    "Pose",
+    "RetargetConfig",
+    "Retargeter",
+    "Strengths",
+    "Template",
+    "apply_edits",
+    "background_anchors",
+    "build_shell",
+    "euler_from_rotation",
+    "fit_head",
+    "fit_similarity",
+    "head_euler",
+    "invert_pose",
+    "load_template",
+    "rotation_from_euler",
+    "shell_geometry",
+    "slerp_to_identity",
+    "validate_edits",
+]

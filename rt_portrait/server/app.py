@@ -70,7 +70,11 @@ class BadInput(web.HTTPException):
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self.status_code = status
+        self.message = message
         super().__init__(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+
+    def __str__(self) -> str:
+        return f"{self.status_code}: {self.message}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,7 +109,7 @@ def load_source_file(path: str, max_side: int) -> np.ndarray:
     try:
         return decode_portrait(p.read_bytes(), max_side)
     except BadInput as exc:
-        raise SystemExit(f"--source {path!r}: {json.loads(exc.text or '{}').get('error')}") from None
+        raise SystemExit(f"--source {path!r}: {exc.message}") from None
 
 
 # ---------------------------------------------------------------------------------------

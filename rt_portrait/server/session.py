@@ -287,6 +287,8 @@ class Session:
         self.stats = SessionStats(size=animator.config.size)
         self.bus = OutputBus(np.ascontiguousarray(animator.source))
         self._anim: AnimatorSession = animator.session()
+        self.edits: Edits = Edits(**vars(self._anim.edits))
+        self.strengths: Strengths = Strengths(**vars(self._anim.retarget.strengths))
         self._full_size = self._anim.size
         self._source_name = animator.name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{self.id}")
@@ -309,23 +311,20 @@ class Session:
         unknown = set(payload) - {"edits", "strengths", "recalibrate"}
         if unknown:
             raise ControlError(f"unknown control keys {sorted(unknown)}; expected edits, strengths, recalibrate")
-        edits = merged_edits(self._anim.edits, payload["edits"]) if "edits" in payload else None
-        strengths = merged_strengths(self._anim.retarget.strengths, payload["strengths"]) if "strengths" in payload else None
-        if edits is not None:
-            self._anim.edits = edits
-        if strengths is not None:
-            self._anim.retarget.strengths = strengths
+        # Validate everything before changing anything; the worker hands these to the
+        # pipeline before its next frame (whole-object swaps, no torn updates).
+        edits = merged_edits(self.edits, payload["edits"]) if "edits" in payload else self.edits
+        strengths = merged_strengths(self.strengths, payload["strengths"]) if "strengths" in payload else self.strengths
+        self.edits, self.strengths = edits, strengths
         if payload.get("recalibrate"):
-            self._recalibrate = True  # applied by the worker before its next frame
+            self._recalibrate = True
 
     def controls(self) -> dict[str, dict[str, float]]:
-        return {"edits": dict(vars(self._anim.edits)), "strengths": dict(vars(self._anim.retarget.strengths))}
+        return {"edits": dict(vars(self.edits)), "strengths": dict(vars(self.strengths))}
 
     def set_animator(self, animator: Animator) -> None:
         """Switch the source portrait, keeping the user's edits and strengths."""
         new = animator.session()
-        new.edits = self._anim.edits
-        new.retarget.strengths = self._anim.retarget.strengths
         self._full_size = new.size
         self._anim = new
         self._source_name = animator.name
@@ -387,7 +386,8 @@ class Session:
                     consecutive_errors += 1
                     self.stats.errors += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("session %s: frame failed", self.id)
+                    if consecutive_errors == 1:  # the first of a run with its traceback, not every frame
+                        log.exception("session %s: frame failed", self.id)
                     if consecutive_errors >= self.limits.max_consecutive_errors:
                         log.error("session %s: %d consecutive errors, closing", self.id, consecutive_errors)
                         asyncio.ensure_future(self.close())
@@ -411,6 +411,8 @@ class Session:
         rgb = frame.to_ndarray(format="rgb24")
         t1 = time.perf_counter()
         anim = self._anim
+        anim.edits = self.edits
+        anim.retarget.strengths = self.strengths
         if self._recalibrate:
             self._recalibrate = False
             anim.recalibrate()

@@ -153,3 +153,32 @@ def background_anchors(height: int, width: int, spacing: float) -> np.ndarray:
     ys = np.linspace(0.0, height - 1.0, max(2, int(np.ceil((height - 1) / spacing)) + 1))
     gx, gy = np.meshgrid(xs, ys)
     return np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
+
+
+def save_debug_image(path: str, template: Template | None = None, density: float = 0.08) -> str:
+    """Front and side views of the template and its shell (matplotlib), for eyeballing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tpl = template or load_template()
+    shell = build_shell(tpl, density)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 6))
+    for ax, (i, j, title) in zip(axes, ((0, 1, "front (x, y)"), (2, 1, "side (z, y)"))):
+        ax.scatter(shell.points[:, i], shell.points[:, j], s=1, c="0.6", label="head shell")
+        ax.scatter(tpl.vertices[:, i], tpl.vertices[:, j], s=2, c=tpl.regions, cmap="tab10", label="face")
+        oval = tpl.vertices[tpl.groups["face_oval"]]
+        ax.plot(oval[:, i], oval[:, j], "r-", lw=0.8)
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
+        ax.set_title(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":  # python -m rt_portrait.head.shell OUT.png
+    import sys
+
+    print(save_debug_image(sys.argv[1] if len(sys.argv) > 1 else "head_shell.png"))

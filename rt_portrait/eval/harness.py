@@ -428,6 +428,7 @@ def evaluate(
             raise ValueError(f"unknown method {name!r}; choose from {', '.join((*METHOD_NAMES, *extra))}")
     paths = discover_videos(config.videos, config.split)
     probes = [probe_video(p) for p in paths]  # every file readable before any long work
+    own_tracker = tracker is None
     tracker = tracker or default_tracker()
     pose_fn = pose_fn or default_pose_fn()
 
@@ -455,6 +456,9 @@ def evaluate(
                     close()
     finally:
         bar.close()
+        close_tracker = getattr(tracker, "close", None)
+        if own_tracker and callable(close_tracker):
+            close_tracker()
     timing = {"total_s": time.perf_counter() - t_start, **{f"{m}_s": s for m, s in per_method_s.items()}}
     return EvalReport(config, _summarise(clips, config.methods), clips, skipped, timing)
 

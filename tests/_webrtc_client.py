@@ -228,3 +228,48 @@ async def running_server(config: ServerConfig) -> AsyncIterator[tuple[str, web.A
         yield f"http://127.0.0.1:{port}", app
     finally:
         await asyncio.wait_for(runner.cleanup(), 20)
+
+
+class ServerThread:
+    """The server in a background thread with its own event loop (for synchronous callers
+    such as selenium). ``start()`` returns the base URL; ``stop()`` is bounded."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        import threading
+
+        self.config = config
+        self.base = ""
+        self.app: web.Application | None = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="rt-portrait-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            async with running_server(self.config) as (base, app):
+                self.base, self.app = base, app
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller of start()
+            self._error = exc
+            self._ready.set()
+
+    def start(self, timeout: float = 120.0) -> str:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("server did not start")
+        if self._error is not None:
+            raise RuntimeError(f"server failed to start: {self._error!r}")
+        return self.base
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)

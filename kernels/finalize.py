@@ -1,0 +1,165 @@
+"""Op 3 of the 3D flow: per-pixel fields from the splat accumulations and the K nearest keys.
+
+With ``sw = acc[0]`` (sum of front-candidate weights) at pixel p:
+
+* flow = acc[1:3] / sw; depth = acc[3] / sw; normal = acc[4:7] renormalised;
+* visibility = (1 - exp(-sw / COVERAGE_SCALE)) * clamp(acc[7] / sw, 0, 1), i.e. coverage
+  times the weighted fraction of candidates visible in the source;
+* label = label of the nearest front candidate;
+* encoding, per k < K (channels 4k .. 4k+3): the k-th nearest front candidate's
+  (flow u / R, flow v / R, (z_k - depth) / R, w_k / sw). Dividing by R makes the encoding
+  independent of the working resolution;
+* pixels without candidates: every channel 0, label BACKGROUND (0); missing k: zeros.
+
+Output ``fields`` rows: 0-1 flow, 2 visibility, 3 depth, 4-6 normal, 7.. encoding (4K).
+Triton and torch differ only by their exp/division rounding: absolute 1e-5 on O(1) values.
+
+    finalize_triton(acc, keys, xy, z, flow, label, params) -> (fields (7+4K, R*R), labels (R*R,) int64)
+    finalize_torch(...)                                   -> same, pure torch
+"""
+from __future__ import annotations
+
+import torch
+
+from .splat_common import COVERAGE_SCALE, EMPTY_KEY, N_ACC, SplatParams, key_d2, key_index
+
+N_BASE = 7  # flow 2, visibility 1, depth 1, normal 3
+
+try:  # optional: the package works without triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _finalize_kernel(acc_ptr, key_ptr, z_ptr, flow_ptr, label_ptr, out_ptr, lab_out_ptr, plane, inv_size,
+                         inv2s2, inv_cov, K: tl.constexpr, BLOCK: tl.constexpr):
+        p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        live = p < plane
+        sw = tl.load(acc_ptr + p, mask=live, other=0.0)
+        has = sw > 0.0
+        den = tl.where(has, sw, 1.0)
+        fu = tl.load(acc_ptr + plane + p, mask=live, other=0.0) / den
+        fv = tl.load(acc_ptr + 2 * plane + p, mask=live, other=0.0) / den
+        depth = tl.load(acc_ptr + 3 * plane + p, mask=live, other=0.0) / den
+        nx = tl.load(acc_ptr + 4 * plane + p, mask=live, other=0.0)
+        ny = tl.load(acc_ptr + 5 * plane + p, mask=live, other=0.0)
+        nz = tl.load(acc_ptr + 6 * plane + p, mask=live, other=0.0)
+        frac = tl.load(acc_ptr + 7 * plane + p, mask=live, other=0.0) / den
+        frac = tl.minimum(tl.maximum(frac, 0.0), 1.0)
+        vis = tl.where(has, (1.0 - tl.exp(-(sw * inv_cov))) * frac, 0.0)
+        nn = tl.sqrt(nx * nx + ny * ny + nz * nz)
+        nden = tl.where(nn > 0.0, nn, 1.0)
+        tl.store(out_ptr + p, fu, mask=live)
+        tl.store(out_ptr + plane + p, fv, mask=live)
+        tl.store(out_ptr + 2 * plane + p, vis, mask=live)
+        tl.store(out_ptr + 3 * plane + p, depth, mask=live)
+        tl.store(out_ptr + 4 * plane + p, nx / nden, mask=live)
+        tl.store(out_ptr + 5 * plane + p, ny / nden, mask=live)
+        tl.store(out_ptr + 6 * plane + p, nz / nden, mask=live)
+        for k in tl.static_range(K):
+            key = tl.load(key_ptr + k * plane + p, mask=live, other=0x7FFFFFFFFFFFFFFF)
+            ok = live & (key != 0x7FFFFFFFFFFFFFFF)
+            idx = (key & 0xFFFFFFFF).to(tl.int32)
+            d2 = (key >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+            wk = tl.exp(-(d2 * inv2s2))
+            ku = tl.load(flow_ptr + 2 * idx, mask=ok, other=0.0)
+            kv = tl.load(flow_ptr + 2 * idx + 1, mask=ok, other=0.0)
+            kz = tl.load(z_ptr + idx, mask=ok, other=0.0)
+            base = out_ptr + (7 + 4 * k) * plane + p
+            tl.store(base, tl.where(ok, ku * inv_size, 0.0), mask=live)
+            tl.store(base + plane, tl.where(ok, kv * inv_size, 0.0), mask=live)
+            tl.store(base + 2 * plane, tl.where(ok, (kz - depth) * inv_size, 0.0), mask=live)
+            tl.store(base + 3 * plane, tl.where(ok, wk / den, 0.0), mask=live)
+            if k == 0:
+                lab = tl.load(label_ptr + idx, mask=ok, other=0)
+                tl.store(lab_out_ptr + p, lab.to(tl.int64), mask=live)
+
+
+def _check(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: torch.Tensor, flow: torch.Tensor,
+           label: torch.Tensor, params: SplatParams) -> None:
+    plane = params.size * params.size
+    n = z.shape[0]
+    if acc.shape != (N_ACC, plane) or acc.dtype != torch.float32:
+        raise ValueError(f"acc must be ({N_ACC}, {plane}) float32, got {tuple(acc.shape)} {acc.dtype}")
+    if keys.shape != (params.k, plane) or keys.dtype != torch.int64:
+        raise ValueError(f"keys must be ({params.k}, {plane}) int64, got {tuple(keys.shape)} {keys.dtype}")
+    if flow.shape != (n, 2) or flow.dtype != torch.float32 or not flow.is_contiguous():
+        raise ValueError(f"flow must be a contiguous ({n}, 2) float32 tensor, got {tuple(flow.shape)}")
+    if label.shape != (n,) or label.dtype != torch.int32:
+        raise ValueError(f"label must be ({n},) int32, got {tuple(label.shape)} {label.dtype}")
+
+
+def finalize_triton(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: torch.Tensor, flow: torch.Tensor,
+                    label: torch.Tensor, params: SplatParams, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host wrapper of :func:`_finalize_kernel` (``xy`` unused: distances come from the keys)."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    _check(acc, keys, xy, z, flow, label, params)
+    plane = params.size * params.size
+    out = torch.empty((N_BASE + 4 * params.k, plane), dtype=torch.float32, device=acc.device)
+    labels = torch.empty((plane,), dtype=torch.int64, device=acc.device)
+    grid = (triton.cdiv(plane, block),)
+    _finalize_kernel[grid](acc, keys, z, flow, label, out, labels, plane, 1.0 / params.size, params.inv_two_sigma2,
+                           1.0 / COVERAGE_SCALE, K=params.k, BLOCK=block, enable_fp_fusion=False)
+    return out, labels
+
+
+def finalize_torch(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: torch.Tensor, flow: torch.Tensor,
+                   label: torch.Tensor, params: SplatParams, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch twin of :func:`finalize_triton` (same signature; ``block`` unused)."""
+    _check(acc, keys, xy, z, flow, label, params)
+    plane = params.size * params.size
+    k = params.k
+    sw = acc[0]
+    has = sw > 0
+    den = torch.where(has, sw, torch.ones_like(sw))
+    out = torch.empty((N_BASE + 4 * k, plane), dtype=torch.float32, device=acc.device)
+    out[0:2] = acc[1:3] / den
+    out[3] = acc[3] / den
+    frac = (acc[7] / den).clamp_(0.0, 1.0)
+    out[2] = torch.where(has, (1.0 - torch.exp(-(sw * (1.0 / COVERAGE_SCALE)))) * frac, 0.0)
+    n = acc[4:7]
+    nn = torch.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
+    out[4:7] = n / torch.where(nn > 0, nn, torch.ones_like(nn))
+    ok = keys != EMPTY_KEY  # (K, P)
+    idx = torch.where(ok, key_index(keys), 0)
+    wk = torch.exp(-(key_d2(keys) * params.inv_two_sigma2))
+    enc = out[N_BASE:].view(k, 4, plane)
+    flat = idx.reshape(-1)
+    kflow = flow.index_select(0, flat).view(k, plane, 2)  # index_select: advanced indexing is slow on CPU
+    inv_size = 1.0 / params.size
+    enc[:, 0] = kflow[..., 0] * inv_size
+    enc[:, 1] = kflow[..., 1] * inv_size
+    enc[:, 2] = (z.index_select(0, flat).view(k, plane) - out[3]) * inv_size
+    enc[:, 3] = wk / den
+    enc.copy_(torch.where(ok[:, None], enc, 0.0))  # where, not multiply: empty keys decode to NaN
+    labels = torch.where(ok[0], label.index_select(0, idx[0]), 0).to(torch.int64)
+    return out, labels
+
+
+def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0) -> float:
+    """Compare Triton with the torch twin on a real splat; returns the max abs difference (<= 1e-5)."""
+    from .splat import splat_torch
+    from .zbuffer import zbuffer_torch
+
+    g = torch.Generator().manual_seed(seed)
+    xy = (torch.rand(n, 2, generator=g) * (size + 8) - 4).contiguous()
+    z = (torch.rand(n, generator=g) * 30).contiguous()
+    attrs = torch.randn(n, 6, generator=g)
+    attrs[:, 5] = (attrs[:, 5] > 0).float()
+    attrs = attrs.contiguous()
+    label = torch.randint(0, 8, (n,), generator=g, dtype=torch.int32)
+    params = SplatParams(size=size, radius=radius, depth_tol=size / 32, k=k, sigma=radius / 2)
+    acc, keys = splat_torch(xy, z, attrs, zbuffer_torch(xy, z, size, radius), params)
+    flow = attrs[:, :2].contiguous()
+    a, la = finalize_triton(acc, keys, xy, z, flow, label, params)
+    b, lb = finalize_torch(acc, keys, xy, z, flow, label, params)
+    if not torch.equal(la, lb):
+        raise AssertionError("finalize: labels differ between triton and torch")
+    err = float((a - b).abs().max())
+    if err > 1e-5:
+        raise AssertionError(f"finalize: max |triton - torch| = {err:.3g} > 1e-5")
+    return err

@@ -304,3 +304,45 @@ def test_loopback_candidate_filter() -> None:
     kept = keep_loopback_candidates(sdp)
     assert "127.0.0.1 50001" in kept and "192.0.2.2" not in kept and ".local" not in kept
     assert kept.startswith("v=0\r\nm=video")
+
+
+def test_over_budget_session_degrades_instead_of_lagging() -> None:
+    """A pipeline whose cost grows with the working size and exceeds the frame budget at
+    full size: the session lowers its size and keeps delivering the newest frames."""
+    from types import SimpleNamespace
+
+    from rt_portrait.head.types import Edits, RetargetConfig
+
+    class SizeBoundStage:
+        def __init__(self, size: int) -> None:
+            self.size = size
+            self.edits = Edits()
+            self.retarget = RetargetConfig()
+
+        def recalibrate(self) -> None:
+            pass
+
+        def __call__(self, frame: np.ndarray) -> SimpleNamespace:
+            cost = 0.06 * (self.size / 256) ** 2  # 60 ms at 256: twice a 30-fps budget
+            time.sleep(cost)
+            return SimpleNamespace(image=np.zeros((128, 128, 3), np.uint8), face_found=True, timings_ms={"total": cost * 1e3})
+
+    async def scenario() -> None:
+        async with running_server(config()) as (base, app), aiohttp.ClientSession() as http:
+            pc, location = await whip_publish(http, base, FaceVideoTrack(face_frames(256, 24), max_frames=900))
+            sid = location.rsplit("/", 1)[1]
+            app[STATE].sessions[sid]._anim = SizeBoundStage(256)
+            deadline = time.monotonic() + 30
+            st: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                async with http.get(f"{base}/session/{sid}/stats") as resp:
+                    st = await resp.json()
+                if st["degrade_level"] >= 2 and st["frames_out"] > 60:
+                    break
+                await asyncio.sleep(0.3)
+            assert st["degrade_level"] >= 1 and st["size"] < 256, st
+            assert st["dropped"] > 0  # stale frames were skipped, not queued
+            assert st["errors"] == 0
+            await pc.close()
+
+    run(scenario())

@@ -297,6 +297,7 @@ class Session:
         self._recalibrate = False
         self._tasks: list[asyncio.Future[None]] = []
         self._worker: asyncio.Future[None] | None = None
+        self._last_resize = 0  # frames_out at the last working-size change
         self._on_closed = on_closed
         self.closed = False
 
@@ -329,6 +330,7 @@ class Session:
         self._anim = new
         self._source_name = animator.name
         self.stats.degrade_level = 0
+        self._last_resize = self.stats.frames_out
         self.bus.image = np.ascontiguousarray(animator.source)
 
     # -- media --
@@ -440,20 +442,27 @@ class Session:
         return out, image
 
     def _degrade(self, anim: AnimatorSession, total_ms: float) -> None:
-        """Step the working size down when over the frame budget, back up when well under.
-        Below the minimum size the newest-frame policy skips frames instead of lagging."""
+        """Step the working size down when over the frame budget; step back up only when the
+        cost predicted at the larger size (area-proportional) fits with a margin, so it does
+        not oscillate. At the minimum size the newest-frame policy skips frames instead of
+        building lag."""
         budget = 1000.0 / self.limits.fps
         st = self.stats
-        if st.frames_out < 5:
-            return  # let the EMA settle first
-        if total_ms > 0.9 * budget and anim.size - self.limits.size_step >= self.limits.min_size:
-            anim.size -= self.limits.size_step
+        if st.frames_out - self._last_resize < 10:
+            return  # let the EMA settle after a start or a change
+        size, step = anim.size, self.limits.size_step
+        if total_ms > 0.9 * budget and size - step >= self.limits.min_size:
+            new = size - step
             st.degrade_level += 1
-            st.stage_ms["server_total"] = 0.0 + 0.5 * budget  # restart the EMA near the new level
-        elif total_ms < 0.5 * budget and anim.size + self.limits.size_step <= self._full_size and st.degrade_level > 0:
-            anim.size += self.limits.size_step
+        elif st.degrade_level > 0 and size + step <= self._full_size and total_ms * ((size + step) / size) ** 2 < 0.75 * budget:
+            new = size + step
             st.degrade_level -= 1
-            st.stage_ms["server_total"] = 0.8 * budget
+        else:
+            return
+        anim.size = new
+        st.stage_ms["server_total"] = total_ms * (new / size) ** 2  # restart the EMA at the prediction
+        self._last_resize = st.frames_out
+        log.info("session %s: working size %d -> %d (%.1f ms per frame, budget %.1f)", self.id, size, new, total_ms, budget)
 
     # -- reporting and teardown --
     def snapshot(self) -> dict[str, object]:

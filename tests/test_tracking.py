@@ -330,3 +330,17 @@ def test_to_rgb_refuses_with_a_clear_message(array: np.ndarray, pattern: str) ->
     with pytest.raises(ImageError, match=pattern) as info:
         to_rgb(array, name="driver frame")
     assert "driver frame" in str(info.value)
+
+
+def test_fast_landmark_decoding_matches_the_protobuf_fields() -> None:
+    from mediapipe.framework.formats import landmark_pb2
+
+    from rt_portrait.tracking.tracker import _landmark_array
+
+    values = np.random.default_rng(3).normal(size=(NUM_LANDMARKS, 3)).astype(np.float32)
+    plain = landmark_pb2.NormalizedLandmarkList()
+    for x, y, z in values:
+        plain.landmark.add(x=float(x), y=float(y), z=float(z))
+    np.testing.assert_array_equal(_landmark_array(plain), values.astype(np.float64))
+    plain.landmark[7].visibility = 0.5  # another wire layout: the general path answers
+    np.testing.assert_array_equal(_landmark_array(plain), values.astype(np.float64))

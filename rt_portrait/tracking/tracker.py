@@ -151,6 +151,25 @@ def _selection_order(boxes: list[Box], select: str, image_size: tuple[int, int])
     return sorted(range(len(boxes)), key=key)
 
 
+# Wire layout of one NormalizedLandmark holding only x, y, z: field tag 1 (length-delimited,
+# 15 bytes), then tags for x, y, z as 32-bit floats. Reading the serialized list with numpy
+# costs ~0.03 ms instead of ~0.4 ms for 478 Python attribute reads per frame.
+_LANDMARK_RECORD = 17
+_LANDMARK_TAGS = {0: 0x0A, 1: 0x0F, 2: 0x0D, 7: 0x15, 12: 0x1D}
+
+
+def _landmark_array(face: Any) -> np.ndarray:
+    """(N, 3) float64 normalised landmarks of a NormalizedLandmarkList."""
+    raw = face.SerializeToString()
+    if len(raw) % _LANDMARK_RECORD == 0:
+        records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _LANDMARK_RECORD)
+        if all(np.all(records[:, col] == tag) for col, tag in _LANDMARK_TAGS.items()):
+            xyz = np.ascontiguousarray(records[:, [3, 4, 5, 6, 8, 9, 10, 11, 13, 14, 15, 16]])
+            return xyz.view("<f4").astype(np.float64)
+    # other layouts (e.g. visibility set): the slow, general path
+    return np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float64).reshape(-1, 3)
+
+
 def _mesh_points(result: Any, scale_x: float, scale_y: float, offset: tuple[float, float] = (0.0, 0.0)) -> list[np.ndarray]:
     """mediapipe normalised landmarks -> (478, 3) float32 pixel arrays.
 
@@ -159,7 +178,7 @@ def _mesh_points(result: Any, scale_x: float, scale_y: float, offset: tuple[floa
     """
     faces = []
     for face in result.multi_face_landmarks or []:
-        pts = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float64)
+        pts = _landmark_array(face)
         if pts.shape[0] != NUM_LANDMARKS:  # refine_landmarks=True always gives 478
             continue
         pts[:, 0] = pts[:, 0] * scale_x + offset[0]

@@ -83,6 +83,9 @@ def test_whip_ingest_whep_playback_and_delete() -> None:
             track = FaceVideoTrack(driver, max_frames=600)
             pub, location = await whip_publish(http, base, track)
             assert location.startswith("/whip/")
+            # ICE stays on loopback: the answer offers only 127.0.0.1
+            answer_candidates = [ln for ln in pub.remoteDescription.sdp.splitlines() if ln.startswith("a=candidate:")]
+            assert answer_candidates and all(" 127.0.0.1 " in ln for ln in answer_candidates), answer_candidates
             sid = location.rsplit("/", 1)[1]
             sink = Sink(keep_every=10)
             player, play_location = await whep_play(http, base, sid, sink)
@@ -107,6 +110,11 @@ def test_whip_ingest_whep_playback_and_delete() -> None:
             async with http.delete(f"{base}{location}") as resp:
                 assert resp.status == 404
                 assert "error" in await resp.json()
+            # the page and its script are served
+            async with http.get(f"{base}/") as resp:
+                assert resp.status == 200 and "app.js" in await resp.text()
+            async with http.get(f"{base}/static/app.js") as resp:
+                assert resp.status == 200 and "rtpSnapshot" in await resp.text()
             await pub.close()
             await player.close()
             sink.stop()

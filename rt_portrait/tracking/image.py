@@ -131,9 +131,11 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
         return np.asarray(img)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(img).astype(np.uint16)
-    if mode == "I":  # 32-bit ints; PNG 16-bit gray decodes to this
+    if mode == "I":  # 32-bit ints; 16-bit gray PNGs decode to this
         data = np.asarray(img)
-        return data.astype(np.uint16) if data.min() >= 0 and data.max() > 255 and data.max() <= 65535 else data
+        if data.size and data.min() >= 0 and 255 < data.max() <= 65535:
+            return data.astype(np.uint16)  # 16-bit data: scale by the full 16-bit range
+        return data  # to_rgb checks the range
     if mode == "P" and "transparency" in img.info:
         return np.asarray(img.convert("RGBA"))
     if mode in ("PA", "La", "RGBa"):

@@ -14,7 +14,8 @@ Two modes (``TrackerConfig.static_image``):
 Landmarks come back in the input image's pixels (x right, y down, z away from the camera,
 z scaled like x), whatever downscaling was used for detection. No face (or an image too
 small to hold one) is a ``TrackResult`` with ``found=False`` and a message, never an
-exception; a malformed input array raises ``ImageError`` (a caller bug). A tracker holds
+exception; a malformed input array, or one beyond ``TrackerConfig.limits`` (too large to be
+a sensible frame), raises ``ImageError`` (a caller bug). A tracker holds
 mediapipe graphs and per-stream state: use one per stream, from one thread at a time.
 """
 from __future__ import annotations

@@ -35,7 +35,8 @@ if triton is not None:
 
     @triton.jit
     def _finalize_kernel(acc_ptr, key_ptr, z_ptr, flow_ptr, label_ptr, out_ptr, lab_out_ptr, plane, inv_size,
-                         inv2s2, inv_cov, K: tl.constexpr, BLOCK: tl.constexpr):
+                         inv2s2, inv_cov, EMPTY: tl.constexpr, K: tl.constexpr,
+                         BLOCK: tl.constexpr):
         p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = p < plane
         sw = tl.load(acc_ptr + p, mask=live, other=0.0)
@@ -60,8 +61,8 @@ if triton is not None:
         tl.store(out_ptr + 5 * plane + p, ny / nden, mask=live)
         tl.store(out_ptr + 6 * plane + p, nz / nden, mask=live)
         for k in tl.static_range(K):
-            key = tl.load(key_ptr + k * plane + p, mask=live, other=0x7FFFFFFFFFFFFFFF)
-            ok = live & (key != 0x7FFFFFFFFFFFFFFF)
+            key = tl.load(key_ptr + k * plane + p, mask=live, other=EMPTY)
+            ok = live & (key != EMPTY)
             idx = (key & 0xFFFFFFFF).to(tl.int32)
             d2 = (key >> 32).to(tl.int32).to(tl.float32, bitcast=True)
             wk = tl.exp(-(d2 * inv2s2))
@@ -103,7 +104,7 @@ def finalize_triton(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: 
     labels = torch.empty((plane,), dtype=torch.int64, device=acc.device)
     grid = (triton.cdiv(plane, block),)
     _finalize_kernel[grid](acc, keys, z, flow, label, out, labels, plane, 1.0 / params.size, params.inv_two_sigma2,
-                           1.0 / COVERAGE_SCALE, K=params.k, BLOCK=block, enable_fp_fusion=False)
+                           1.0 / COVERAGE_SCALE, EMPTY=EMPTY_KEY, K=params.k, BLOCK=block, enable_fp_fusion=False)
     return out, labels
 
 
@@ -113,30 +114,34 @@ def finalize_torch(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: t
     _check(acc, keys, xy, z, flow, label, params)
     plane = params.size * params.size
     k = params.k
-    sw = acc[0]
-    has = sw > 0
-    den = torch.where(has, sw, torch.ones_like(sw))
-    out = torch.empty((N_BASE + 4 * k, plane), dtype=torch.float32, device=acc.device)
-    out[0:2] = acc[1:3] / den
-    out[3] = acc[3] / den
-    frac = (acc[7] / den).clamp_(0.0, 1.0)
-    out[2] = torch.where(has, (1.0 - torch.exp(-(sw * (1.0 / COVERAGE_SCALE)))) * frac, 0.0)
-    n = acc[4:7]
-    nn = torch.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
-    out[4:7] = n / torch.where(nn > 0, nn, torch.ones_like(nn))
-    ok = keys != EMPTY_KEY  # (K, P)
-    idx = torch.where(ok, key_index(keys), 0)
-    wk = torch.exp(-(key_d2(keys) * params.inv_two_sigma2))
-    enc = out[N_BASE:].view(k, 4, plane)
-    flat = idx.reshape(-1)
-    kflow = flow.index_select(0, flat).view(k, plane, 2)  # index_select: advanced indexing is slow on CPU
+    n = z.shape[0]
     inv_size = 1.0 / params.size
-    enc[:, 0] = kflow[..., 0] * inv_size
-    enc[:, 1] = kflow[..., 1] * inv_size
-    enc[:, 2] = (z.index_select(0, flat).view(k, plane) - out[3]) * inv_size
-    enc[:, 3] = wk / den
-    enc.copy_(torch.where(ok[:, None], enc, 0.0))  # where, not multiply: empty keys decode to NaN
-    labels = torch.where(ok[0], label.index_select(0, idx[0]), 0).to(torch.int64)
+    sw = acc[0]
+    # Where sw == 0 every accumulator is 0, so dividing by a clamped sw gives the 0 fields
+    # the definition asks for without a select (same values as the kernel's where()).
+    den = sw.clamp_min(1e-30)
+    out = torch.empty((N_BASE + 4 * k, plane), dtype=torch.float32, device=acc.device)
+    torch.div(acc[1:3], den, out=out[0:2])
+    torch.div(acc[3], den, out=out[3])
+    frac = (acc[7] / den).clamp_(0.0, 1.0)
+    torch.mul(1.0 - torch.exp(-(sw * (1.0 / COVERAGE_SCALE))), frac, out=out[2])
+    nrm = acc[4:7]
+    nn = torch.sqrt(nrm[0] * nrm[0] + nrm[1] * nrm[1] + nrm[2] * nrm[2]).clamp_min_(1e-30)
+    torch.div(nrm, nn, out=out[4:7])
+    # Per-point table (flow u / R, flow v / R, z / R, 1) with a zero row at index n for the
+    # empty keys, whose index bits (2^32 - 1) clamp onto it.
+    table = torch.zeros((n + 1, 4), dtype=torch.float32, device=acc.device)
+    table[:n, 0:2] = flow * inv_size
+    table[:n, 2] = z * inv_size
+    table[:n, 3] = 1.0
+    idx = key_index(keys).clamp_max_(n)  # (K, P)
+    g = table.index_select(0, idx.view(-1)).view(k, plane, 4).permute(0, 2, 1)  # (K, 4, P)
+    enc = out[N_BASE:].view(k, 4, plane)
+    enc[:, 0:2] = g[:, 0:2]
+    enc[:, 2] = g[:, 2] - (out[3] * inv_size) * g[:, 3]
+    torch.div(torch.exp(-(key_d2(keys) * params.inv_two_sigma2)), den, out=enc[:, 3])  # empty: exp(-inf) = 0
+    lab = torch.cat([label, label.new_zeros(1)])  # BACKGROUND for pixels without candidates
+    labels = lab.index_select(0, idx[0]).to(torch.int64)
     return out, labels
 
 

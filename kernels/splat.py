@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .splat_common import EMPTY_KEY, N_ACC, N_ATTR, SplatParams, check_points
-from .zbuffer import candidate_pairs
+from .zbuffer import Pairs, candidate_pairs
 
 try:  # optional: the package works without triton
     import triton
@@ -142,42 +142,31 @@ def splat_torch(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: to
                 block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch twin of :func:`splat_triton` (same signature; ``block`` unused)."""
     _check(xy, z, attrs, zmin, params)
-    pix, d2, ok = candidate_pairs(xy, params.size, params.radius)
-    return splat_from_pairs(pix, d2, ok, z, attrs, zmin, params)
+    return splat_from_pairs(candidate_pairs(xy, params.size, params.radius), z, attrs, zmin, params)
 
 
-def splat_from_pairs(pix: torch.Tensor, d2: torch.Tensor, ok: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor,
-                     zmin: torch.Tensor, params: SplatParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """The splat from precomputed candidate pairs (vectorised over all pairs, K rounds)."""
-    n = z.shape[0]
+def splat_from_pairs(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor,
+                     params: SplatParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The splat from precomputed candidate pairs: vectorised over all pairs, K scatter rounds."""
     plane = params.size * params.size
-    flat = pix.reshape(-1)
-    front = ok & (z[:, None] <= zmin.index_select(0, flat).view_as(d2) + params.depth_tol)
-    w = torch.exp(-(d2 * params.inv_two_sigma2)) * front
+    f = pairs.cand.shape[1]
+    front = pairs.cand & (z[:, None] <= zmin.index_select(0, pairs.pix).view(-1, f) + params.depth_tol)
+    # Compact to the front pairs (nonzero + index_select: boolean indexing is slow on the CPU).
+    sel = front.view(-1).nonzero().squeeze(1)
+    pid = torch.div(sel, f, rounding_mode="floor")
+    pix = pairs.pix.index_select(0, sel)
+    d2 = pairs.d2.index_select(0, sel)
+    w = torch.exp(-(d2 * params.inv_two_sigma2))
     chans = torch.cat([torch.ones_like(z)[None], attrs[:, :2].T, z[None], attrs[:, 2:].T])  # (8, N)
     acc = torch.zeros((N_ACC, plane), dtype=torch.float32, device=z.device)
-    acc.index_add_(1, flat, (chans[:, :, None] * w[None]).reshape(N_ACC, -1))
-    keys = select_k_nearest(flat, d2, front, plane, params.k)
+    acc.index_add_(1, pix, chans.index_select(1, pid) * w)
+    key = (d2.view(torch.int32).to(torch.int64) << 32) | pid
+    keys = torch.full((params.k, plane), EMPTY_KEY, dtype=torch.int64, device=z.device)
+    for r in range(params.k):
+        keys[r].scatter_reduce_(0, pix, key, "amin")
+        if r + 1 < params.k:  # the next round sees only the keys above this round's winner
+            key.masked_fill_(key <= keys[r].index_select(0, pix), EMPTY_KEY)
     return acc, keys
-
-
-def select_k_nearest(flat: torch.Tensor, d2: torch.Tensor, front: torch.Tensor, plane: int, k: int) -> torch.Tensor:
-    """K rounds of scatter-min over the packed (d2, index) keys of the front pairs."""
-    n = d2.shape[0]
-    idx = torch.arange(n, dtype=torch.int64, device=d2.device)
-    key = (d2.view(torch.int32).to(torch.int64) << 32) | idx[:, None]
-    key = torch.where(front, key, EMPTY_KEY).reshape(-1)
-    keys = torch.full((k, plane), EMPTY_KEY, dtype=torch.int64, device=d2.device)
-    # Only front pairs take part; compacting them first makes the later rounds cheaper.
-    # (index_select with nonzero: boolean/advanced indexing is far slower on the CPU.)
-    sel = front.reshape(-1).nonzero().squeeze(1)
-    key, flat = key.index_select(0, sel), flat.index_select(0, sel)
-    for r in range(k):
-        keys[r].scatter_reduce_(0, flat, key, "amin")
-        if r + 1 < k:
-            rest = (key > keys[r].index_select(0, flat)).nonzero().squeeze(1)
-            key, flat = key.index_select(0, rest), flat.index_select(0, rest)
-    return keys
 
 
 def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0) -> dict[str, float]:

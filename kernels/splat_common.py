@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-EMPTY_KEY = torch.iinfo(torch.int64).max  # "no candidate" in the K-nearest key buffers
+# "No candidate" in the K-nearest key buffers: above every real key, its d2 decodes to +inf
+# (weight exp(-inf) = 0) and its index (2^32 - 1) to the dummy row past the last point.
+EMPTY_KEY = (0x7F800000 << 32) | 0xFFFFFFFF
 EMPTY_Z = torch.iinfo(torch.int32).max  # "no candidate" in the ordered-int z-buffer
 N_ACC = 8  # accumulated channels: w, w*fu, w*fv, w*z, w*nx, w*ny, w*nz, w*src_visible
 N_ATTR = 6  # per-point attributes: fu, fv, nx, ny, nz, src_visible

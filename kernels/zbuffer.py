@@ -11,6 +11,8 @@ bit for bit.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .splat_common import EMPTY_Z, check_points, float_to_ordered, ordered_to_float, reach
@@ -64,50 +66,52 @@ def zbuffer_triton(xy: torch.Tensor, z: torch.Tensor, size: int, radius: float, 
     return ordered_to_float(out)
 
 
-def candidate_pairs(xy: torch.Tensor, size: int, radius: float):
-    """Vectorised candidate footprint of every point (the torch twins' shared front end).
+class Pairs(NamedTuple):
+    """Every point's full cell footprint, dense: F = (2 reach + 1)^2 entries per point."""
 
-    Returns ``pix`` (N, F) int64 flat pixel indices (clamped into the grid where the pair is
-    off-grid), ``d2`` (N, F) float32 and ``ok`` (N, F) bool (candidate and inside the grid),
-    with F = (2 reach + 1)^2 cell offsets.
-    Distances follow the exact operation order of the Triton kernels.
+    pix: torch.Tensor  # (N * F,) int64 flat pixel index (row * size + column), clamped onto the grid
+    d2: torch.Tensor  # (N * F,) float32 squared distance to the pixel centre; +inf off the grid
+    cand: torch.Tensor  # (N, F) bool: a candidate pair (d2 <= radius^2, on the grid)
+
+
+def candidate_pairs(xy: torch.Tensor, size: int, radius: float) -> Pairs:
+    """Vectorised footprints of all points (the torch twins' shared front end).
+
+    Distances follow the exact operation order of the Triton kernels, so the same pairs
+    qualify. Off-grid offsets get an infinite distance, so one comparison finds the pairs.
     """
     r = reach(radius)
+    w = 2 * r + 1
     cxf = torch.floor(xy[:, 0])
     cyf = torch.floor(xy[:, 1])
     ax = (cxf + 0.5) - xy[:, 0]
     ay = (cyf + 0.5) - xy[:, 1]
-    # Clamp far-away cells so int32 maths cannot overflow; their pairs are masked anyway.
-    cx = cxf.clamp(-4 * size - 8, 5 * size + 8).to(torch.int32)
-    cy = cyf.clamp(-4 * size - 8, 5 * size + 8).to(torch.int32)
-    d = torch.arange(-r, r + 1, dtype=torch.int32, device=xy.device)
+    d = torch.arange(-r, r + 1, dtype=torch.int64, device=xy.device)
     df = d.to(torch.float32)
-    ex = ax[:, None] + df[None, :]  # (N, W)
+    px = cxf.to(torch.int64)[:, None] + d[None, :]  # (N, W)
+    py = cyf.to(torch.int64)[:, None] + d[None, :]
+    ex = ax[:, None] + df[None, :]
     ey = ay[:, None] + df[None, :]
-    d2 = (ey * ey)[:, :, None] + (ex * ex)[:, None, :]  # (N, W_dy, W_dx)
-    px = cx[:, None] + d[None, :]
-    py = cy[:, None] + d[None, :]
-    okx = (px >= 0) & (px < size)
-    oky = (py >= 0) & (py < size)
-    ok = (oky[:, :, None] & okx[:, None, :]) & (d2 <= float(torch.tensor(radius, dtype=torch.float32) ** 2))
-    pix = py.clamp(0, size - 1).to(torch.int64)[:, :, None] * size + px.clamp(0, size - 1).to(torch.int64)[:, None, :]
-    n = xy.shape[0]
-    return pix.reshape(n, -1), d2.reshape(n, -1), ok.reshape(n, -1)
+    inf = torch.tensor(float("inf"), device=xy.device)
+    ex2 = torch.where((px >= 0) & (px < size), ex * ex, inf)
+    ey2 = torch.where((py >= 0) & (py < size), ey * ey, inf)
+    d2 = (ey2[:, :, None] + ex2[:, None, :]).view(-1)  # (N * W_dy * W_dx,)
+    pix = ((py.clamp_(0, size - 1) * size)[:, :, None] + px.clamp_(0, size - 1)[:, None, :]).view(-1)
+    r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)
+    return Pairs(pix=pix, d2=d2, cand=(d2 <= r2).view(-1, w * w))
 
 
 def zbuffer_torch(xy: torch.Tensor, z: torch.Tensor, size: int, radius: float, block: int = 256) -> torch.Tensor:
     """Torch twin of :func:`zbuffer_triton` (same signature; ``block`` unused)."""
     check_points(xy, z)
-    pix, _, ok = candidate_pairs(xy, size, radius)
-    return zbuffer_from_pairs(pix, ok, z, size)
+    return zbuffer_from_pairs(candidate_pairs(xy, size, radius), z, size)
 
 
-def zbuffer_from_pairs(pix: torch.Tensor, ok: torch.Tensor, z: torch.Tensor, size: int) -> torch.Tensor:
+def zbuffer_from_pairs(pairs: Pairs, z: torch.Tensor, size: int) -> torch.Tensor:
     """The z-buffer from precomputed :func:`candidate_pairs` (lets the twins share them)."""
-    zk = float_to_ordered(z)
-    vals = torch.where(ok, zk[:, None], EMPTY_Z)
+    vals = torch.where(pairs.cand, float_to_ordered(z)[:, None], EMPTY_Z).view(-1)
     out = torch.full((size * size,), EMPTY_Z, dtype=torch.int32, device=z.device)
-    out.scatter_reduce_(0, pix.reshape(-1), vals.reshape(-1), "amin")
+    out.scatter_reduce_(0, pairs.pix, vals, "amin")
     return ordered_to_float(out)
 
 

@@ -197,9 +197,9 @@ def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
         from rt_portrait.kernels.zbuffer import candidate_pairs, zbuffer_from_pairs
 
         # Fused twins: the candidate pairs are built once for the z-buffer and the splat.
-        pix, d2, ok = candidate_pairs(xy, params.size, params.radius)
-        zmin = zbuffer_from_pairs(pix, ok, z, params.size)
-        acc, keys = splat_from_pairs(pix, d2, ok, z, attrs, zmin, params)
+        pairs = candidate_pairs(xy, params.size, params.radius)
+        zmin = zbuffer_from_pairs(pairs, z, params.size)
+        acc, keys = splat_from_pairs(pairs, z, attrs, zmin, params)
         out, labels = finalize_torch(acc, keys, xy, z, flow, label, params)
 
     r = params.size

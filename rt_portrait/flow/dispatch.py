@@ -6,9 +6,13 @@ Definition (learning-free, rasterization-free; grid and distances as in
 1. Candidates of pixel p: the target points within ``radius`` of p's centre (image plane).
 2. Front surface: candidates with ``z <= zmin(p) + depth_tol``, zmin over p's candidates.
 3. Weights on front candidates: ``w = exp(-d^2 / (2 sigma^2))``, ``sigma = radius / 2``.
+   Back-facing points (normal z > 0: facing away from the camera, z grows away from it) are
+   no candidates: on a closed surface a front-facing surface hides them anyway (culling
+   halves the head shell's cost).
 4. Source visibility of point i: its source depth is within ``depth_tol`` of the source
    cloud's z-buffer (same definition, steps 1-2) at the pixel containing its source position;
-   points whose source position is off the grid count as visible.
+   points whose source position is off the grid count as visible, points back-facing in
+   the source as hidden.
 5. Fields: flow = weighted mean of ``src_uv - tgt_uv`` (backward: source = p + flow);
    visibility = ``(1 - exp(-sum w / 0.25))`` x weighted fraction of source-visible
    candidates; depth, normal (renormalised) = weighted means; label = region of the nearest
@@ -153,13 +157,16 @@ def source_visibility(source: PointCloud, config: FlowConfig) -> torch.Tensor:
     backend = resolve_backend(config, source.xyz.device)
     xy = _splat_xy(source.xyz, params.size, params.reach)
     z = source.xyz[:, 2].contiguous()
+    facing = source.normal[:, 2] <= 0
+    keep = facing.nonzero().squeeze(1)
+    xyk, zk = xy.index_select(0, keep).contiguous(), z.index_select(0, keep).contiguous()
     if backend == "triton":
-        zmin = _triton_modules()[0].zbuffer_triton(xy, z, params.size, params.radius)
+        zmin = _triton_modules()[0].zbuffer_triton(xyk, zk, params.size, params.radius)
     else:
         from rt_portrait.kernels.zbuffer import zbuffer_torch
 
-        zmin = zbuffer_torch(xy, z, params.size, params.radius)
-    return _point_visibility(xy, z, zmin, params.size, params.depth_tol)
+        zmin = zbuffer_torch(xyk, zk, params.size, params.radius)
+    return _point_visibility(xy, z, zmin, params.size, params.depth_tol) * facing
 
 
 def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
@@ -180,11 +187,14 @@ def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
         raise ValueError(f"source_visible must be ({n},) float32 on {device}, got {tuple(source_visible.shape)} "
                          f"{source_visible.dtype} {source_visible.device}")
 
-    xy = _splat_xy(target.xyz, params.size, params.reach)
-    z = target.xyz[:, 2].contiguous()
-    flow = (source.xyz[:, :2] - target.xyz[:, :2]).contiguous()
-    attrs = torch.cat([flow, target.normal, source_visible[:, None]], dim=1).contiguous()
-    label = target.label.contiguous()
+    keep = (target.normal[:, 2] <= 0).nonzero().squeeze(1)  # back-face culling
+    txyz = target.xyz.index_select(0, keep)
+    xy = _splat_xy(txyz, params.size, params.reach)
+    z = txyz[:, 2].contiguous()
+    flow = (source.xyz.index_select(0, keep)[:, :2] - txyz[:, :2]).contiguous()
+    attrs = torch.cat([flow, target.normal.index_select(0, keep), source_visible.index_select(0, keep)[:, None]],
+                      dim=1).contiguous()
+    label = target.label.index_select(0, keep).contiguous()
 
     if backend == "triton":
         zb, sp, fin = _triton_modules()

@@ -1,0 +1,212 @@
+"""The head scene as an index-aligned point cloud in working-grid pixels.
+
+For a HeadState (camera px) and a Window (camera px -> working px) the builder returns the
+surface samples the 3D flow splats, always the same points in the same order, so the
+target and source clouds are index-aligned:
+
+(a) the face mesh densified by fixed barycentric samples of its triangles (each triangle
+    split into n^2 sub-triangles, shared edge/vertex samples kept once), labels from the
+    template's per-vertex regions, normals interpolated from the posed mesh's area-weighted
+    vertex normals;
+(b) eye fills (the eye-loop openings) and the irises (discs on the iris rings), label EYES;
+(c) mouth-interior points: a fan filling the inner-lip loop, recessed behind the lips by
+    more than the depth tolerance, label MOUTH_INTERIOR: in a closed mouth the fan collapses
+    behind the lips and is hidden;
+(d) head-shell points, rigid with the pose, label HEAD_SHELL;
+(e) static background anchors, a regular grid over the window at far depth (z = R working
+    px, behind any head), identical in every cloud, label BACKGROUND.
+
+Everything that does not depend on the frame (sample weights, incidence matrices, the shell
+subset, the anchors) is computed once in the constructor; a call is a few small matmuls.
+Depth z is the camera-frame z scaled by the window scale (working px, larger = farther).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .types import FlowConfig, PointCloud, Region, Window
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    spacing: float = 0.85  # target point spacing, as a fraction of the flow radius
+    background_spacing: float = 1.35  # anchor grid step, as a fraction of the flow radius
+    mouth_recess: float = 2.0  # mouth-interior depth behind the lips, in depth tolerances
+    eye_recess: float = 0.25  # eye fill depth behind the lids, in depth tolerances
+    iris_lift: float = 0.1  # irises in front of the eye fill, in depth tolerances
+    max_subdivision: int = 6  # cap on n (each triangle -> n^2 sub-triangles)
+
+
+def _barycentric_samples(triangles: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique samples (i, j, k) / n of every triangle as (M, 3) vertex ids and (M, 3) weights."""
+    ij = [(i, j) for i in range(n + 1) for j in range(n + 1 - i)]
+    bary = np.array([(i, j, n - i - j) for i, j in ij], dtype=np.int64)  # (S, 3) integer weights
+    f = len(triangles)
+    ids = np.broadcast_to(triangles[:, None, :].astype(np.int64), (f, len(bary), 3)).reshape(-1, 3)
+    wts = np.broadcast_to(bary[None], (f, len(bary), 3)).reshape(-1, 3)
+    # Canonical form: zero-weight slots get id -1, then sort slots by id, so a sample shared
+    # by neighbouring triangles (edges, vertices) has one key.
+    ids = np.where(wts > 0, ids, -1)
+    order = np.argsort(ids, axis=1, kind="stable")
+    ids = np.take_along_axis(ids, order, 1)
+    wts = np.take_along_axis(wts, order, 1)
+    _, first = np.unique(np.concatenate([ids, wts], axis=1), axis=0, return_index=True)
+    first = np.sort(first)
+    ids, wts = ids[first], wts[first]
+    return np.where(ids < 0, 0, ids), wts.astype(np.float64) / n
+
+
+def _fan_weights(loop_len: int, rings: int, per_edge: int) -> np.ndarray:
+    """(S, L) weights over a closed loop's vertices: rings shrunk toward the loop centroid."""
+    rows = [np.full(loop_len, 1.0 / loop_len)]  # centroid
+    for r in range(1, rings + 1):
+        t = r / (rings + 1)  # 0 = centroid, 1 = loop (excluded: the lips/lids are there)
+        m = max(1, round(per_edge * t))
+        for k in range(loop_len):
+            for s in range(m):
+                a = s / m
+                w = np.full(loop_len, (1.0 - t) / loop_len)
+                w[k] += t * (1 - a)
+                w[(k + 1) % loop_len] += t * a
+                rows.append(w)
+    return np.array(rows)
+
+
+def _thin(points: np.ndarray, cell: float) -> np.ndarray:
+    """Indices of a deterministic subset with at most one point per ``cell``-sized voxel."""
+    if cell <= 0:
+        return np.arange(len(points))
+    keys = np.floor(points / cell).astype(np.int64)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return np.sort(first)
+
+
+class SceneBuilder:
+    """Builds the head scene's PointCloud for any HeadState of one subject in one window.
+
+    ``head_scale``: camera px per canonical unit expected for this subject (e.g. the source
+    state's ``pose.scale``); it only sets sampling densities. By default it assumes the face
+    spans a quarter of the window (``compose.choose_window``'s rule).
+    """
+
+    def __init__(self, template, shell, window: Window, image_size: tuple[int, int],
+                 device: torch.device | str | None = None, config: SceneConfig | None = None,
+                 flow: FlowConfig | None = None, head_scale: float | None = None) -> None:
+        self.config = cfg = config or SceneConfig()
+        self.window = window
+        self.image_size = image_size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        flow = flow or FlowConfig(size=window.size)
+        r = float(flow.radius) if flow.radius is not None else window.size / 128 + 1
+        tol = float(flow.depth_tol) if flow.depth_tol is not None else window.size / 32
+        verts = np.asarray(template.vertices, dtype=np.float64)
+        tris = np.asarray(template.triangles, dtype=np.int64)
+        if head_scale is None:
+            extent = float(np.ptp(verts[:, :2], axis=0).max())
+            head_scale = window.side / 4.0 / extent
+        px_per_unit = head_scale * window.scale  # working px per canonical unit
+        spacing_units = cfg.spacing * r / px_per_unit
+
+        # (a) face: subdivision level from the longer edges at the expected scale
+        e = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
+        edge = np.linalg.norm(verts[e[:, 0]] - verts[e[:, 1]], axis=1)
+        self.subdivision = int(np.clip(math.ceil(np.percentile(edge, 90) / spacing_units), 1, cfg.max_subdivision))
+        self._face_ids, self._face_w = _barycentric_samples(tris, self.subdivision)
+        self._tris = tris
+        nv = len(verts)
+        inc = np.zeros((nv, len(tris)))
+        for c in range(3):
+            inc[tris[:, c], np.arange(len(tris))] = 1.0
+        self._incidence = inc  # vertex normal = sum of adjacent (area-weighted) face normals
+        regions = np.asarray(template.regions)
+        dominant = np.take_along_axis(self._face_ids, np.argmax(self._face_w, axis=1)[:, None], 1)[:, 0]
+        face_labels = regions[dominant].astype(np.int32)
+
+        # (b, c) fans over closed loops, expressed as weights over all vertices
+        def fan(loop: np.ndarray, extent_units: float) -> np.ndarray:
+            rings = max(1, math.ceil(extent_units / 2 / spacing_units))
+            per_edge = max(1, math.ceil(extent_units * math.pi / len(loop) / spacing_units))
+            w = np.zeros((0, nv))
+            wl = _fan_weights(len(loop), rings, per_edge)
+            w = np.zeros((len(wl), nv))
+            w[:, loop] = wl
+            return w
+
+        def loop_extent(loop: np.ndarray) -> float:
+            return float(np.ptp(verts[loop, :2], axis=0).max())
+
+        mouth_loop = np.asarray(template.group("inner_lip_loop"), dtype=np.int64)
+        eye_loops = [np.asarray(template.group(g), dtype=np.int64) for g in ("left_eye_loop", "right_eye_loop")]
+        iris_rings = [np.asarray(template.group(g), dtype=np.int64)[1:] for g in ("left_iris", "right_iris")]
+        fans = [(fan(mouth_loop, loop_extent(mouth_loop)), Region.MOUTH_INTERIOR, cfg.mouth_recess * tol)]
+        for loop in eye_loops:
+            fans.append((fan(loop, loop_extent(loop)), Region.EYES, cfg.eye_recess * tol))
+        for ring in iris_rings:
+            fans.append((fan(ring, loop_extent(ring)), Region.EYES, -cfg.iris_lift * tol))
+        self._fan_w = np.concatenate([f[0] for f in fans])
+        self._fan_dz = np.concatenate([np.full(len(f[0]), f[2]) for f in fans])
+        fan_labels = np.concatenate([np.full(len(f[0]), int(f[1]), dtype=np.int32) for f in fans])
+
+        # (d) shell, thinned to the target spacing
+        if shell is not None:
+            keep = _thin(np.asarray(shell.points), spacing_units)
+            self._shell_pts = np.asarray(shell.points, dtype=np.float64)[keep]
+            self._shell_nrm = np.asarray(shell.normals, dtype=np.float64)[keep]
+            shell_labels = np.asarray(shell.labels, dtype=np.int32)[keep]
+        else:
+            self._shell_pts = np.zeros((0, 3))
+            self._shell_nrm = np.zeros((0, 3))
+            shell_labels = np.zeros(0, dtype=np.int32)
+
+        # (e) background anchors over the working grid, far behind the head
+        step = cfg.background_spacing * r
+        g = np.arange(step / 2, window.size, step)
+        gx, gy = np.meshgrid(g, g)
+        self._bg = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, float(window.size))], axis=1)
+
+        self.counts = {"face": len(self._face_ids), "fans": len(self._fan_w), "shell": len(self._shell_pts),
+                       "background": len(self._bg)}
+        labels = np.concatenate([face_labels, fan_labels, shell_labels,
+                                 np.full(len(self._bg), int(Region.BACKGROUND), dtype=np.int32)])
+        self._labels = torch.from_numpy(labels).to(self.device)
+        self._offset = np.array([window.x0, window.y0, 0.0])
+
+    @property
+    def num_points(self) -> int:
+        return int(self._labels.shape[0])
+
+    def __call__(self, state) -> PointCloud:
+        return self.build(state)
+
+    def build(self, state) -> PointCloud:
+        """The scene of ``state`` (a HeadState) in working px, index-aligned across states."""
+        s = self.window.scale
+        v = (state.vertices() - self._offset) * s  # (478, 3) working px, z scaled alike
+        if v.shape[0] != self._incidence.shape[0]:
+            raise ValueError(f"head state has {v.shape[0]} vertices, template has {self._incidence.shape[0]}")
+        if not np.isfinite(v).all():
+            raise ValueError("head state has non-finite vertices")
+        t = self._tris
+        fn = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])  # area-weighted face normals
+        vn = self._incidence @ fn
+        face = np.einsum("mk,mkd->md", self._face_w, v[self._face_ids])
+        face_n = np.einsum("mk,mkd->md", self._face_w, vn[self._face_ids])
+        fans = self._fan_w @ v
+        fans[:, 2] += self._fan_dz
+        fan_n = np.broadcast_to(np.array([0.0, 0.0, -1.0]), fans.shape)
+        pose = state.pose
+        shell = (pose.apply(self._shell_pts) - self._offset) * s
+        shell_n = self._shell_nrm @ pose.rotation.T
+        bg_n = np.broadcast_to(np.array([0.0, 0.0, -1.0]), self._bg.shape)
+        xyz = np.concatenate([face, fans, shell, self._bg]).astype(np.float32)
+        nrm = np.concatenate([face_n, fan_n, shell_n, bg_n]).astype(np.float32)
+        nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+        return PointCloud(
+            xyz=torch.from_numpy(xyz).to(self.device),
+            normal=torch.from_numpy(nrm).to(self.device),
+            label=self._labels,
+        )

@@ -145,7 +145,8 @@ def finalize_torch(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: t
     return out, labels
 
 
-def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0) -> float:
+def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0,
+          device: str = "cpu") -> float:
     """Compare Triton with the torch twin on a real splat; returns the max abs difference (<= 1e-5)."""
     from .splat import splat_torch
     from .zbuffer import zbuffer_torch
@@ -157,6 +158,7 @@ def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: i
     attrs[:, 5] = (attrs[:, 5] > 0).float()
     attrs = attrs.contiguous()
     label = torch.randint(0, 8, (n,), generator=g, dtype=torch.int32)
+    xy, z, attrs, label = xy.to(device), z.to(device), attrs.to(device), label.to(device)
     params = SplatParams(size=size, radius=radius, depth_tol=size / 32, k=k, sigma=radius / 2)
     acc, keys = splat_torch(xy, z, attrs, zbuffer_torch(xy, z, size, radius), params)
     flow = attrs[:, :2].contiguous()

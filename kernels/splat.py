@@ -169,7 +169,8 @@ def splat_from_pairs(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: t
     return acc, keys
 
 
-def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0) -> dict[str, float]:
+def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0,
+          device: str = "cpu") -> dict[str, float]:
     """Compare Triton with the torch twin: keys must be equal, sums within 1e-5 relative."""
     from .zbuffer import zbuffer_torch
 
@@ -177,6 +178,7 @@ def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: i
     xy = (torch.rand(n, 2, generator=g) * (size + 8) - 4).contiguous()
     z = (torch.rand(n, generator=g) * 30).contiguous()
     attrs = torch.randn(n, N_ATTR, generator=g).contiguous()
+    xy, z, attrs = xy.to(device), z.to(device), attrs.to(device)
     params = SplatParams(size=size, radius=radius, depth_tol=size / 32, k=k, sigma=radius / 2)
     zmin = zbuffer_torch(xy, z, size, radius)
     acc_t, keys_t = splat_triton(xy, z, attrs, zmin, params)

@@ -115,11 +115,13 @@ def zbuffer_from_pairs(pairs: Pairs, z: torch.Tensor, size: int) -> torch.Tensor
     return ordered_to_float(out)
 
 
-def check(n: int = 300, size: int = 48, radius: float = 3.0, seed: int = 0) -> float:
+def check(n: int = 300, size: int = 48, radius: float = 3.0, seed: int = 0,
+          device: str = "cpu") -> float:
     """Compare the Triton kernel with the torch twin; returns the max abs difference (exact: 0)."""
     g = torch.Generator().manual_seed(seed)
     xy = (torch.rand(n, 2, generator=g) * (size + 8) - 4).contiguous()
     z = torch.randn(n, generator=g) * 20
+    xy, z = xy.to(device), z.to(device)
     a = zbuffer_triton(xy, z, size, radius)
     b = zbuffer_torch(xy, z, size, radius)
     both = torch.isfinite(a) & torch.isfinite(b)

@@ -1,0 +1,238 @@
+"""Semantics of the 3D flow (torch path) on synthetic scenes, and the scene builder on a real face."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rt_portrait.flow import FlowBackendError, FlowConfig, PointCloud, Region, compute_flow, source_visibility
+
+R = 64
+
+
+def plane(x0: float, y0: float, x1: float, y1: float, z: float, spacing: float, label: Region) -> PointCloud:
+    """A fronto-parallel rectangle of points (normals toward the camera)."""
+    xs = torch.arange(x0, x1 + 1e-6, spacing)
+    ys = torch.arange(y0, y1 + 1e-6, spacing)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    xyz = torch.stack([gx.flatten(), gy.flatten(), torch.full((gx.numel(),), float(z))], 1).float()
+    nrm = torch.tensor([[0.0, 0.0, -1.0]]).expand(xyz.shape[0], 3).contiguous()
+    lab = torch.full((xyz.shape[0],), int(label), dtype=torch.int32)
+    return PointCloud(xyz.contiguous(), nrm, lab)
+
+
+def cat(*clouds: PointCloud) -> PointCloud:
+    return PointCloud(torch.cat([c.xyz for c in clouds]), torch.cat([c.normal for c in clouds]),
+                      torch.cat([c.label for c in clouds]))
+
+
+def moved(c: PointCloud, dx: float, dy: float, dz: float = 0.0) -> PointCloud:
+    return PointCloud((c.xyz + torch.tensor([dx, dy, dz])).contiguous(), c.normal, c.label)
+
+
+def scene() -> tuple[PointCloud, PointCloud, PointCloud]:
+    background = plane(0.5, 0.5, R - 0.5, R - 0.5, 200.0, 1.0, Region.BACKGROUND)
+    face = plane(20.0, 16.0, 44.0, 48.0, 50.0, 1.0, Region.SKIN)
+    return cat(face, background), face, background
+
+
+CFG = FlowConfig(size=R, backend="torch")
+
+
+def test_identity_motion_gives_zero_flow_and_full_visibility() -> None:
+    cloud, _, _ = scene()
+    f = compute_flow(cloud, cloud, CFG)
+    assert f.flow.shape == (2, R, R) and f.visibility.shape == (1, R, R) and f.depth.shape == (1, R, R)
+    assert f.normal.shape == (3, R, R) and f.labels.shape == (R, R) and f.labels.dtype == torch.int64
+    assert f.encoding.shape == (4 * CFG.k, R, R)
+    assert float(f.flow.abs().max()) == 0.0
+    # every pixel covered and every point visible in the source; only the silhouette, where
+    # the front surface has candidates on one side only, has a softer coverage
+    assert float(f.visibility.min()) > 0.5 and float(f.visibility.max()) <= 1.0
+    edge = torch.zeros(R, R, dtype=torch.bool)
+    edge[13:52, 17:48] = True
+    edge[19:46, 23:42] = False
+    assert float(f.visibility[0][~edge].min()) > 0.95
+    assert float(f.encoding.view(CFG.k, 4, R, R)[:, :2].abs().max()) == 0.0
+
+
+def test_translation_gives_constant_backward_flow_inside_the_object() -> None:
+    cloud, face, background = scene()
+    target = cat(moved(face, 5.0, -3.0), background)
+    f = compute_flow(target, cloud, CFG)
+    inside = f.labels == int(Region.SKIN)
+    assert inside.sum() > 400
+    # backward flow: the source pixel is p + flow = p - (dx, dy)
+    assert torch.allclose(f.flow[0][inside], torch.full_like(f.flow[0][inside], -5.0), atol=1e-5)
+    assert torch.allclose(f.flow[1][inside], torch.full_like(f.flow[1][inside], 3.0), atol=1e-5)
+    enc = f.encoding.view(CFG.k, 4, R, R)
+    assert torch.allclose(enc[0, 0][inside], torch.full_like(enc[0, 0][inside], -5.0 / R), atol=1e-6)
+    # far from the object the background stays put
+    assert float(f.flow[:, :5, :5].abs().max()) == 0.0
+
+
+def test_front_object_wins_the_depth_test() -> None:
+    cloud, _, _ = scene()
+    f = compute_flow(cloud, cloud, CFG)
+    centre = f.labels[25:40, 25:40]
+    assert bool((centre == int(Region.SKIN)).all())
+    assert torch.allclose(f.depth[0, 25:40, 25:40], torch.full((15, 15), 50.0))
+    assert bool((f.labels[:10, :] == int(Region.BACKGROUND)).all())
+    assert torch.allclose(f.depth[0, :10, :], torch.full((10, R), 200.0))
+    assert torch.allclose(f.normal[:, 30, 30], torch.tensor([0.0, 0.0, -1.0]))
+    # the object's depth offsets in the encoding are all ~0 (one surface, within tolerance)
+    assert float(f.encoding.view(CFG.k, 4, R, R)[:, 2, 25:40, 25:40].abs().max()) < 1e-5
+
+
+def test_points_hidden_in_the_source_get_low_visibility() -> None:
+    cloud, face, background = scene()
+    lid = plane(20.0, 16.0, 44.0, 30.0, 20.0, 1.5, Region.EYES)  # covers the top of the face
+    # source: the lid is in front; target: it has moved far off the grid
+    source = cat(face, background, lid)
+    target = cat(face, background, moved(lid, 300.0, 0.0))
+    f = compute_flow(target, source, CFG)
+    revealed = f.visibility[0, 18:28, 24:40]
+    still_visible = f.visibility[0, 36:46, 24:40]
+    assert float(revealed.max()) < 0.1
+    assert float(still_visible.min()) > 0.9
+    assert bool((f.labels[18:28, 24:40] == int(Region.SKIN)).all())
+
+
+def test_encoding_sorted_nearest_first_and_normalised() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 900
+    xyz = torch.cat([torch.rand(n, 2, generator=g) * R, torch.full((n, 1), 10.0)], 1).contiguous()
+    nrm = torch.tensor([[0.0, 0.0, -1.0]]).expand(n, 3).contiguous()
+    cloud = PointCloud(xyz, nrm, torch.ones(n, dtype=torch.int32))
+    src = PointCloud((xyz + torch.randn(n, 3, generator=g)).contiguous(), nrm, cloud.label)
+    f = compute_flow(cloud, src, CFG)
+    w = f.encoding.view(CFG.k, 4, R, R)[:, 3]  # (K, R, R) normalised weights, nearest first
+    assert bool((w[:-1] >= w[1:] - 1e-7).all())
+    assert float(w.sum(0).max()) <= 1.0 + 1e-5
+    has = w[0] > 0
+    assert bool(has.any()) and bool((~has).any())  # some pixels covered, some not (sparse cloud)
+    assert float(f.visibility[0][~has].abs().max()) == 0.0
+    assert float(f.flow[:, ~has].abs().max()) == 0.0
+    assert bool((f.labels[~has] == int(Region.BACKGROUND)).all())
+    missing = w == 0
+    assert float(f.encoding.view(CFG.k, 4, R, R).permute(1, 0, 2, 3)[:, missing].abs().max()) == 0.0
+
+
+def test_precomputed_source_visibility_gives_the_same_fields() -> None:
+    cloud, face, background = scene()
+    target = cat(moved(face, 2.0, 1.0), background)
+    vis = source_visibility(cloud, CFG)
+    assert vis.shape == (cloud.xyz.shape[0],) and set(vis.unique().tolist()) <= {0.0, 1.0}
+    a = compute_flow(target, cloud, CFG)
+    b = compute_flow(target, cloud, CFG, source_visible=vis)
+    assert torch.equal(a.visibility, b.visibility) and torch.equal(a.flow, b.flow)
+
+
+def test_back_facing_points_are_culled() -> None:
+    cloud, face, background = scene()
+    back = PointCloud(face.xyz - torch.tensor([0.0, 0.0, 10.0]), -face.normal, face.label.clone().fill_(2))
+    f = compute_flow(cat(cloud, back), cat(cloud, back), CFG)
+    assert not bool((f.labels == 2).any())  # in front of the face, but facing away
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda t, s: (t, PointCloud(s.xyz[:-1], s.normal[:-1], s.label[:-1])), "index-aligned"),
+        (lambda t, s: (PointCloud(t.xyz.double(), t.normal, t.label), s), "float32"),
+        (lambda t, s: (PointCloud(t.xyz, t.normal, t.label.long()), s), "int32"),
+        (lambda t, s: (PointCloud(t.xyz, t.normal[:, :2], t.label), s), "normal"),
+        (lambda t, s: (PointCloud(t.xyz[:, :2], t.normal, t.label), s), r"\(N, 3\)"),
+        (lambda t, s: (PointCloud(t.xyz.clone().index_fill_(0, torch.tensor([3]), float("nan")), t.normal, t.label), s),
+         "non-finite"),
+        (lambda t, s: (PointCloud(t.xyz.clone().index_fill_(0, torch.tensor([0]), float("inf")), t.normal, t.label), s),
+         "non-finite"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(mutate, message: str) -> None:
+    cloud, _, _ = scene()
+    target, source = mutate(cloud, cloud)
+    with pytest.raises(ValueError, match=message):
+        compute_flow(target, source, CFG)
+
+
+def test_bad_config_raises() -> None:
+    cloud, _, _ = scene()
+    with pytest.raises(ValueError, match="backend"):
+        compute_flow(cloud, cloud, FlowConfig(size=R, backend="cuda"))
+    with pytest.raises(ValueError, match="radius"):
+        compute_flow(cloud, cloud, FlowConfig(size=R, radius=0.1, backend="torch"))
+    with pytest.raises(ValueError, match="k must"):
+        compute_flow(cloud, cloud, FlowConfig(size=R, k=0, backend="torch"))
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cloud, _, _ = scene()
+    with pytest.raises(FlowBackendError, match="TRITON_INTERPRET|triton is not installed"):
+        compute_flow(cloud, cloud, FlowConfig(size=R, backend="triton"))
+
+
+def test_auto_backend_on_cpu_uses_the_torch_twin() -> None:
+    cloud, face, background = scene()
+    target = cat(moved(face, 1.0, 2.0), background)
+    a = compute_flow(target, cloud, FlowConfig(size=R, backend="auto"))
+    b = compute_flow(target, cloud, CFG)
+    assert torch.equal(a.flow, b.flow) and torch.equal(a.encoding, b.encoding)
+
+
+# --- the scene builder on a real face -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_scene(astronaut: np.ndarray):
+    from rt_portrait.compose import choose_window
+    from rt_portrait.flow.scene import SceneBuilder
+    from rt_portrait.head import build_shell, fit_head, load_template
+    from rt_portrait.tracking import track_image
+
+    track = track_image(astronaut)
+    assert track.found
+    tpl = load_template()
+    state = fit_head(track.landmarks, astronaut.shape[:2], template=tpl)
+    window = choose_window(track.landmarks, astronaut.shape[:2], 256)
+    builder = SceneBuilder(tpl, build_shell(tpl), window, astronaut.shape[:2], head_scale=state.pose.scale)
+    return tpl, state, builder
+
+
+def test_scene_cloud_is_index_aligned_and_labelled(real_scene) -> None:
+    tpl, state, builder = real_scene
+    cloud = builder(state)
+    n = builder.num_points
+    assert cloud.xyz.shape == (n, 3) and cloud.normal.shape == (n, 3) and cloud.label.shape == (n,)
+    assert cloud.xyz.dtype == torch.float32 and cloud.label.dtype == torch.int32
+    assert torch.allclose(cloud.normal.norm(dim=1), torch.ones(n), atol=1e-4)
+    present = set(cloud.label.unique().tolist())
+    for region in (Region.BACKGROUND, Region.SKIN, Region.HEAD_SHELL, Region.EYES, Region.LIPS, Region.MOUTH_INTERIOR):
+        assert int(region) in present
+    # the face points look at the camera on a frontal portrait
+    face = cloud.label == int(Region.SKIN)
+    assert float((cloud.normal[face, 2] < 0).float().mean()) > 0.8
+
+
+def test_scene_flow_on_a_real_face(real_scene) -> None:
+    from rt_portrait.head import apply_edits
+    from rt_portrait.head.types import Edits
+
+    tpl, state, builder = real_scene
+    source = builder(state)
+    still = compute_flow(source, source, FlowConfig(size=256, backend="torch"))
+    assert float(still.flow.abs().max()) == 0.0
+    face = still.region_mask(Region.SKIN)
+    assert face.sum() > 1000 and float(still.visibility[0][face].mean()) > 0.9
+    assert not bool(still.region_mask(Region.MOUTH_INTERIOR).any())  # closed mouth: hidden
+    target = builder(apply_edits(state, Edits(jaw_open=1.0), tpl))
+    f = compute_flow(target, source, FlowConfig(size=256, backend="torch"))
+    mouth = f.region_mask(Region.MOUTH_INTERIOR)
+    assert mouth.sum() > 20  # the opened mouth shows its interior ...
+    assert float(f.visibility[0][mouth].mean()) < 0.3  # ... which the source does not show
+    rows = torch.arange(256)[:, None].expand(256, 256)
+    below = rows > rows[mouth].float().max() + 2
+    chin = f.region_mask(Region.SKIN, Region.LIPS) & below
+    assert chin.sum() > 20
+    assert float(f.flow[1][chin].median()) < -0.5  # the jaw moved down: its source lies above

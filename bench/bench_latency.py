@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,48 +50,6 @@ class Result:
     @property
     def holds_fps(self) -> bool:
         return self.fps_min >= 0.95 * FPS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, size: int, source: Path, echo: bool, max_sessions: int) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "rt_portrait.server.app", "--port", str(self.port), "--ice-loopback-only",
-               "--probe-rows", str(STAMP_ROWS), "--size", str(size), "--source", str(source),
-               "--max-sessions", str(max_sessions)]
-        if echo:
-            cmd.append("--echo")
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-
-    async def wait_ready(self, http: "aiohttp.ClientSession", timeout: float = 180.0) -> None:  # noqa: F821
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"server exited: {self.log.read().decode()[-2000:]}")
-            try:
-                async with http.get(f"{self.base}/stats") as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            await asyncio.sleep(0.3)
-        raise TimeoutError("server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 async def measure(base: str, size: int, n_sessions: int, seconds: float, warmup: float, label: str) -> Result:
@@ -149,17 +105,18 @@ def portrait_file(size: int, folder: Path) -> Path:
 
 
 async def run_bench(sizes: list[int], seconds: float, warmup: float, max_n: int) -> list[Result]:
-    import aiohttp
+    from _webrtc_client import ServerProcess
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             source = portrait_file(size, Path(tmp))
             for label, echo in (("echo", True), ("animate", False)):
-                server = ServerProcess(size, source, echo, max_sessions=max(max_n, 1) + 1)
+                extra = ["--probe-rows", str(STAMP_ROWS), "--size", str(size), "--source", str(source),
+                         "--max-sessions", str(max(max_n, 1) + 1)] + (["--echo"] if echo else [])
+                server = ServerProcess(extra)
                 try:
-                    async with aiohttp.ClientSession() as http:
-                        await server.wait_ready(http)
+                    await server.wait_ready()
                     res = await measure(server.base, size, 1, seconds, warmup, label)
                     results.append(res)
                     print(fmt(res), flush=True)

@@ -273,3 +273,56 @@ class ServerThread:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m rt_portrait.server.app`` on 127.0.0.1 (loopback-only ICE) in its own
+    process, so the server does not share a GIL with the measuring client."""
+
+    def __init__(self, extra_args: list[str]) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "rt_portrait.server.app", "--port", str(self.port), "--ice-loopback-only", *extra_args]
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    async def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.output()[-2000:]}")
+                try:
+                    async with http.get(f"{self.base}/stats") as resp:
+                        if resp.status == 200:
+                            return
+                except (OSError, aiohttp.ClientError):
+                    pass
+                await asyncio.sleep(0.3)
+        raise TimeoutError(f"server did not start in {timeout} s: {self.output()[-2000:]}")
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)

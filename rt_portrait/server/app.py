@@ -96,7 +96,7 @@ def decode_portrait(data: bytes, max_side: int) -> np.ndarray:
     if w < 32 or h < 32:
         raise BadInput(422, f"image is {w}x{h}; too small for a portrait (at least 32x32)")
     try:
-        rgb = np.asarray(img.convert("RGB"))
+        rgb = np.array(img.convert("RGB"))  # a writable copy (torch warns on read-only arrays)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInput(415, f"could not decode the image: {exc}") from None
     return np.ascontiguousarray(rgb)

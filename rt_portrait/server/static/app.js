@@ -189,13 +189,13 @@ function renderStats() {
 }
 
 // Test hook: both videos drawn to small canvases at the same instant.
-window.rtpSnapshot = function (width = 192) {
+window.rtpSnapshot = function (width = 192, type = "image/jpeg") {
   const grab = (video) => {
     if (!video.videoWidth) return null;
     const c = document.createElement("canvas");
     c.width = width; c.height = Math.round((width * video.videoHeight) / video.videoWidth);
     c.getContext("2d").drawImage(video, 0, 0, c.width, c.height);
-    return c.toDataURL("image/png");
+    return c.toDataURL(type, 0.92);
   };
   return { t: performance.now(), camera: grab($("camera")), avatar: grab($("avatar")) };
 };

@@ -4,8 +4,8 @@ For a HeadState (camera px) and a Window (camera px -> working px) the builder r
 surface samples the 3D flow splats, always the same points in the same order, so the
 target and source clouds are index-aligned:
 
-(a) the face mesh densified by fixed barycentric samples of its triangles (each triangle
-    split into n^2 sub-triangles, shared edge/vertex samples kept once), labels from the
+(a) the face mesh densified by fixed barycentric samples of its triangles (triangle t split
+    into n_t^2 sub-triangles, n_t from its longest edge at the expected scale; shared samples kept once), labels from the
     template's per-vertex regions, normals interpolated from the posed mesh's area-weighted
     vertex normals;
 (b) eye fills (the eye-loop openings) and the irises (discs on the iris rings), label EYES;
@@ -33,23 +33,33 @@ from .types import FlowConfig, PointCloud, Region, Window
 
 @dataclass(frozen=True)
 class SceneConfig:
-    spacing: float = 0.85  # target point spacing, as a fraction of the flow radius
+    # Target sample spacings, as multiples of the flow radius. Spacing s leaves no point of a
+    # sampled surface farther than ~0.6 s from a sample, so s < 1.6 keeps surfaces hole-free.
+    face_spacing: float = 1.4  # longest sub-triangle edge of the densified face mesh
+    shell_spacing: float = 1.2  # voxel size that thins the head shell
+    fan_spacing: float = 1.0  # eye, iris and mouth fans
     background_spacing: float = 1.35  # anchor grid step, as a fraction of the flow radius
     mouth_recess: float = 2.0  # mouth-interior depth behind the lips, in depth tolerances
     eye_recess: float = 0.25  # eye fill depth behind the lids, in depth tolerances
     iris_lift: float = 0.1  # irises in front of the eye fill, in depth tolerances
-    max_subdivision: int = 6  # cap on n (each triangle -> n^2 sub-triangles)
+    max_subdivision: int = 6  # cap on a triangle's n (it is split into n^2 sub-triangles)
 
 
-def _barycentric_samples(triangles: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique samples (i, j, k) / n of every triangle as (M, 3) vertex ids and (M, 3) weights."""
-    ij = [(i, j) for i in range(n + 1) for j in range(n + 1 - i)]
-    bary = np.array([(i, j, n - i - j) for i, j in ij], dtype=np.int64)  # (S, 3) integer weights
-    f = len(triangles)
-    ids = np.broadcast_to(triangles[:, None, :].astype(np.int64), (f, len(bary), 3)).reshape(-1, 3)
-    wts = np.broadcast_to(bary[None], (f, len(bary), 3)).reshape(-1, 3)
-    # Canonical form: zero-weight slots get id -1, then sort slots by id, so a sample shared
-    # by neighbouring triangles (edges, vertices) has one key.
+def _barycentric_samples(triangles: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique samples (i, j, k) / n_t of every triangle t (n_t = ``levels[t]``).
+
+    Returns (M, 3) vertex ids and (M, 3) weights; samples shared by neighbouring triangles
+    (vertices, edges of equal level) are kept once.
+    """
+    lcm = int(np.lcm.reduce(np.arange(1, int(levels.max()) + 1)))
+    ids_all, wts_all = [], []
+    for n in np.unique(levels):
+        tri = triangles[levels == n].astype(np.int64)
+        bary = np.array([(i, j, n - i - j) for i in range(n + 1) for j in range(n + 1 - i)], dtype=np.int64)
+        ids_all.append(np.broadcast_to(tri[:, None, :], (len(tri), len(bary), 3)).reshape(-1, 3))
+        wts_all.append(np.broadcast_to(bary[None] * (lcm // n), (len(tri), len(bary), 3)).reshape(-1, 3))
+    ids, wts = np.concatenate(ids_all), np.concatenate(wts_all)
+    # Canonical form: zero-weight slots get id -1, slots sorted by id, so a shared sample has one key.
     ids = np.where(wts > 0, ids, -1)
     order = np.argsort(ids, axis=1, kind="stable")
     ids = np.take_along_axis(ids, order, 1)
@@ -57,7 +67,7 @@ def _barycentric_samples(triangles: np.ndarray, n: int) -> tuple[np.ndarray, np.
     _, first = np.unique(np.concatenate([ids, wts], axis=1), axis=0, return_index=True)
     first = np.sort(first)
     ids, wts = ids[first], wts[first]
-    return np.where(ids < 0, 0, ids), wts.astype(np.float64) / n
+    return np.where(ids < 0, 0, ids), wts.astype(np.float64) / lcm
 
 
 def _fan_weights(loop_len: int, rings: int, per_edge: int) -> np.ndarray:
@@ -109,12 +119,12 @@ class SceneBuilder:
             extent = float(np.ptp(verts[:, :2], axis=0).max())
             head_scale = window.side / 4.0 / extent
         px_per_unit = head_scale * window.scale  # working px per canonical unit
-        spacing_units = cfg.spacing * r / px_per_unit
+        unit = r / px_per_unit  # the flow radius in canonical units
 
-        # (a) face: subdivision level from the longer edges at the expected scale
-        e = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
-        edge = np.linalg.norm(verts[e[:, 0]] - verts[e[:, 1]], axis=1)
-        self.subdivision = int(np.clip(math.ceil(np.percentile(edge, 90) / spacing_units), 1, cfg.max_subdivision))
+        # (a) face: per-triangle subdivision so sample spacing <= target at the expected scale
+        edge = np.stack([np.linalg.norm(verts[tris[:, a]] - verts[tris[:, b]], axis=1)
+                         for a, b in ((0, 1), (1, 2), (2, 0))], axis=1).max(1)
+        self.subdivision = np.clip(np.ceil(edge / (cfg.face_spacing * unit)), 1, cfg.max_subdivision).astype(np.int64)
         self._face_ids, self._face_w = _barycentric_samples(tris, self.subdivision)
         self._tris = tris
         nv = len(verts)
@@ -128,8 +138,9 @@ class SceneBuilder:
 
         # (b, c) fans over closed loops, expressed as weights over all vertices
         def fan(loop: np.ndarray, extent_units: float) -> np.ndarray:
-            rings = max(1, math.ceil(extent_units / 2 / spacing_units))
-            per_edge = max(1, math.ceil(extent_units * math.pi / len(loop) / spacing_units))
+            step = cfg.fan_spacing * unit
+            rings = max(1, math.ceil(extent_units / 2 / step))
+            per_edge = max(1, math.ceil(extent_units * math.pi / len(loop) / step))
             w = np.zeros((0, nv))
             wl = _fan_weights(len(loop), rings, per_edge)
             w = np.zeros((len(wl), nv))
@@ -153,7 +164,7 @@ class SceneBuilder:
 
         # (d) shell, thinned to the target spacing
         if shell is not None:
-            keep = _thin(np.asarray(shell.points), spacing_units)
+            keep = _thin(np.asarray(shell.points), cfg.shell_spacing * unit)
             self._shell_pts = np.asarray(shell.points, dtype=np.float64)[keep]
             self._shell_nrm = np.asarray(shell.normals, dtype=np.float64)[keep]
             shell_labels = np.asarray(shell.labels, dtype=np.int32)[keep]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -175,11 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_latency_bench_runs() -> None:
     """Harness check (not a timing assertion): echo and animate at 256 deliver matched frames."""
-    import pytest
-
-    pytest.importorskip("aiortc")
     results = asyncio.run(run_bench([256], seconds=2.0, warmup=1.0, max_n=1))
     assert {r.label for r in results} == {"echo", "animate"}
     assert all(r.matched > 0 and np.isfinite(r.p50_ms) for r in results)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .splat_common import COVERAGE_SCALE, EMPTY_KEY, N_ACC, SplatParams, key_d2, key_index
+from .splat_common import COVERAGE_SCALE, EMPTY_KEY, N_ACC, SplatParams
 
 N_BASE = 7  # flow 2, visibility 1, depth 1, normal 3
 
@@ -117,29 +117,36 @@ def finalize_torch(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: t
     n = z.shape[0]
     inv_size = 1.0 / params.size
     sw = acc[0]
-    # Where sw == 0 every accumulator is 0, so dividing by a clamped sw gives the 0 fields
-    # the definition asks for without a select (same values as the kernel's where()).
-    den = sw.clamp_min(1e-30)
+    # Where sw == 0 every accumulator is 0, so scaling by 1 / clamped sw gives the 0 fields
+    # the definition asks for without a select (the kernel uses where()).
+    inv = 1.0 / sw.clamp_min(1e-30)
     out = torch.empty((N_BASE + 4 * k, plane), dtype=torch.float32, device=acc.device)
-    torch.div(acc[1:3], den, out=out[0:2])
-    torch.div(acc[3], den, out=out[3])
-    frac = (acc[7] / den).clamp_(0.0, 1.0)
+    torch.mul(acc[1:3], inv, out=out[0:2])
+    torch.mul(acc[3], inv, out=out[3])
+    frac = (acc[7] * inv).clamp_(0.0, 1.0)
     torch.mul(1.0 - torch.exp(-(sw * (1.0 / COVERAGE_SCALE))), frac, out=out[2])
     nrm = acc[4:7]
     nn = torch.sqrt(nrm[0] * nrm[0] + nrm[1] * nrm[1] + nrm[2] * nrm[2]).clamp_min_(1e-30)
     torch.div(nrm, nn, out=out[4:7])
-    # Per-point table (flow u / R, flow v / R, z / R, 1) with a zero row at index n for the
-    # empty keys, whose index bits (2^32 - 1) clamp onto it.
-    table = torch.zeros((n + 1, 4), dtype=torch.float32, device=acc.device)
-    table[:n, 0:2] = flow * inv_size
-    table[:n, 2] = z * inv_size
-    table[:n, 3] = 1.0
-    idx = key_index(keys).clamp_max_(n)  # (K, P)
-    g = table.index_select(0, idx.view(-1)).view(k, plane, 4).permute(0, 2, 1)  # (K, 4, P)
+    # Key halves as int32 views (little-endian: low word = point index, high word = d2 bits).
+    words = keys.view(torch.int32).view(k, plane, 2)
+    low = words[..., 0]
+    # Per-point columns (flow u / R, flow v / R, z / R, 1) with a zero column at index n for
+    # the empty keys, whose index word (-1 as int32) is sent there.
+    cols = torch.zeros((4, n + 1), dtype=torch.float32, device=acc.device)
+    cols[0:2, :n] = flow.T * inv_size
+    cols[2, :n] = z * inv_size
+    cols[3, :n] = 1.0
+    idx = torch.where(low >= 0, low, n)  # (K, P) int32
+    depth_r = out[3] * inv_size
     enc = out[N_BASE:].view(k, 4, plane)
-    enc[:, 0:2] = g[:, 0:2]
-    enc[:, 2] = g[:, 2] - (out[3] * inv_size) * g[:, 3]
-    torch.div(torch.exp(-(key_d2(keys) * params.inv_two_sigma2)), den, out=enc[:, 3])  # empty: exp(-inf) = 0
+    for j in range(k):  # K rounds over whole images (no per-pixel loop)
+        ij = idx[j]
+        torch.index_select(cols[0], 0, ij, out=enc[j, 0])
+        torch.index_select(cols[1], 0, ij, out=enc[j, 1])
+        torch.addcmul(cols[2].index_select(0, ij), depth_r, cols[3].index_select(0, ij), value=-1.0, out=enc[j, 2])
+    d2 = words[..., 1].view(torch.float32)  # empty keys: +inf -> weight exp(-inf) = 0
+    torch.mul(torch.exp(d2 * -params.inv_two_sigma2), inv, out=enc[:, 3])
     lab = torch.cat([label, label.new_zeros(1)])  # BACKGROUND for pixels without candidates
     labels = lab.index_select(0, idx[0]).to(torch.int64)
     return out, labels

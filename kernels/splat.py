@@ -157,9 +157,10 @@ def splat_from_pairs(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: t
     pix = pairs.pix.index_select(0, sel)
     d2 = pairs.d2.index_select(0, sel)
     w = torch.exp(-(d2 * params.inv_two_sigma2))
-    chans = torch.cat([torch.ones_like(z)[None], attrs[:, :2].T, z[None], attrs[:, 2:].T])  # (8, N)
+    chans = torch.cat([attrs[:, :2].T, z[None], attrs[:, 2:].T])  # (7, N): fu, fv, z, nx, ny, nz, vis
     acc = torch.zeros((N_ACC, plane), dtype=torch.float32, device=z.device)
-    acc.index_add_(1, pix, chans.index_select(1, pid) * w)
+    acc[0].index_add_(0, pix, w)
+    acc[1:].index_add_(1, pix, chans.index_select(1, pid).mul_(w))
     key = (d2.view(torch.int32).to(torch.int64) << 32) | pid
     keys = torch.full((params.k, plane), EMPTY_KEY, dtype=torch.int64, device=z.device)
     for r in range(params.k):

@@ -164,7 +164,7 @@ class AnimatorSession:
         self.edits = replace(cfg.edits)
         self.retarget = RetargetConfig(cfg.retarget.mode, replace(cfg.retarget.strengths))
         self.size = cfg.size
-        self.tracker = FaceTracker(TrackerConfig(static_image=False))
+        self.tracker = FaceTracker(TrackerConfig(static_image=False, max_faces=1))  # one face: the detector stops once it is tracked
         self.smoother = HeadStateSmoother(cfg.smoothing)
         self.retargeter = Retargeter(animator.source_state, self.retarget)
         self._driven: HeadState | None = None  # last retargeted state, before edits

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .splat_common import EMPTY_KEY, N_ACC, N_ATTR, SplatParams, check_points
+from .splat_common import EMPTY_KEY, MAX_PAIRS, N_ACC, N_ATTR, SplatParams, check_points
 from .zbuffer import Pairs, candidate_pairs
 
 try:  # optional: the package works without triton
@@ -140,34 +140,64 @@ def splat_triton(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: t
 
 def splat_torch(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams,
                 block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch twin of :func:`splat_triton` (same signature; ``block`` unused)."""
+    """Torch twin of :func:`splat_triton` (same signature; ``block`` unused).
+
+    Footprints are built for chunks of points (at most ``MAX_PAIRS`` dense pairs at a time),
+    so memory stays bounded for large clouds; the K rounds run over all front pairs.
+    """
     _check(xy, z, attrs, zmin, params)
-    return splat_from_pairs(candidate_pairs(xy, params.size, params.radius), z, attrs, zmin, params)
+    plane = params.size * params.size
+    acc = torch.zeros((N_ACC, plane), dtype=torch.float32, device=z.device)
+    chunk = max(1, MAX_PAIRS // (2 * params.reach + 1) ** 2)
+    pixs, keys = [], []
+    for s in range(0, z.shape[0], chunk):
+        e = min(s + chunk, z.shape[0])
+        pairs = candidate_pairs(xy[s:e], params.size, params.radius)
+        pix, key = _splat_chunk(pairs, z, attrs, zmin, params, s, e, acc)
+        pixs.append(pix)
+        keys.append(key)
+    if not pixs:
+        return acc, torch.full((params.k, plane), EMPTY_KEY, dtype=torch.int64, device=z.device)
+    return acc, select_k_nearest(torch.cat(pixs), torch.cat(keys), params.k, plane)
 
 
 def splat_from_pairs(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor,
                      params: SplatParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """The splat from precomputed candidate pairs: vectorised over all pairs, K scatter rounds."""
+    """The splat from precomputed candidate pairs of all points (one chunk)."""
     plane = params.size * params.size
+    acc = torch.zeros((N_ACC, plane), dtype=torch.float32, device=z.device)
+    pix, key = _splat_chunk(pairs, z, attrs, zmin, params, 0, z.shape[0], acc)
+    return acc, select_k_nearest(pix, key, params.k, plane)
+
+
+def _splat_chunk(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams,
+                 start: int, stop: int, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate the front pairs of points [start, stop) into ``acc``; return their (pix, key)."""
     f = pairs.cand.shape[1]
-    front = pairs.cand & (z[:, None] <= zmin.index_select(0, pairs.pix).view(-1, f) + params.depth_tol)
+    zc = z[start:stop]
+    front = pairs.cand & (zc[:, None] <= zmin.index_select(0, pairs.pix).view(-1, f) + params.depth_tol)
     # Compact to the front pairs (nonzero + index_select: boolean indexing is slow on the CPU).
     sel = front.view(-1).nonzero().squeeze(1)
     pid = torch.div(sel, f, rounding_mode="floor")
     pix = pairs.pix.index_select(0, sel)
     d2 = pairs.d2.index_select(0, sel)
     w = torch.exp(-(d2 * params.inv_two_sigma2))
-    chans = torch.cat([attrs[:, :2].T, z[None], attrs[:, 2:].T])  # (7, N): fu, fv, z, nx, ny, nz, vis
-    acc = torch.zeros((N_ACC, plane), dtype=torch.float32, device=z.device)
+    a = attrs[start:stop]
+    chans = torch.cat([a[:, :2].T, zc[None], a[:, 2:].T])  # (7, n): fu, fv, z, nx, ny, nz, vis
     acc[0].index_add_(0, pix, w)
     acc[1:].index_add_(1, pix, chans.index_select(1, pid).mul_(w))
-    key = (d2.view(torch.int32).to(torch.int64) << 32) | pid
-    keys = torch.full((params.k, plane), EMPTY_KEY, dtype=torch.int64, device=z.device)
-    for r in range(params.k):
+    key = (d2.view(torch.int32).to(torch.int64) << 32) | (pid + start)
+    return pix, key
+
+
+def select_k_nearest(pix: torch.Tensor, key: torch.Tensor, k: int, plane: int) -> torch.Tensor:
+    """K rounds of scatter-min over the unique packed keys; round r keeps the keys above round r-1's."""
+    keys = torch.full((k, plane), EMPTY_KEY, dtype=torch.int64, device=key.device)
+    for r in range(k):
         keys[r].scatter_reduce_(0, pix, key, "amin")
-        if r + 1 < params.k:  # the next round sees only the keys above this round's winner
+        if r + 1 < k:
             key.masked_fill_(key <= keys[r].index_select(0, pix), EMPTY_KEY)
-    return acc, keys
+    return keys
 
 
 def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0,

@@ -22,6 +22,7 @@ EMPTY_KEY = (0x7F800000 << 32) | 0xFFFFFFFF
 EMPTY_Z = torch.iinfo(torch.int32).max  # "no candidate" in the ordered-int z-buffer
 N_ACC = 8  # accumulated channels: w, w*fu, w*fv, w*z, w*nx, w*ny, w*nz, w*src_visible
 N_ATTR = 6  # per-point attributes: fu, fv, nx, ny, nz, src_visible
+MAX_PAIRS = 1 << 22  # torch twins: dense (point, offset) pairs built at once (bounds memory)
 COVERAGE_SCALE = 0.25  # coverage = 1 - exp(-sum_w / COVERAGE_SCALE): one centred point -> 0.98
 
 

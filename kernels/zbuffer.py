@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from .splat_common import EMPTY_Z, check_points, float_to_ordered, ordered_to_float, reach
+from .splat_common import EMPTY_Z, MAX_PAIRS, check_points, float_to_ordered, ordered_to_float, reach
 
 try:  # optional: the package works without triton
     import triton
@@ -102,17 +102,28 @@ def candidate_pairs(xy: torch.Tensor, size: int, radius: float) -> Pairs:
 
 
 def zbuffer_torch(xy: torch.Tensor, z: torch.Tensor, size: int, radius: float, block: int = 256) -> torch.Tensor:
-    """Torch twin of :func:`zbuffer_triton` (same signature; ``block`` unused)."""
+    """Torch twin of :func:`zbuffer_triton` (same signature; ``block`` unused).
+
+    Footprints are built for chunks of at most ``MAX_PAIRS`` dense pairs (bounded memory).
+    """
     check_points(xy, z)
-    return zbuffer_from_pairs(candidate_pairs(xy, size, radius), z, size)
+    out = torch.full((size * size,), EMPTY_Z, dtype=torch.int32, device=z.device)
+    chunk = max(1, MAX_PAIRS // (2 * reach(radius) + 1) ** 2)
+    for s in range(0, z.shape[0], chunk):
+        _scatter_zmin(candidate_pairs(xy[s : s + chunk], size, radius), z[s : s + chunk], out)
+    return ordered_to_float(out)
 
 
 def zbuffer_from_pairs(pairs: Pairs, z: torch.Tensor, size: int) -> torch.Tensor:
-    """The z-buffer from precomputed :func:`candidate_pairs` (lets the twins share them)."""
-    vals = torch.where(pairs.cand, float_to_ordered(z)[:, None], EMPTY_Z).view(-1)
+    """The z-buffer from precomputed :func:`candidate_pairs` of all points (lets the twins share them)."""
     out = torch.full((size * size,), EMPTY_Z, dtype=torch.int32, device=z.device)
-    out.scatter_reduce_(0, pairs.pix, vals, "amin")
+    _scatter_zmin(pairs, z, out)
     return ordered_to_float(out)
+
+
+def _scatter_zmin(pairs: Pairs, z: torch.Tensor, out: torch.Tensor) -> None:
+    vals = torch.where(pairs.cand, float_to_ordered(z)[:, None], EMPTY_Z).view(-1)
+    out.scatter_reduce_(0, pairs.pix, vals, "amin")
 
 
 def check(n: int = 300, size: int = 48, radius: float = 3.0, seed: int = 0,

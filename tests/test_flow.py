@@ -236,3 +236,18 @@ def test_scene_flow_on_a_real_face(real_scene) -> None:
     chin = f.region_mask(Region.SKIN, Region.LIPS) & below
     assert chin.sum() > 20
     assert float(f.flow[1][chin].median()) < -0.5  # the jaw moved down: its source lies above
+
+
+def test_chunked_twins_match_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large clouds take the memory-bounded chunked twins; they must give the same fields."""
+    from rt_portrait.kernels import splat, splat_common, zbuffer
+
+    cloud, face, background = scene()
+    target = cat(moved(face, 3.0, 1.0, -2.0), background)
+    fused = compute_flow(target, cloud, CFG)
+    for mod in (splat, splat_common, zbuffer):
+        monkeypatch.setattr(mod, "MAX_PAIRS", 997)
+    chunked = compute_flow(target, cloud, CFG)
+    assert torch.equal(fused.labels, chunked.labels)
+    for name in ("flow", "visibility", "depth", "normal", "encoding"):
+        assert torch.allclose(getattr(fused, name), getattr(chunked, name), atol=1e-5), name

@@ -203,13 +203,18 @@ def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
         out, labels = fin.finalize_triton(acc, keys, xy, z, flow, label, params)
     else:
         from rt_portrait.kernels.finalize import finalize_torch
-        from rt_portrait.kernels.splat import splat_from_pairs
-        from rt_portrait.kernels.zbuffer import candidate_pairs, zbuffer_from_pairs
+        from rt_portrait.kernels.splat import splat_from_pairs, splat_torch
+        from rt_portrait.kernels.splat_common import MAX_PAIRS
+        from rt_portrait.kernels.zbuffer import candidate_pairs, zbuffer_from_pairs, zbuffer_torch
 
-        # Fused twins: the candidate pairs are built once for the z-buffer and the splat.
-        pairs = candidate_pairs(xy, params.size, params.radius)
-        zmin = zbuffer_from_pairs(pairs, z, params.size)
-        acc, keys = splat_from_pairs(pairs, z, attrs, zmin, params)
+        if xy.shape[0] * (2 * params.reach + 1) ** 2 <= MAX_PAIRS:
+            # Fused twins: the candidate pairs are built once for the z-buffer and the splat.
+            pairs = candidate_pairs(xy, params.size, params.radius)
+            zmin = zbuffer_from_pairs(pairs, z, params.size)
+            acc, keys = splat_from_pairs(pairs, z, attrs, zmin, params)
+        else:  # large clouds: chunked twins (footprints built twice, memory bounded)
+            zmin = zbuffer_torch(xy, z, params.size, params.radius)
+            acc, keys = splat_torch(xy, z, attrs, zmin, params)
         out, labels = finalize_torch(acc, keys, xy, z, flow, label, params)
 
     r = params.size

@@ -23,7 +23,7 @@ EMPTY_Z = torch.iinfo(torch.int32).max  # "no candidate" in the ordered-int z-bu
 N_ACC = 8  # accumulated channels: w, w*fu, w*fv, w*z, w*nx, w*ny, w*nz, w*src_visible
 N_ATTR = 6  # per-point attributes: fu, fv, nx, ny, nz, src_visible
 MAX_PAIRS = 1 << 22  # torch twins: dense (point, offset) pairs built at once (bounds memory)
-COVERAGE_SCALE = 0.25  # coverage = 1 - exp(-sum_w / COVERAGE_SCALE): one centred point -> 0.98
+COVERAGE_SCALE = 0.1  # coverage = 1 - exp(-sum_w / COVERAGE_SCALE): saturates (> 0.99) inside sampled surfaces
 
 
 def reach(radius: float) -> int:

@@ -14,7 +14,7 @@ Definition (learning-free, rasterization-free; grid and distances as in
    points whose source position is off the grid count as visible, points back-facing in
    the source as hidden.
 5. Fields: flow = weighted mean of ``src_uv - tgt_uv`` (backward: source = p + flow);
-   visibility = ``(1 - exp(-sum w / 0.25))`` x weighted fraction of source-visible
+   visibility = ``(1 - exp(-sum w / 0.1))`` x weighted fraction of source-visible
    candidates; depth, normal (renormalised) = weighted means; label = region of the nearest
    front candidate; encoding = the K nearest front candidates sorted by distance (ties by
    point index), each ``(flow u / R, flow v / R, (z_k - depth) / R, w_k / sum w)``.

@@ -147,3 +147,25 @@ def compose(
     out = source.clone()
     out[:, y0:y1, x0:x1] = warped * (1 - a) + up[:3] * a
     return out
+
+
+def elastic_background(fields: FlowFields, reach: int = 3) -> torch.Tensor:
+    """The flow with the background made elastic near the head.
+
+    Without it the head slides over a static background and tears it along its silhouette
+    (revealed pixels have nothing to show). Here the head's flow is extended into the
+    background by a push-pull pyramid and faded out with distance (the head's coverage at
+    pyramid level ``reach``), so the background near the head stretches with it, like a thin
+    plate, and stays put far away. Visibility is left as it is: revealed background is still
+    marked for the generator.
+    """
+    head = (fields.labels != 0)[None].float()
+    if not bool(head.any()):
+        return fields.flow
+    extended = push_pull_fill(fields.flow, head)
+    cover = head
+    for _ in range(reach):
+        cover = F.avg_pool2d(cover[None], 2, ceil_mode=True)[0]
+    cover = F.interpolate(cover[None], size=head.shape[-2:], mode="bilinear", align_corners=False)[0]
+    fade = (cover * 3).clamp(0, 1)
+    return fields.flow * head + extended * fade * (1 - head)

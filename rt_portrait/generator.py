@@ -54,6 +54,9 @@ class WarpFillGenerator:
             # darker toward the inside of the cavity (low visibility = deep inside)
             shade = self.mouth_darkness * (0.6 + 0.4 * vis)
             fill = fill * (1 - mouth) + fill * shade * mouth
-        hole = 1 - vis
-        face = inputs.warped * vis + fill * hole
+        # Hair, neck and the (elastic) background hidden in the source still sample it where
+        # they project, which shows more hair or stretched background: more plausible than a
+        # blurred fill. Holes are face pixels without a source, above all the open mouth.
+        hole = (1 - vis) * (~inputs.fields.region_mask(Region.HEAD_SHELL, Region.BACKGROUND))[None].float()
+        face = inputs.warped * (1 - hole) + fill * hole
         return GeneratorOutput(face=face, alpha=hole)

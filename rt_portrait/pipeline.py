@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from rt_portrait.compose import choose_window, compose, crop_window, to_image, to_tensor, warp_working, window_taper
+from rt_portrait.compose import choose_window, compose, elastic_background, crop_window, to_image, to_tensor, warp_working, window_taper
 from rt_portrait.flow import compute_flow
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
@@ -133,7 +133,7 @@ class Animator:
         t0 = time.perf_counter()
         target_points = scene.builder(target)
         fields = compute_flow(target_points, scene.source_points, FlowConfig(size=size, backend=self.config.flow_backend))
-        fields = replace(fields, flow=fields.flow * scene.taper)
+        fields = replace(fields, flow=elastic_background(fields) * scene.taper)
         t1 = time.perf_counter()
         warped = warp_working(scene.source_working, fields.flow)
         out = self.generator(GeneratorInput(warped=warped, source=scene.source_working, fields=fields, history=None))

@@ -102,6 +102,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rt-portrait", description="Real-time portrait animation.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on small machines the tracker's own threads and "
+                             "concurrent sessions make more intra-op threads slower, not faster)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="animate the embedded default portrait with a scripted motion")
@@ -166,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

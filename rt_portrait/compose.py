@@ -43,7 +43,8 @@ def window_taper(window: Window, image_size: tuple[int, int], device: torch.devi
 
 def to_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float().div_(255)
+    arr = rgb if rgb.flags.writeable and rgb.flags.c_contiguous else rgb.copy()
+    return torch.from_numpy(arr).to(device).permute(2, 0, 1).float().div_(255)
 
 
 def to_image(t: torch.Tensor) -> np.ndarray:

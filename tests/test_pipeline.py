@@ -23,10 +23,32 @@ def animator(astronaut: np.ndarray) -> Animator:
     return Animator(astronaut, AnimatorConfig(size=256), name="astronaut")
 
 
-def _yaw(rgb: np.ndarray) -> float:
+def _yaw_2d(rgb: np.ndarray, shape: np.ndarray) -> float:
+    """Yaw of the face in ``rgb`` from its re-tracked 2D landmarks alone.
+
+    Orthographic pose fit of the subject's 3D shape (canonical frame) to the tracked x, y.
+    mediapipe's depth channel is left out on purpose: it is predicted from appearance, and
+    the shading of a warped face still looks frontal, so with it a 15 degree warp measures
+    about 10 (the 2D landmarks themselves land within a pixel of the target mesh).
+    """
+    from scipy.optimize import least_squares
+    from scipy.spatial.transform import Rotation
+
+    from rt_portrait.head.rotation import euler_from_rotation
+
     track = track_image(rgb)
     assert track.found
-    return head_euler(fit_head(track.landmarks, track.image_size))[0]
+    xy = track.landmarks[:, :2]
+    init = fit_head(track.landmarks, track.image_size)
+
+    def residual(p: np.ndarray) -> np.ndarray:
+        rot = Rotation.from_rotvec(p[:3]).as_matrix()
+        proj = p[3] * shape @ rot.T
+        return (proj[:, :2] + p[4:6] - xy).ravel()
+
+    p0 = np.concatenate([Rotation.from_matrix(init.pose.rotation).as_rotvec(), [init.pose.scale], init.pose.translation[:2]])
+    fit = least_squares(residual, p0)
+    return float(euler_from_rotation(Rotation.from_rotvec(fit.x[:3]).as_matrix())[0])
 
 
 def test_identity_render_reproduces_source(animator: Animator, astronaut: np.ndarray) -> None:
@@ -38,9 +60,10 @@ def test_identity_render_reproduces_source(animator: Animator, astronaut: np.nda
 
 def test_yaw_edit_changes_retracked_yaw(animator: Animator, astronaut: np.ndarray) -> None:
     """yaw = 15 on the rendered image, re-tracked by the face mesh: +15 +- 2 degrees."""
-    base = _yaw(astronaut)
-    turned = _yaw(animator.render_edits(Edits(yaw=15)).image)
-    assert turned - base == pytest.approx(15, abs=2.5)
+    shape = animator.source_state.canonical()
+    base = _yaw_2d(astronaut, shape)
+    turned = _yaw_2d(animator.render_edits(Edits(yaw=15)).image, shape)
+    assert turned - base == pytest.approx(15, abs=2.0)
 
 
 def test_background_stays_and_hair_moves(animator: Animator, astronaut: np.ndarray) -> None:

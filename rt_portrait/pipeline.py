@@ -41,6 +41,7 @@ class AnimatorConfig:
     hold_frames: int = 5  # frames without a face during which the last motion is held
     ease_frames: int = 20  # then frames over which the head eases back to neutral
     limits: ImageLimits = field(default_factory=ImageLimits)
+    max_output_side: int | None = None  # downscale the source (and so the output) to this long side
 
 
 @dataclass
@@ -63,6 +64,17 @@ class _Scene:
     flow_config: FlowConfig
     source_working: torch.Tensor  # (3, R, R)
     taper: torch.Tensor  # (1, R, R)
+
+
+def _fit_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale (never upscale) so the longer side is at most ``max_side``."""
+    h, w = rgb.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return rgb
+    from PIL import Image
+
+    s = max_side / max(h, w)
+    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS))
 
 
 def blend_states(a: HeadState, b: HeadState, t: float) -> HeadState:
@@ -96,6 +108,7 @@ class Animator:
         self.name = name
         rgb = to_rgb(source, name=name)
         check_size(rgb, self.config.limits, name)
+        rgb = _fit_side(rgb, self.config.max_output_side)
         track = track_image(rgb)
         if not track.found:
             raise NoFaceError(f"{name}: no face found in the source portrait ({track.message or 'no detection'})")

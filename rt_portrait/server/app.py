@@ -51,6 +51,7 @@ class ServerConfig:
     port: int = 8080
     source: str | None = None  # portrait for WHIP sessions and the page's default; None = embedded
     size: int = 256  # working resolution of the pipeline
+    output_size: int | None = None  # long side of the streamed avatar; None = the working size
     max_sessions: int = 4
     max_viewers_per_session: int = 4
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -132,7 +133,7 @@ class ServerState:
         )
 
     def animator_config(self) -> AnimatorConfig:
-        return AnimatorConfig(size=self.config.size)
+        return AnimatorConfig(size=self.config.size, max_output_side=self.config.output_size or self.config.size)
 
     async def build_animator(self, image: np.ndarray, name: str) -> Animator:
         loop = asyncio.get_running_loop()
@@ -481,6 +482,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=d.host, help=f"address to bind (default {d.host})")
     parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
     parser.add_argument("--size", type=int, default=d.size, help=f"working resolution (default {d.size})")
+    parser.add_argument("--output-size", type=int, default=None, help="long side of the streamed avatar (default: the working size)")
     parser.add_argument("--fps", type=float, default=d.fps, help="frame budget for degradation (default 30)")
     parser.add_argument("--max-sessions", type=int, default=d.max_sessions)
     parser.add_argument("--max-viewers", type=int, default=d.max_viewers_per_session, help="WHEP players per session")
@@ -497,6 +499,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         source=args.source,
         size=args.size,
+        output_size=args.output_size,
         fps=args.fps,
         max_sessions=args.max_sessions,
         max_viewers_per_session=args.max_viewers,
@@ -511,6 +514,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def run_from_args(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
+    import torch
+
+    # sessions run in parallel threads: one intra-op thread each avoids oversubscribing the cores
+    torch.set_num_threads(getattr(args, "threads", 1))
     print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)
     web.run_app(build_app(config), host=config.host, port=config.port, print=None)
 

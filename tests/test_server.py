@@ -92,7 +92,8 @@ def test_whip_ingest_whep_playback_and_delete() -> None:
             assert play_location.startswith(f"/whep/{sid}/")
             assert await sink.wait_for(45, 40), f"only {sink.count} avatar frames arrived"
             # the avatar is the source portrait (its size and its content), not the driver
-            assert sink.sizes == {source.shape[:2]}
+            side = config().output_size or config().size  # streamed at the working size by default
+            assert sink.sizes == {(side, side)}
             last = sink.kept[-1]
             assert corr(last, source) > 0.8 > corr(last, driver[0])
             st = (await stats(http, base))["sessions"][0]

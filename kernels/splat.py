@@ -161,18 +161,31 @@ def splat_torch(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: to
     return acc, select_k_nearest(torch.cat(pixs), torch.cat(keys), params.k, plane)
 
 
-def splat_from_pairs(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor,
-                     params: SplatParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """The splat from precomputed candidate pairs of all points (one chunk)."""
+def splat_covered(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor,
+                  params: SplatParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The splat from precomputed candidate pairs of all points, on the covered pixels only.
+
+    Returns ``cov`` (C,) int64, the pixels with a candidate (finite ``zmin``, ascending),
+    and their columns of ``acc`` (8, C) and ``keys`` (K, C): the same values as
+    :func:`splat_torch` at those pixels (elsewhere it has zeros and ``EMPTY_KEY``). Working
+    on C << R^2 columns is what makes the CPU twin fast.
+    """
     plane = params.size * params.size
-    acc = torch.zeros((N_ACC, plane), dtype=torch.float32, device=z.device)
-    pix, key = _splat_chunk(pairs, z, attrs, zmin, params, 0, z.shape[0], acc)
-    return acc, select_k_nearest(pix, key, params.k, plane)
+    cov = torch.isfinite(zmin).nonzero().squeeze(1)
+    cid_map = torch.zeros((plane,), dtype=torch.int64, device=z.device)
+    cid_map.index_copy_(0, cov, torch.arange(cov.shape[0], device=z.device))
+    acc = torch.zeros((N_ACC, cov.shape[0]), dtype=torch.float32, device=z.device)
+    pix, key = _splat_chunk(pairs, z, attrs, zmin, params, 0, z.shape[0], acc, cid_map)
+    return cov, acc, select_k_nearest(pix, key, params.k, cov.shape[0])
 
 
 def _splat_chunk(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams,
-                 start: int, stop: int, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accumulate the front pairs of points [start, stop) into ``acc``; return their (pix, key)."""
+                 start: int, stop: int, acc: torch.Tensor,
+                 cid_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate the front pairs of points [start, stop) into ``acc``; return their (column, key).
+
+    Columns are pixels, or ``cid_map[pixel]`` when a map onto compact columns is given.
+    """
     f = pairs.cand.shape[1]
     zc = z[start:stop]
     front = pairs.cand & (zc[:, None] <= zmin.index_select(0, pairs.pix).view(-1, f) + params.depth_tol)
@@ -180,6 +193,8 @@ def _splat_chunk(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch
     sel = front.view(-1).nonzero().squeeze(1)
     pid = torch.div(sel, f, rounding_mode="floor")
     pix = pairs.pix.index_select(0, sel)
+    if cid_map is not None:
+        pix = cid_map.index_select(0, pix)
     d2 = pairs.d2.index_select(0, sel)
     w = torch.exp(-(d2 * params.inv_two_sigma2))
     a = attrs[start:stop]
@@ -191,7 +206,10 @@ def _splat_chunk(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch
 
 
 def select_k_nearest(pix: torch.Tensor, key: torch.Tensor, k: int, plane: int) -> torch.Tensor:
-    """K rounds of scatter-min over the unique packed keys; round r keeps the keys above round r-1's."""
+    """K rounds of scatter-min over the unique packed keys; round r keeps the keys above round r-1's.
+
+    ``key`` is consumed (overwritten).
+    """
     keys = torch.full((k, plane), EMPTY_KEY, dtype=torch.int64, device=key.device)
     for r in range(k):
         keys[r].scatter_reduce_(0, pix, key, "amin")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rt_portrait.flow import FlowBackendError, FlowConfig, PointCloud, Region, compute_flow, source_visibility
+from rt_portrait.flow import (FlowBackendError, FlowConfig, PointCloud, Region, compute_flow,
+                              source_background_visibility, source_visibility)
 
 R = 64
 
@@ -111,9 +112,13 @@ def test_encoding_sorted_nearest_first_and_normalised() -> None:
     assert float(w.sum(0).max()) <= 1.0 + 1e-5
     has = w[0] > 0
     assert bool(has.any()) and bool((~has).any())  # some pixels covered, some not (sparse cloud)
-    assert float(f.visibility[0][~has].abs().max()) == 0.0
+    # pixels without candidates are the static background (module doc, step 6)
+    bg_vis = source_background_visibility(src, CFG)
+    assert torch.equal(f.visibility[0][~has], bg_vis[~has])
     assert float(f.flow[:, ~has].abs().max()) == 0.0
     assert bool((f.labels[~has] == int(Region.BACKGROUND)).all())
+    assert bool((f.depth[0][~has] == R).all())
+    assert torch.equal(f.normal[:, ~has], torch.tensor([0.0, 0.0, -1.0])[:, None].expand(3, int((~has).sum())))
     missing = w == 0
     assert float(f.encoding.view(CFG.k, 4, R, R).permute(1, 0, 2, 3)[:, missing].abs().max()) == 0.0
 
@@ -126,6 +131,27 @@ def test_precomputed_source_visibility_gives_the_same_fields() -> None:
     a = compute_flow(target, cloud, CFG)
     b = compute_flow(target, cloud, CFG, source_visible=vis)
     assert torch.equal(a.visibility, b.visibility) and torch.equal(a.flow, b.flow)
+
+
+def test_background_is_analytic_and_marks_what_the_source_head_covered() -> None:
+    _, face, _ = scene()
+    target = moved(face, 12.0, 0.0)  # no background points at all: it is implicit
+    f = compute_flow(target, face, CFG)
+    bg_vis = source_background_visibility(face, CFG)
+    assert bg_vis.shape == (R, R) and set(bg_vis.unique().tolist()) == {0.0, 1.0}
+    assert float(bg_vis[30, 30]) == 0.0 and float(bg_vis[2, 2]) == 1.0  # under the source face / far from it
+    bg = f.labels == int(Region.BACKGROUND)
+    # left of the moved face: background the source face covered -> revealed, not visible
+    assert bool(bg[30, 24]) and float(f.visibility[0, 30, 24]) == 0.0
+    assert bool(bg[2, 2]) and float(f.visibility[0, 2, 2]) == 1.0
+    assert float(f.flow[:, bg].abs().max()) == 0.0 and bool((f.depth[0][bg] == R).all())
+    assert float(f.encoding[:, bg].abs().max()) == 0.0
+    # any head candidate wins over the background: the moved face keeps its own fields
+    assert bool((f.labels[20:45, 36:54] == int(Region.SKIN)).all())
+    b = compute_flow(target, face, CFG, source_background=bg_vis)
+    assert torch.equal(b.visibility, f.visibility)
+    with pytest.raises(ValueError, match="source_background"):
+        compute_flow(target, face, CFG, source_background=bg_vis[:-1])
 
 
 def test_back_facing_points_are_culled() -> None:
@@ -196,7 +222,8 @@ def real_scene(astronaut: np.ndarray):
     tpl = load_template()
     state = fit_head(track.landmarks, astronaut.shape[:2], template=tpl)
     window = choose_window(track.landmarks, astronaut.shape[:2], 256)
-    builder = SceneBuilder(tpl, build_shell(tpl), window, astronaut.shape[:2], head_scale=state.pose.scale)
+    builder = SceneBuilder(tpl, build_shell(tpl), window, astronaut.shape[:2], head_scale=state.pose.scale,
+                           anchor_pose=state.pose)
     return tpl, state, builder
 
 
@@ -208,8 +235,9 @@ def test_scene_cloud_is_index_aligned_and_labelled(real_scene) -> None:
     assert cloud.xyz.dtype == torch.float32 and cloud.label.dtype == torch.int32
     assert torch.allclose(cloud.normal.norm(dim=1), torch.ones(n), atol=1e-4)
     present = set(cloud.label.unique().tolist())
-    for region in (Region.BACKGROUND, Region.SKIN, Region.HEAD_SHELL, Region.EYES, Region.LIPS, Region.MOUTH_INTERIOR):
+    for region in (Region.SKIN, Region.HEAD_SHELL, Region.EYES, Region.LIPS, Region.MOUTH_INTERIOR):
         assert int(region) in present
+    assert int(Region.BACKGROUND) not in present  # the background is analytic (no points)
     # the face points look at the camera on a frontal portrait
     face = cloud.label == int(Region.SKIN)
     assert float((cloud.normal[face, 2] < 0).float().mean()) > 0.8

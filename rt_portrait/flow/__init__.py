@@ -4,10 +4,11 @@ and the K-candidate flow encoding (Triton kernels in ``rt_portrait.kernels`` + t
 The scene builder lives in ``rt_portrait.flow.scene`` (not imported here: it depends on the
 head package, which itself imports ``rt_portrait.flow.types``).
 """
-from .dispatch import FlowBackendError, compute_flow, resolve_backend, source_visibility, splat_params, validate_cloud
+from .dispatch import (FlowBackendError, compute_flow, resolve_backend, source_background_visibility, source_visibility,
+                       splat_params, validate_cloud)
 from .types import NUM_REGIONS, FlowConfig, FlowFields, PointCloud, Region, Window
 
 __all__ = [
-    "FlowBackendError", "compute_flow", "resolve_backend", "source_visibility", "splat_params", "validate_cloud",
+    "FlowBackendError", "compute_flow", "resolve_backend", "source_background_visibility", "source_visibility", "splat_params", "validate_cloud",
     "NUM_REGIONS", "FlowConfig", "FlowFields", "PointCloud", "Region", "Window",
 ]

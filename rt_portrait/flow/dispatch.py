@@ -18,7 +18,15 @@ Definition (learning-free, rasterization-free; grid and distances as in
    candidates; depth, normal (renormalised) = weighted means; label = region of the nearest
    front candidate; encoding = the K nearest front candidates sorted by distance (ties by
    point index), each ``(flow u / R, flow v / R, (z_k - depth) / R, w_k / sum w)``.
-   Pixels without candidates: zeros and label BACKGROUND.
+6. Background (analytic: the clouds hold no background points). A pixel without candidates
+   is static background: label BACKGROUND, flow 0, depth R (far behind any head), normal
+   (0, 0, -1), encoding 0, and visibility 1 if the source showed the background there, i.e.
+   the source cloud has no candidate at that pixel (steps 1 and 3 on the source; a
+   per-session (R, R) map, :func:`source_background_visibility`), else 0 (revealed
+   background). Any candidate at a pixel wins over the background.
+
+The torch twins compute the splat and the fields on the covered pixels only (pixels with a
+candidate) and fill in the background afterwards; the Triton kernels run over the full grid.
 
 Backends: "torch" (twins, any device), "triton" (CUDA, or the CPU when TRITON_INTERPRET=1 was
 set before triton was imported), "auto" (Triton when the tensors are on CUDA and triton
@@ -146,12 +154,8 @@ def _point_visibility(xy: torch.Tensor, z: torch.Tensor, zmin: torch.Tensor, siz
     return (front | ~on).to(torch.float32)
 
 
-def source_visibility(source: PointCloud, config: FlowConfig) -> torch.Tensor:
-    """(N,) float32 in {0, 1}: which source points the source image shows (step 4).
-
-    It depends on the source cloud only, so a session with a still source can compute it
-    once and pass it to :func:`compute_flow` every frame.
-    """
+def _source_zbuffer(source: PointCloud, config: FlowConfig):
+    """The source cloud's front-facing z-buffer (steps 1-3 on the source): (params, xy, z, facing, zmin)."""
     validate_cloud(source, "source")
     params = splat_params(config)
     backend = resolve_backend(config, source.xyz.device)
@@ -166,26 +170,57 @@ def source_visibility(source: PointCloud, config: FlowConfig) -> torch.Tensor:
         from rt_portrait.kernels.zbuffer import zbuffer_torch
 
         zmin = zbuffer_torch(xyk, zk, params.size, params.radius)
+    return params, xy, z, facing, zmin
+
+
+def source_visibility(source: PointCloud, config: FlowConfig) -> torch.Tensor:
+    """(N,) float32 in {0, 1}: which source points the source image shows (step 4).
+
+    It depends on the source cloud only, so a session with a still source can compute it
+    once and pass it to :func:`compute_flow` every frame.
+    """
+    params, xy, z, facing, zmin = _source_zbuffer(source, config)
     return _point_visibility(xy, z, zmin, params.size, params.depth_tol) * facing
 
 
+def source_background_visibility(source: PointCloud, config: FlowConfig) -> torch.Tensor:
+    """(R, R) float32 in {0, 1}: where the source image shows the background (step 6).
+
+    1 at the pixels without a candidate of the source cloud (nothing of the source head
+    within ``radius``), 0 where the source head covers the background. Per session, like
+    :func:`source_visibility`.
+    """
+    params, _, _, _, zmin = _source_zbuffer(source, config)
+    return torch.isinf(zmin).to(torch.float32).view(params.size, params.size)
+
+
 def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
-                 source_visible: torch.Tensor | None = None) -> FlowFields:
+                 source_visible: torch.Tensor | None = None,
+                 source_background: torch.Tensor | None = None) -> FlowFields:
     """Per-pixel flow, visibility, depth, normal, labels and K-candidate encoding (see module doc).
 
-    ``source_visible`` (optional, (N,) float32) is :func:`source_visibility` of ``source``,
-    precomputed; it is computed here when omitted.
+    ``source_visible`` (optional, (N,) float32) is :func:`source_visibility` of ``source`` and
+    ``source_background`` (optional, (R, R) float32) is :func:`source_background_visibility`
+    of ``source``, precomputed (once per session); each is computed here when omitted.
     """
     _validate_pair(target, source)
     params = splat_params(config)
     device = target.xyz.device
     backend = resolve_backend(config, device)
     n = target.xyz.shape[0]
+    r = params.size
     if source_visible is None:
         source_visible = source_visibility(source, config)
     elif source_visible.shape != (n,) or source_visible.dtype != torch.float32 or source_visible.device != device:
         raise ValueError(f"source_visible must be ({n},) float32 on {device}, got {tuple(source_visible.shape)} "
                          f"{source_visible.dtype} {source_visible.device}")
+    if source_background is None:
+        source_background = source_background_visibility(source, config)
+    elif (source_background.shape != (r, r) or source_background.dtype != torch.float32
+          or source_background.device != device):
+        raise ValueError(f"source_background must be ({r}, {r}) float32 on {device}, got "
+                         f"{tuple(source_background.shape)} {source_background.dtype} {source_background.device}")
+    bg_visible = source_background.reshape(-1).contiguous()
 
     keep = (target.normal[:, 2] <= 0).nonzero().squeeze(1)  # back-face culling
     txyz = target.xyz.index_select(0, keep)
@@ -200,24 +235,26 @@ def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
         zb, sp, fin = _triton_modules()
         zmin = zb.zbuffer_triton(xy, z, params.size, params.radius)
         acc, keys = sp.splat_triton(xy, z, attrs, zmin, params)
-        out, labels = fin.finalize_triton(acc, keys, xy, z, flow, label, params)
+        out, labels = fin.finalize_triton(acc, keys, xy, z, flow, label, bg_visible, params)
     else:
-        from rt_portrait.kernels.finalize import finalize_torch
-        from rt_portrait.kernels.splat import splat_from_pairs, splat_torch
+        from rt_portrait.kernels.finalize import finalize_compact, finalize_torch, scatter_fields
+        from rt_portrait.kernels.splat import splat_covered, splat_torch
         from rt_portrait.kernels.splat_common import MAX_PAIRS
         from rt_portrait.kernels.zbuffer import candidate_pairs, zbuffer_from_pairs, zbuffer_torch
 
         if xy.shape[0] * (2 * params.reach + 1) ** 2 <= MAX_PAIRS:
-            # Fused twins: the candidate pairs are built once for the z-buffer and the splat.
+            # Fused twins: the candidate pairs are built once for the z-buffer and the splat,
+            # and the splat and finalize work on the covered pixels only.
             pairs = candidate_pairs(xy, params.size, params.radius)
             zmin = zbuffer_from_pairs(pairs, z, params.size)
-            acc, keys = splat_from_pairs(pairs, z, attrs, zmin, params)
+            cov, acc_c, keys_c = splat_covered(pairs, z, attrs, zmin, params)
+            vals, labs = finalize_compact(acc_c, keys_c, z, flow, label, params)
+            out, labels = scatter_fields(vals, labs, cov, bg_visible, params)
         else:  # large clouds: chunked twins (footprints built twice, memory bounded)
             zmin = zbuffer_torch(xy, z, params.size, params.radius)
             acc, keys = splat_torch(xy, z, attrs, zmin, params)
-        out, labels = finalize_torch(acc, keys, xy, z, flow, label, params)
+            out, labels = finalize_torch(acc, keys, xy, z, flow, label, bg_visible, params)
 
-    r = params.size
     out = out.view(-1, r, r)
     return FlowFields(
         flow=out[0:2],

@@ -12,13 +12,22 @@ target and source clouds are index-aligned:
 (c) mouth-interior points: a fan filling the inner-lip loop, recessed behind the lips by
     more than the depth tolerance, label MOUTH_INTERIOR: in a closed mouth the fan collapses
     behind the lips and is hidden;
-(d) head-shell points, rigid with the pose, label HEAD_SHELL;
-(e) static background anchors, a regular grid over the window at far depth (z = R working
-    px, behind any head), identical in every cloud, label BACKGROUND.
+(d) head-shell points, label HEAD_SHELL: rigid with the head pose, except the neck, which
+    blends into the static source placement downward. With the canonical height y (down)
+    measured from the chin in face heights h (face-oval top to chin), ``t = (y - y_chin) / h``,
+    a shell point p is placed at ``w pose(p) + (1 - w) anchor_pose(p)`` with
+    ``w = 1 - smoothstep((t - neck_rigid_to) / (neck_static_from - neck_rigid_to))``: rigid
+    down to the jaw line, static (where the source shows it) from ``neck_static_from``
+    face heights below the chin, so turning or nodding no longer drags the clothes. Shell
+    points below ``neck_static_from`` are dropped (they would never move). Normals blend
+    alike. Without ``anchor_pose`` the whole shell is rigid.
+
+There are no background points: the flow defines the background analytically (static,
+far, see ``rt_portrait.flow.dispatch``).
 
 Everything that does not depend on the frame (sample weights, incidence matrices, the shell
-subset, the anchors) is computed once in the constructor; a call is a few small matmuls.
-Depth z is the camera-frame z scaled by the window scale (working px, larger = farther).
+subset, the neck's static part) is computed once in the constructor; a call is a few small
+matmuls. Depth z is the camera-frame z scaled by the window scale (working px, larger = farther).
 """
 from __future__ import annotations
 
@@ -38,7 +47,8 @@ class SceneConfig:
     face_spacing: float = 1.4  # longest sub-triangle edge of the densified face mesh
     shell_spacing: float = 1.2  # voxel size that thins the head shell
     fan_spacing: float = 1.0  # eye, iris and mouth fans
-    background_spacing: float = 1.35  # anchor grid step, as a fraction of the flow radius
+    neck_rigid_to: float = 0.0  # face heights below the chin where the neck starts to stay behind
+    neck_static_from: float = 0.8  # face heights below the chin where it is static (and ends)
     mouth_recess: float = 2.0  # mouth-interior depth behind the lips, in depth tolerances
     eye_recess: float = 0.25  # eye fill depth behind the lids, in depth tolerances
     iris_lift: float = 0.1  # irises in front of the eye fill, in depth tolerances
@@ -101,12 +111,18 @@ class SceneBuilder:
     ``head_scale``: camera px per canonical unit expected for this subject (e.g. the source
     state's ``pose.scale``); it only sets sampling densities. By default it assumes the face
     spans a quarter of the window (``compose.choose_window``'s rule).
+
+    ``anchor_pose``: the pose where the static part of the neck stays (the source state's
+    pose); None keeps the whole shell rigid with the head.
     """
 
     def __init__(self, template, shell, window: Window, image_size: tuple[int, int],
                  device: torch.device | str | None = None, config: SceneConfig | None = None,
-                 flow: FlowConfig | None = None, head_scale: float | None = None) -> None:
+                 flow: FlowConfig | None = None, head_scale: float | None = None, anchor_pose=None) -> None:
         self.config = cfg = config or SceneConfig()
+        if not cfg.neck_static_from > cfg.neck_rigid_to:
+            raise ValueError(f"SceneConfig.neck_static_from ({cfg.neck_static_from}) must be greater than "
+                             f"neck_rigid_to ({cfg.neck_rigid_to})")
         self.window = window
         self.image_size = image_size
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -162,29 +178,38 @@ class SceneBuilder:
         self._fan_dz = np.concatenate([np.full(len(f[0]), f[2]) for f in fans])
         fan_labels = np.concatenate([np.full(len(f[0]), int(f[1]), dtype=np.int32) for f in fans])
 
-        # (d) shell, thinned to the target spacing
+        self._offset = np.array([window.x0, window.y0, 0.0])
+
+        # (d) shell, thinned to the target spacing, cut below the static neck
         if shell is not None:
             keep = _thin(np.asarray(shell.points), cfg.shell_spacing * unit)
-            self._shell_pts = np.asarray(shell.points, dtype=np.float64)[keep]
-            self._shell_nrm = np.asarray(shell.normals, dtype=np.float64)[keep]
+            pts = np.asarray(shell.points, dtype=np.float64)[keep]
+            nrm = np.asarray(shell.normals, dtype=np.float64)[keep]
             shell_labels = np.asarray(shell.labels, dtype=np.int32)[keep]
         else:
-            self._shell_pts = np.zeros((0, 3))
-            self._shell_nrm = np.zeros((0, 3))
-            shell_labels = np.zeros(0, dtype=np.int32)
+            pts, nrm, shell_labels = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, dtype=np.int32)
+        oval_y = verts[np.asarray(template.group("face_oval"), dtype=np.int64), 1]
+        t = (pts[:, 1] - oval_y.max()) / (oval_y.max() - oval_y.min())  # face heights below the chin
+        above = t < cfg.neck_static_from
+        pts, nrm, shell_labels, t = pts[above], nrm[above], shell_labels[above], t[above]
+        x = np.clip((t - cfg.neck_rigid_to) / (cfg.neck_static_from - cfg.neck_rigid_to), 0.0, 1.0)
+        w = 1.0 - x * x * (3.0 - 2.0 * x)  # 1 = rigid with the head, 0 = static
+        self._shell_pts, self._shell_nrm = pts, nrm
+        if anchor_pose is None:
+            w = np.ones_like(w)
+        self.shell_weight = w  # (S,) per shell point, in cloud order
+        self._shell_w = w[:, None]
+        # the static part is fixed for the session: (1 - w) * anchor placement, precomputed
+        if anchor_pose is not None:
+            self._shell_static = (1.0 - self._shell_w) * ((anchor_pose.apply(pts) - self._offset) * window.scale)
+            self._shell_static_n = (1.0 - self._shell_w) * (nrm @ anchor_pose.rotation.T)
+        else:
+            self._shell_static = np.zeros_like(pts)
+            self._shell_static_n = np.zeros_like(nrm)
 
-        # (e) background anchors over the working grid, far behind the head
-        step = cfg.background_spacing * r
-        g = np.arange(step / 2, window.size, step)
-        gx, gy = np.meshgrid(g, g)
-        self._bg = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, float(window.size))], axis=1)
-
-        self.counts = {"face": len(self._face_ids), "fans": len(self._fan_w), "shell": len(self._shell_pts),
-                       "background": len(self._bg)}
-        labels = np.concatenate([face_labels, fan_labels, shell_labels,
-                                 np.full(len(self._bg), int(Region.BACKGROUND), dtype=np.int32)])
+        self.counts = {"face": len(self._face_ids), "fans": len(self._fan_w), "shell": len(self._shell_pts)}
+        labels = np.concatenate([face_labels, fan_labels, shell_labels])
         self._labels = torch.from_numpy(labels).to(self.device)
-        self._offset = np.array([window.x0, window.y0, 0.0])
 
     @property
     def num_points(self) -> int:
@@ -210,11 +235,10 @@ class SceneBuilder:
         fans[:, 2] += self._fan_dz
         fan_n = np.broadcast_to(np.array([0.0, 0.0, -1.0]), fans.shape)
         pose = state.pose
-        shell = (pose.apply(self._shell_pts) - self._offset) * s
-        shell_n = self._shell_nrm @ pose.rotation.T
-        bg_n = np.broadcast_to(np.array([0.0, 0.0, -1.0]), self._bg.shape)
-        xyz = np.concatenate([face, fans, shell, self._bg]).astype(np.float32)
-        nrm = np.concatenate([face_n, fan_n, shell_n, bg_n]).astype(np.float32)
+        shell = self._shell_w * ((pose.apply(self._shell_pts) - self._offset) * s) + self._shell_static
+        shell_n = self._shell_w * (self._shell_nrm @ pose.rotation.T) + self._shell_static_n
+        xyz = np.concatenate([face, fans, shell]).astype(np.float32)
+        nrm = np.concatenate([face_n, fan_n, shell_n]).astype(np.float32)
         nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
         return PointCloud(
             xyz=torch.from_numpy(xyz).to(self.device),

@@ -16,7 +16,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from rt_portrait.compose import choose_window, compose, elastic_background, crop_window, to_image, to_tensor, warp_working, window_taper
-from rt_portrait.flow import compute_flow, source_visibility
+from rt_portrait.flow import compute_flow, source_background_visibility, source_visibility
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator
@@ -61,6 +61,7 @@ class _Scene:
     builder: SceneBuilder
     source_points: PointCloud
     source_visible: torch.Tensor  # (N,) which source points the source image shows
+    source_background: torch.Tensor  # (R, R) where the source image shows the background
     flow_config: FlowConfig
     source_working: torch.Tensor  # (3, R, R)
     taper: torch.Tensor  # (1, R, R)
@@ -128,13 +129,15 @@ class Animator:
             window = choose_window(self.source_landmarks, self.image_size, size)
             flow_config = FlowConfig(size=size, backend=self.config.flow_backend)
             builder = SceneBuilder(self.template, self.shell, window, self.image_size, device=self.device,
-                                   flow=flow_config, head_scale=self.source_state.pose.scale)
+                                   flow=flow_config, head_scale=self.source_state.pose.scale,
+                                   anchor_pose=self.source_state.pose)
             source_points = builder(self.source_state)
             self._scenes[size] = _Scene(
                 window=window,
                 builder=builder,
                 source_points=source_points,
                 source_visible=source_visibility(source_points, flow_config),
+                source_background=source_background_visibility(source_points, flow_config),
                 flow_config=flow_config,
                 source_working=crop_window(self.source_tensor, window),
                 taper=window_taper(window, self.image_size, self.device),
@@ -152,7 +155,8 @@ class Animator:
         scene = self.scene(size)
         t0 = time.perf_counter()
         target_points = scene.builder(target)
-        fields = compute_flow(target_points, scene.source_points, scene.flow_config, source_visible=scene.source_visible)
+        fields = compute_flow(target_points, scene.source_points, scene.flow_config, source_visible=scene.source_visible,
+                              source_background=scene.source_background)
         fields = replace(fields, flow=elastic_background(fields) * scene.taper)
         t1 = time.perf_counter()
         warped = warp_working(scene.source_working, fields.flow)

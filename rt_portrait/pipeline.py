@@ -22,7 +22,7 @@ from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator
 from rt_portrait.head import Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig, Strengths
-from rt_portrait.tracking import FaceTracker, HeadStateSmoother, SmoothingConfig, TrackerConfig, check_size, to_rgb, track_image
+from rt_portrait.tracking import FaceTracker, TrackResult, HeadStateSmoother, SmoothingConfig, TrackerConfig, check_size, to_rgb, track_image
 from rt_portrait.tracking.image import ImageLimits
 
 
@@ -202,10 +202,17 @@ class AnimatorSession:
 
     def drive(self, frame: np.ndarray, t: float | None = None) -> tuple[HeadState, bool, dict[str, float]]:
         """Track and retarget one driver frame; returns the target head state (edits applied)."""
-        t = self._frame_index / self.fps if t is None else t
-        self._frame_index += 1
         t0 = time.perf_counter()
         track = self.tracker.track(frame)
+        t1 = time.perf_counter()
+        target, found, timings = self.drive_track(track, t)
+        return target, found, {"track": (t1 - t0) * 1e3, **timings}
+
+    def drive_track(self, track: TrackResult, t: float | None = None) -> tuple[HeadState, bool, dict[str, float]]:
+        """Retarget an already tracked driver frame (e.g. tracked once and shared with a
+        baseline); frames must still come in order."""
+        t = self._frame_index / self.fps if t is None else t
+        self._frame_index += 1
         t1 = time.perf_counter()
         if track.found:
             driver = fit_head(track.landmarks, track.image_size, template=self.animator.template)
@@ -226,11 +233,20 @@ class AnimatorSession:
                 driven = blend_states(self._driven, neutral, float(np.clip(ease, 0.0, 1.0)))
         target = apply_edits(driven, self.edits, self.animator.template)
         t2 = time.perf_counter()
-        return target, track.found, {"track": (t1 - t0) * 1e3, "fit": (t2 - t1) * 1e3}
+        return target, track.found, {"fit": (t2 - t1) * 1e3}
 
     def __call__(self, frame: np.ndarray, t: float | None = None) -> AnimatedFrame:
         t0 = time.perf_counter()
         target, found, timings = self.drive(frame, t)
+        return self._render(target, found, timings, t0)
+
+    def animate_track(self, track: TrackResult, t: float | None = None) -> AnimatedFrame:
+        """Like calling the session with a frame, for a frame tracked elsewhere."""
+        t0 = time.perf_counter()
+        target, found, timings = self.drive_track(track, t)
+        return self._render(target, found, {"track": 0.0, **timings}, t0)
+
+    def _render(self, target: HeadState, found: bool, timings: dict[str, float], t0: float) -> AnimatedFrame:
         image, fields, render_timings = self.animator.render(target, self.size)
         timings.update(render_timings)
         timings["total"] = (time.perf_counter() - t0) * 1e3

@@ -16,6 +16,10 @@ evaluated driver frame, in order. The output has the driver frame's size.
   relative retargeting mode, the driver's reference is the source: the motion it applies
   is then the driver's motion away from the source frame, which is what self-reenactment
   asks for. Evaluated frames are then fed in order (the session is stateful).
+
+All methods are driven by the same landmarks (the harness tracks each driver frame once, with
+the live session's video-mode tracker, and hands that track to every method); the ground
+truth that scores them is tracked separately, in static mode.
 """
 from __future__ import annotations
 
@@ -155,7 +159,7 @@ class Flow3D:
 
         self.close()
         session = Animator(source_rgb, AnimatorConfig(size=self.size)).session(fps=fps)
-        session(source_rgb)  # prime: the source frame becomes the driver reference
+        session.animate_track(source_track)  # prime: the source frame becomes the driver reference
         self._session = session
 
     def close(self) -> None:
@@ -169,7 +173,7 @@ class Flow3D:
     ) -> np.ndarray:
         if self._session is None:
             raise RuntimeError("Flow3D: call start_clip(source, track) before feeding frames")
-        image = np.asarray(self._session(driver_rgb).image)
+        image = np.asarray(self._session.animate_track(driver_track).image)
         return _resize_to(image[..., :3], driver_rgb.shape[:2])
 
 

@@ -8,7 +8,10 @@ method animates the source with each target as the driver, in order, and its out
 compared with the target frame itself (the ground truth). Metrics are defined in
 :mod:`rt_portrait.eval.metrics`; the ground-truth landmarks and the re-tracked output
 landmarks both come from the same tracker in static-image mode (no temporal filter, so the
-jitter measured is the output's, not a tracker's smoothing).
+jitter measured is the output's, not a tracker's smoothing). The methods themselves are all
+driven by the same landmarks: each clip is tracked once with the live session's video-mode
+tracker (source frame first, then the targets in order) and that track is handed to every
+method, so a baseline never sees the ground-truth tracks that score it.
 
 * Targets without a face are fed to the methods (they are stateful) but not scored.
 * An output without a face counts in ``retrack_fail`` (fraction of scored frames) and is
@@ -293,6 +296,8 @@ class _ClipData:
     target_rot: list[np.ndarray | None]
     masks: list[np.ndarray | None]
     iod: float  # median inter-ocular distance of the targets (pixels)
+    drive_source_track: TrackResult  # the source frame through the live (video-mode) tracker
+    drive_tracks: list[TrackResult]  # the targets through the live tracker: what methods see
 
 
 def _safe_rotation(pose_fn: PoseFn, track: TrackResult) -> np.ndarray | None:
@@ -336,7 +341,18 @@ def _load_clip(path: Path, config: EvalConfig, fps: float, tracker: Tracker, pos
         iods.append(M.interocular(tr.landmarks))
     if not iods:
         return "no face in any target frame"
-    return _ClipData(path.stem, fps, source, source_track, targets, tracks, rots, masks, float(np.median(iods)))
+    # Every method is driven by the same landmarks: the live session's video-mode tracker run
+    # over the source frame and then the targets in order. The static-mode tracks above are
+    # the ground truth and only score the outputs.
+    from rt_portrait.tracking import FaceTracker, TrackerConfig
+
+    with FaceTracker(TrackerConfig(static_image=False, max_faces=1)) as live:
+        drive_source = live.track(source)
+        drive_tracks = [live.track(t) for t in targets]
+    if not drive_source.found:
+        drive_source = source_track
+    return _ClipData(path.stem, fps, source, source_track, targets, tracks, rots, masks, float(np.median(iods)),
+                     drive_source, drive_tracks)
 
 
 def _iter_all(path: Path) -> Iterable[None]:
@@ -352,15 +368,15 @@ def _iter_all(path: Path) -> Iterable[None]:
 
 def _run_method(clip: _ClipData, name: str, method: Method, every: int, tracker: Tracker, pose_fn: PoseFn,
                 tick: Callable[[], None]) -> ClipResult:
-    method.start_clip(clip.source, clip.source_track, fps=clip.fps / every)
+    method.start_clip(clip.source, clip.drive_source_track, fps=clip.fps / every)
     rows: dict[str, list[float]] = {k: [] for k in ("face_l1", "face_psnr", "face_ssim", "full_l1", "full_psnr",
                                                     "full_ssim", "landmark_err", "pose_err_deg", "retrack_fail")}
     out_seq: list[np.ndarray | None] = []
     gt_seq: list[np.ndarray | None] = []
     method_s = 0.0
-    for target, gt, rot, mask in zip(clip.targets, clip.target_tracks, clip.target_rot, clip.masks):
+    for target, gt, drive, rot, mask in zip(clip.targets, clip.target_tracks, clip.drive_tracks, clip.target_rot, clip.masks):
         t0 = time.perf_counter()
-        output = np.asarray(method(clip.source, clip.source_track, target, gt))
+        output = np.asarray(method(clip.source, clip.drive_source_track, target, drive))
         method_s += time.perf_counter() - t0
         if output.shape != target.shape or output.dtype != np.uint8:
             raise ValueError(f"method {name!r} returned {output.dtype} {output.shape}, expected uint8 {target.shape}")

@@ -190,8 +190,9 @@ def _splat_chunk(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch
     zc = z[start:stop]
     front = pairs.cand & (zc[:, None] <= zmin.index_select(0, pairs.pix).view(-1, f) + params.depth_tol)
     # Compact to the front pairs (nonzero + index_select: boolean indexing is slow on the CPU).
-    sel = front.view(-1).nonzero().squeeze(1)
-    pid = torch.div(sel, f, rounding_mode="floor")
+    nz = front.nonzero()  # (M, 2): point, footprint slot (2-D nonzero: no integer division)
+    pid = nz[:, 0].contiguous()
+    sel = pid * f + nz[:, 1]
     pix = pairs.pix.index_select(0, sel)
     if cid_map is not None:
         pix = cid_map.index_select(0, pix)
@@ -199,8 +200,9 @@ def _splat_chunk(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch
     w = torch.exp(-(d2 * params.inv_two_sigma2))
     a = attrs[start:stop]
     chans = torch.cat([a[:, :2].T, zc[None], a[:, 2:].T])  # (7, n): fu, fv, z, nx, ny, nz, vis
-    acc[0].index_add_(0, pix, w)
-    acc[1:].index_add_(1, pix, chans.index_select(1, pid).mul_(w))
+    # scatter_add_ over an expanded index beats index_add_ along dim 1 on the CPU (2x)
+    acc[0].scatter_add_(0, pix, w)
+    acc[1:].scatter_add_(1, pix.expand(N_ACC - 1, -1), chans.index_select(1, pid).mul_(w))
     key = (d2.view(torch.int32).to(torch.int64) << 32) | (pid + start)
     return pix, key
 

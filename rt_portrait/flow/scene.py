@@ -144,10 +144,7 @@ class SceneBuilder:
         self._face_ids, self._face_w = _barycentric_samples(tris, self.subdivision)
         self._tris = tris
         nv = len(verts)
-        inc = np.zeros((nv, len(tris)))
-        for c in range(3):
-            inc[tris[:, c], np.arange(len(tris))] = 1.0
-        self._incidence = inc  # vertex normal = sum of adjacent (area-weighted) face normals
+        self._num_vertices = nv
         regions = np.asarray(template.regions)
         dominant = np.take_along_axis(self._face_ids, np.argmax(self._face_w, axis=1)[:, None], 1)[:, 0]
         face_labels = regions[dominant].astype(np.int32)
@@ -222,13 +219,16 @@ class SceneBuilder:
         """The scene of ``state`` (a HeadState) in working px, index-aligned across states."""
         s = self.window.scale
         v = (state.vertices() - self._offset) * s  # (478, 3) working px, z scaled alike
-        if v.shape[0] != self._incidence.shape[0]:
-            raise ValueError(f"head state has {v.shape[0]} vertices, template has {self._incidence.shape[0]}")
+        nv = self._num_vertices
+        if v.shape[0] != nv:
+            raise ValueError(f"head state has {v.shape[0]} vertices, template has {nv}")
         if not np.isfinite(v).all():
             raise ValueError("head state has non-finite vertices")
         t = self._tris
         fn = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])  # area-weighted face normals
-        vn = self._incidence @ fn
+        # vertex normal = sum of adjacent (area-weighted) face normals (bincount: a sparse sum)
+        corners = t.T.ravel()
+        vn = np.stack([np.bincount(corners, weights=np.tile(fn[:, d], 3), minlength=nv) for d in range(3)], axis=1)
         face = np.einsum("mk,mkd->md", self._face_w, v[self._face_ids])
         face_n = np.einsum("mk,mkd->md", self._face_w, vn[self._face_ids])
         fans = self._fan_w @ v

@@ -266,6 +266,32 @@ def test_scene_flow_on_a_real_face(real_scene) -> None:
     assert float(f.flow[1][chin].median()) < -0.5  # the jaw moved down: its source lies above
 
 
+def test_neck_blends_from_rigid_to_static(real_scene) -> None:
+    """A head turn moves the upper neck with the head but leaves the lowest neck (clothes) put."""
+    from rt_portrait.head import apply_edits
+    from rt_portrait.head.types import Edits
+
+    tpl, state, builder = real_scene
+    source = builder(state)
+    shell = (source.label == int(Region.HEAD_SHELL)).nonzero().squeeze(1)
+    w = torch.from_numpy(builder.shell_weight)
+    assert w.shape == shell.shape and float(w.max()) == 1.0 and float(w.min()) < 0.02
+    for edits in (Edits(yaw=20.0), Edits(pitch=12.0), Edits(roll=15.0)):
+        target = builder(apply_edits(state, edits, tpl))
+        move = (target.xyz[shell, :2] - source.xyz[shell, :2]).norm(dim=1)
+        low, rigid = w < 0.02, w == 1.0
+        assert int(low.sum()) > 10 and int(rigid.sum()) > 100
+        assert float(move[low].max()) < 0.1 * float(move[rigid].median())  # static at the bottom
+        upper = (w > 0.9) & (w < 1.0)
+        assert float(move[upper].median()) > 0.5  # the upper neck follows the head (px)
+    # without an anchor pose the whole shell is rigid
+    from rt_portrait.flow.scene import SceneBuilder
+    from rt_portrait.head import build_shell
+
+    rigid = SceneBuilder(tpl, build_shell(tpl), builder.window, builder.image_size, head_scale=state.pose.scale)
+    assert bool((rigid.shell_weight == 1.0).all())
+
+
 def test_chunked_twins_match_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Large clouds take the memory-bounded chunked twins; they must give the same fields."""
     from rt_portrait.kernels import splat, splat_common, zbuffer

@@ -38,8 +38,8 @@ class Generator(Protocol):
 class WarpFillGenerator:
     """Learning-free pass-through: the warp itself, holes filled.
 
-    Newly revealed regions get a push-pull fill from nearby visible pixels; the open mouth
-    (no source correspondence) gets a darkened, shaded fill so it reads as a mouth cavity.
+    The open mouth (no source correspondence) gets a push-pull fill from the surrounding
+    pixels, darkened and shaded so it reads as a mouth cavity; every other pixel is the warp.
     """
 
     def __init__(self, mouth_darkness: float = 0.3, visible_at: float = 0.5) -> None:
@@ -54,9 +54,11 @@ class WarpFillGenerator:
             # darker toward the inside of the cavity (low visibility = deep inside)
             shade = self.mouth_darkness * (0.6 + 0.4 * vis)
             fill = fill * (1 - mouth) + fill * shade * mouth
-        # Hair, neck and the (elastic) background hidden in the source still sample it where
-        # they project, which shows more hair or stretched background: more plausible than a
-        # blurred fill. Holes are face pixels without a source, above all the open mouth.
-        hole = (1 - vis) * (~inputs.fields.region_mask(Region.HEAD_SHELL, Region.BACKGROUND))[None].float()
+        # Only the open mouth is a hole here. Other pixels without a source (a cheek or the
+        # side of the nose turning into view, revealed hair or background) still sample the
+        # source where the flow points, which stretches the nearby surface: more plausible
+        # than a blurred fill, and seam-free. Visibility still marks them for a learned
+        # generator.
+        hole = (1 - vis) * mouth
         face = inputs.warped * (1 - hole) + fill * hole
         return GeneratorOutput(face=face, alpha=hole)

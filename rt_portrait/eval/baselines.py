@@ -153,14 +153,18 @@ class Flow3D:
         self._session: Any = None  # rt_portrait.pipeline.AnimatorSession
 
     def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult, fps: float = 30.0) -> None:
-        """``fps``: rate of the frames that will be fed (the clip's fps / every), so the
-        session's time-aware smoothing sees the real spacing of the evaluated frames."""
+        """``fps``: the clip's frame rate (skipped frames arrive through :meth:`observe`)."""
         from rt_portrait.pipeline import Animator, AnimatorConfig
 
         self.close()
         session = Animator(source_rgb, AnimatorConfig(size=self.size)).session(fps=fps)
         session.animate_track(source_track)  # prime: the source frame becomes the driver reference
         self._session = session
+
+    def observe(self, driver_track: TrackResult) -> None:
+        """A driver frame that is not evaluated: tracked motion and smoothing advance, no render."""
+        if self._session is not None:
+            self._session.drive_track(driver_track)
 
     def close(self) -> None:
         close = getattr(self._session, "close", None)

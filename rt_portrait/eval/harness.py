@@ -238,8 +238,12 @@ def probe_video(path: Path) -> tuple[int, float]:
         raise VideoReadError(f"cannot read video {path}: {e}") from e
 
 
-def read_frames(path: Path, indices: Iterable[int]) -> dict[int, np.ndarray]:
-    """Decode the wanted frame indices (0-based, decode order) as (H, W, 3) uint8 RGB."""
+def read_frames(path: Path, indices: Iterable[int],
+                on_frame: Callable[[int, np.ndarray], None] | None = None) -> dict[int, np.ndarray]:
+    """Decode the wanted frame indices (0-based, decode order) as (H, W, 3) uint8 RGB.
+
+    ``on_frame(i, rgb)`` (optional) sees every decoded frame from the first wanted one to the
+    last, wanted or not."""
     import av
 
     wanted = sorted(set(indices))
@@ -252,9 +256,14 @@ def read_frames(path: Path, indices: Iterable[int]) -> dict[int, np.ndarray]:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            first = wanted[0]
             for i, frame in enumerate(container.decode(stream)):
-                if i in want:
-                    out[i] = frame.to_ndarray(format="rgb24")
+                if i in want or (on_frame is not None and i >= first):
+                    rgb = frame.to_ndarray(format="rgb24")
+                    if i in want:
+                        out[i] = rgb
+                    if on_frame is not None:
+                        on_frame(i, rgb)
                 if i >= last:
                     break
     except (av.error.FFmpegError, OSError, ValueError) as e:
@@ -298,6 +307,7 @@ class _ClipData:
     iod: float  # median inter-ocular distance of the targets (pixels)
     drive_source_track: TrackResult  # the source frame through the live (video-mode) tracker
     drive_tracks: list[TrackResult]  # the targets through the live tracker: what methods see
+    drive_between: list[list[TrackResult]]  # live tracks of the skipped frames before each target
 
 
 def _safe_rotation(pose_fn: PoseFn, track: TrackResult) -> np.ndarray | None:
@@ -318,7 +328,14 @@ def _load_clip(path: Path, config: EvalConfig, fps: float, tracker: Tracker, pos
             frame_count = sum(1 for _ in _iter_all(path))
         n_targets = max(0, (frame_count - 1 - config.source_frame) // config.every)
     indices = [config.source_frame + k * config.every for k in range(n_targets + 1)]
-    frames = read_frames(path, indices)
+    # Every method is driven by the same landmarks: the live session's video-mode tracker run
+    # over every frame from the source on (so its smoothing sees the real frame rate). The
+    # static-mode tracks below are the ground truth and only score the outputs.
+    from rt_portrait.tracking import FaceTracker, TrackerConfig
+
+    live_tracks: dict[int, TrackResult] = {}
+    with FaceTracker(TrackerConfig(static_image=False, max_faces=1)) as live:
+        frames = read_frames(path, indices, lambda i, rgb: live_tracks.__setitem__(i, live.track(rgb)))
     if config.source_frame not in frames:
         return f"the video has no frame {config.source_frame} (source frame)"
     targets = [frames[i] for i in indices[1:] if i in frames]
@@ -341,18 +358,15 @@ def _load_clip(path: Path, config: EvalConfig, fps: float, tracker: Tracker, pos
         iods.append(M.interocular(tr.landmarks))
     if not iods:
         return "no face in any target frame"
-    # Every method is driven by the same landmarks: the live session's video-mode tracker run
-    # over the source frame and then the targets in order. The static-mode tracks above are
-    # the ground truth and only score the outputs.
-    from rt_portrait.tracking import FaceTracker, TrackerConfig
-
-    with FaceTracker(TrackerConfig(static_image=False, max_faces=1)) as live:
-        drive_source = live.track(source)
-        drive_tracks = [live.track(t) for t in targets]
+    target_ids = [i for i in indices[1:] if i in frames]
+    drive_source = live_tracks[config.source_frame]
     if not drive_source.found:
         drive_source = source_track
+    drive_tracks = [live_tracks[i] for i in target_ids]
+    between = [[live_tracks[j] for j in range(prev + 1, i) if j in live_tracks]
+               for prev, i in zip([config.source_frame] + target_ids[:-1], target_ids)]
     return _ClipData(path.stem, fps, source, source_track, targets, tracks, rots, masks, float(np.median(iods)),
-                     drive_source, drive_tracks)
+                     drive_source, drive_tracks, between)
 
 
 def _iter_all(path: Path) -> Iterable[None]:
@@ -368,14 +382,19 @@ def _iter_all(path: Path) -> Iterable[None]:
 
 def _run_method(clip: _ClipData, name: str, method: Method, every: int, tracker: Tracker, pose_fn: PoseFn,
                 tick: Callable[[], None]) -> ClipResult:
-    method.start_clip(clip.source, clip.drive_source_track, fps=clip.fps / every)
+    method.start_clip(clip.source, clip.drive_source_track, fps=clip.fps)
+    observe = getattr(method, "observe", None)  # stateful methods also see the skipped frames
     rows: dict[str, list[float]] = {k: [] for k in ("face_l1", "face_psnr", "face_ssim", "full_l1", "full_psnr",
                                                     "full_ssim", "landmark_err", "pose_err_deg", "retrack_fail")}
     out_seq: list[np.ndarray | None] = []
     gt_seq: list[np.ndarray | None] = []
     method_s = 0.0
-    for target, gt, drive, rot, mask in zip(clip.targets, clip.target_tracks, clip.drive_tracks, clip.target_rot, clip.masks):
+    for target, gt, drive, skipped, rot, mask in zip(clip.targets, clip.target_tracks, clip.drive_tracks,
+                                                    clip.drive_between, clip.target_rot, clip.masks):
         t0 = time.perf_counter()
+        if observe is not None:
+            for track in skipped:
+                observe(track)
         output = np.asarray(method(clip.source, clip.drive_source_track, target, drive))
         method_s += time.perf_counter() - t0
         if output.shape != target.shape or output.dtype != np.uint8:

@@ -78,21 +78,43 @@ def warp_working(source_working: torch.Tensor, flow: torch.Tensor) -> torch.Tens
     return F.grid_sample(source_working[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
 
 
-def upsample_to_frame(field: torch.Tensor, window: Window, image_size: tuple[int, int], fill: float = 0.0) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def upsample_to_frame(
+    field: torch.Tensor,
+    window: Window,
+    image_size: tuple[int, int],
+    fill: float = 0.0,
+    box: tuple[int, int, int, int] | None = None,
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Resample a (C, R, R) working field onto the source pixels the window covers.
 
     Returns the field over the frame region ``(y0, y1, x0, x1)`` (the window clipped to the
-    frame) and that region; outside it the field is ``fill``.
+    frame, or only the part under the working-grid box ``(v0, v1, u0, u1)`` when given) and
+    that region; outside it the field is ``fill``.
     """
     h, w = image_size
-    x0, y0 = max(0, int(np.floor(window.x0))), max(0, int(np.floor(window.y0)))
-    x1, y1 = min(w, int(np.ceil(window.x0 + window.side))), min(h, int(np.ceil(window.y0 + window.side)))
+    inv = window.side / window.size
+    if box is None:
+        box = (0, window.size, 0, window.size)
+    v0, v1, u0, u1 = box
+    x0, y0 = max(0, int(np.floor(window.x0 + u0 * inv))), max(0, int(np.floor(window.y0 + v0 * inv)))
+    x1, y1 = min(w, int(np.ceil(window.x0 + u1 * inv))), min(h, int(np.ceil(window.y0 + v1 * inv)))
     s = window.scale
     xs = ((torch.arange(x0, x1, device=field.device, dtype=torch.float32) + 0.5) - window.x0) * s
     ys = ((torch.arange(y0, y1, device=field.device, dtype=torch.float32) + 0.5) - window.y0) * s
     grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1) * (2.0 / window.size) - 1
     up = F.grid_sample(field[None], grid[None], mode="bilinear", padding_mode="zeros" if fill == 0.0 else "border", align_corners=False)[0]
     return up, (y0, y1, x0, x1)
+
+
+def nonzero_box(mask: torch.Tensor, margin: int = 0) -> tuple[int, int, int, int] | None:
+    """(v0, v1, u0, u1) bounding box of the nonzero pixels of a (..., H, W) mask, or None."""
+    m = mask.reshape(-1, *mask.shape[-2:]).any(0)
+    rows, cols = m.any(1).nonzero(), m.any(0).nonzero()
+    if rows.numel() == 0:
+        return None
+    h, w = m.shape
+    return (max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + 1 + margin),
+            max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + 1 + margin))
 
 
 def warp_full(source: torch.Tensor, flow: torch.Tensor, window: Window) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -143,14 +165,17 @@ def compose(
     ``face`` blended in by the soft mask ``alpha`` (both (C, R, R))."""
     _, h, w = source.shape
     warped, (y0, y1, x0, x1) = warp_full(source, fields.flow, window)
-    up, _ = upsample_to_frame(torch.cat([face, alpha]), window, (h, w))
-    a = up[3:4]
     out = source.clone()
-    out[:, y0:y1, x0:x1] = warped * (1 - a) + up[:3] * a
+    out[:, y0:y1, x0:x1] = warped
+    box = nonzero_box(alpha > 0, margin=1)
+    if box is not None:  # the generator's face only matters where its mask is on
+        up, (by0, by1, bx0, bx1) = upsample_to_frame(torch.cat([face, alpha]), window, (h, w), box=box)
+        a = up[3:4]
+        out[:, by0:by1, bx0:bx1] = out[:, by0:by1, bx0:bx1] * (1 - a) + up[:3] * a
     return out
 
 
-def elastic_background(fields: FlowFields, reach: int = 3) -> torch.Tensor:
+def elastic_background(fields: FlowFields, reach: int = 3, factor: int = 4) -> torch.Tensor:
     """The flow with the background made elastic near the head.
 
     Without it the head slides over a static background and tears it along its silhouette
@@ -163,10 +188,13 @@ def elastic_background(fields: FlowFields, reach: int = 3) -> torch.Tensor:
     head = (fields.labels != 0)[None].float()
     if not bool(head.any()):
         return fields.flow
-    extended = push_pull_fill(fields.flow, head)
-    cover = head
-    for _ in range(reach):
+    # The extension is smooth, so it is computed on a grid ``factor`` times coarser.
+    small_w = F.avg_pool2d(head[None], factor, ceil_mode=True)[0]
+    small_f = F.avg_pool2d((fields.flow * head)[None], factor, ceil_mode=True)[0] / small_w.clamp_min(1e-6)
+    extended = push_pull_fill(small_f, small_w)
+    cover = small_w
+    for _ in range(max(reach - int(np.log2(factor)), 0)):
         cover = F.avg_pool2d(cover[None], 2, ceil_mode=True)[0]
-    cover = F.interpolate(cover[None], size=head.shape[-2:], mode="bilinear", align_corners=False)[0]
-    fade = (cover * 3).clamp(0, 1)
-    return fields.flow * head + extended * fade * (1 - head)
+    cover = F.interpolate(cover[None], size=small_w.shape[-2:], mode="bilinear", align_corners=False)[0]
+    elastic = F.interpolate((extended * (cover * 3).clamp(0, 1))[None], size=head.shape[-2:], mode="bilinear", align_corners=False)[0]
+    return fields.flow * head + elastic * (1 - head)

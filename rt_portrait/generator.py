@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from rt_portrait.compose import push_pull_fill
+from rt_portrait.compose import nonzero_box, push_pull_fill
 from rt_portrait.flow.types import FlowFields, Region
 
 
@@ -47,18 +47,26 @@ class WarpFillGenerator:
         self.visible_at = visible_at
 
     def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
-        vis = (inputs.fields.visibility / self.visible_at).clamp(0, 1)
-        fill = push_pull_fill(inputs.warped, vis)
-        mouth = inputs.fields.region_mask(Region.MOUTH_INTERIOR)[None].float()
-        if bool(mouth.any()):
-            # darker toward the inside of the cavity (low visibility = deep inside)
-            shade = self.mouth_darkness * (0.6 + 0.4 * vis)
-            fill = fill * (1 - mouth) + fill * shade * mouth
+        warped = inputs.warped
+        alpha = torch.zeros_like(warped[:1])
+        mouth = inputs.fields.region_mask(Region.MOUTH_INTERIOR)
+        box = nonzero_box(mouth, margin=max(8, warped.shape[-1] // 32))
+        if box is None:
+            return GeneratorOutput(face=warped, alpha=alpha)
         # Only the open mouth is a hole here. Other pixels without a source (a cheek or the
         # side of the nose turning into view, revealed hair or background) still sample the
         # source where the flow points, which stretches the nearby surface: more plausible
         # than a blurred fill, and seam-free. Visibility still marks them for a learned
         # generator.
-        hole = (1 - vis) * mouth
-        face = inputs.warped * (1 - hole) + fill * hole
-        return GeneratorOutput(face=face, alpha=hole)
+        v0, v1, u0, u1 = box
+        crop = (slice(None), slice(v0, v1), slice(u0, u1))
+        vis = (inputs.fields.visibility[crop] / self.visible_at).clamp(0, 1)
+        m = mouth[None][crop].float()
+        fill = push_pull_fill(warped[crop], vis)
+        # darker toward the inside of the cavity (low visibility = deep inside)
+        fill = fill * (1 - m) + fill * self.mouth_darkness * (0.6 + 0.4 * vis) * m
+        hole = (1 - vis) * m
+        face = warped.clone()
+        face[crop] = warped[crop] * (1 - hole) + fill * hole
+        alpha[crop] = hole
+        return GeneratorOutput(face=face, alpha=alpha)

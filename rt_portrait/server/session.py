@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from rt_portrait.head.types import Edits, Strengths
+from rt_portrait.head.edits import RANGES
 from rt_portrait.pipeline import Animator, AnimatorSession
 
 log = logging.getLogger(__name__)
@@ -96,18 +97,7 @@ def new_peer_connection() -> RTCPeerConnection:
 # ---------------------------------------------------------------------------------------
 # Controls
 # ---------------------------------------------------------------------------------------
-EDIT_RANGES: dict[str, tuple[float, float]] = {
-    "yaw": (-45.0, 45.0),
-    "pitch": (-45.0, 45.0),
-    "roll": (-45.0, 45.0),
-    "jaw_open": (0.0, 1.0),
-    "smile": (-1.0, 1.0),
-    "blink_left": (0.0, 1.0),
-    "blink_right": (0.0, 1.0),
-    "brow_raise": (-1.0, 1.0),
-    "gaze_x": (-1.0, 1.0),
-    "gaze_y": (-1.0, 1.0),
-}
+EDIT_RANGES = RANGES  # the head model's documented edit ranges
 STRENGTH_RANGE = (0.0, 2.0)
 
 

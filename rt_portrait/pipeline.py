@@ -104,13 +104,22 @@ class Animator:
         config: AnimatorConfig | None = None,
         name: str = "source",
         generator: Generator | None = None,
+        source_track: TrackResult | None = None,
     ) -> None:
+        """``source_track``: the source's landmarks when they are already known (e.g. a video
+        frame tracked by the same tracker as the driver); otherwise the source is tracked here,
+        in static-image mode."""
         self.config = config or AnimatorConfig()
         self.name = name
         rgb = to_rgb(source, name=name)
         check_size(rgb, self.config.limits, name)
+        if source_track is not None:
+            if source_track.image_size != rgb.shape[:2]:
+                raise ValueError(f"{name}: source_track is for a {source_track.image_size} image, the source is {rgb.shape[:2]}")
+            if self.config.max_output_side is not None and max(rgb.shape[:2]) > self.config.max_output_side:
+                raise ValueError(f"{name}: source_track cannot be combined with max_output_side downscaling")
         rgb = _fit_side(rgb, self.config.max_output_side)
-        track = track_image(rgb)
+        track = source_track if source_track is not None else track_image(rgb)
         if not track.found:
             raise NoFaceError(f"{name}: no face found in the source portrait ({track.message or 'no detection'})")
         self.source = rgb

@@ -188,3 +188,11 @@ def test_demo_writes_video_and_sheet(tmp_path: Path) -> None:
     video, sheet = run_demo(tmp_path, size=128, seconds=1.0, progress=False)
     assert probe(video).frames == 25
     assert sheet.stat().st_size > 10_000
+
+
+def test_source_track_is_used_and_checked(astronaut: np.ndarray) -> None:
+    track = track_image(astronaut)
+    shifted = Animator(astronaut, AnimatorConfig(size=128), source_track=track)
+    assert np.allclose(shifted.source_state.vertices(), fit_head(track.landmarks, track.image_size).vertices(), atol=1e-6)
+    with pytest.raises(ValueError, match="source_track"):
+        Animator(astronaut[:300], AnimatorConfig(size=128), source_track=track)

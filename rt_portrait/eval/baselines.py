@@ -146,18 +146,27 @@ def warp2d(
 
 
 class Flow3D:
-    """The 3D-flow animator, one Animator and one stateful session per clip."""
+    """The 3D-flow animator, one Animator and one stateful session per clip.
 
-    def __init__(self, size: int = 256) -> None:
+    It is built on the same source landmarks the other methods get (``source_track``), and
+    ``smoothing=False`` (the default here) compares the warps on the same unsmoothed motion;
+    ``smoothing=True`` evaluates the live configuration (One-Euro filtered motion).
+    """
+
+    def __init__(self, size: int = 256, smoothing: bool = False) -> None:
         self.size = size
+        self.smoothing = smoothing
         self._session: Any = None  # rt_portrait.pipeline.AnimatorSession
 
     def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult, fps: float = 30.0) -> None:
         """``fps``: the clip's frame rate (skipped frames arrive through :meth:`observe`)."""
         from rt_portrait.pipeline import Animator, AnimatorConfig
+        from rt_portrait.tracking import SmoothingConfig
 
         self.close()
-        session = Animator(source_rgb, AnimatorConfig(size=self.size)).session(fps=fps)
+        config = AnimatorConfig(size=self.size, smoothing=SmoothingConfig(enabled=self.smoothing))
+        track = source_track if source_track.found else None
+        session = Animator(source_rgb, config, source_track=track).session(fps=fps)
         session.animate_track(source_track)  # prime: the source frame becomes the driver reference
         self._session = session
 
@@ -184,12 +193,12 @@ class Flow3D:
 METHOD_NAMES: tuple[str, ...] = ("static", "warp2d", "flow3d")
 
 
-def make_method(name: str, size: int = 256) -> Method:
+def make_method(name: str, size: int = 256, smoothing: bool = False) -> Method:
     """A fresh method object by name (``static``, ``warp2d``, ``flow3d``)."""
     if name == "static":
         return Stateless(static)
     if name == "warp2d":
         return Stateless(warp2d)
     if name == "flow3d":
-        return Flow3D(size=size)
+        return Flow3D(size=size, smoothing=smoothing)
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")

@@ -78,6 +78,7 @@ class EvalConfig:
     source_frame: int = 0
     size: int = 256  # working resolution of the flow3d animator
     split: str | None = None  # with a folder holding MANIFEST.tsv: keep rows of this split
+    smoothing: bool = False  # flow3d with the live One-Euro smoothing (off: same raw motion as warp2d)
 
     def __post_init__(self) -> None:
         if isinstance(self.videos, (str, os.PathLike)):
@@ -482,7 +483,7 @@ def evaluate(
             bar.total += len(data.targets) * len(config.methods)
             bar.refresh()
             for name in config.methods:
-                method = extra[name]() if name in extra else make_method(name, size=config.size)
+                method = extra[name]() if name in extra else make_method(name, size=config.size, smoothing=config.smoothing)
                 t0 = time.perf_counter()
                 clips.append(_run_method(data, name, method, config.every, tracker, pose_fn, lambda: bar.update(1)))
                 per_method_s[name] += time.perf_counter() - t0
@@ -579,6 +580,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="at most N target frames per clip")
     parser.add_argument("--source-frame", type=int, default=0, help="index of the source frame (default 0)")
     parser.add_argument("--size", type=int, default=256, help="working resolution of flow3d (default 256)")
+    parser.add_argument("--smoothing", action="store_true",
+                        help="run flow3d with the live One-Euro smoothing (default: off, so every method warps the same raw motion)")
     parser.add_argument("--split", default=None, help="with a folder holding MANIFEST.tsv: only this split (e.g. val)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
     parser.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of per-clip metrics")
@@ -592,7 +595,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         methods = tuple(m.strip() for m in str(args.methods).split(",") if m.strip())
         config = EvalConfig(
             videos=[Path(p) for p in args.inputs], methods=methods, every=args.every, max_frames=args.max_frames,
-            source_frame=args.source_frame, size=args.size, split=args.split,
+            source_frame=args.source_frame, size=args.size, split=args.split, smoothing=args.smoothing,
         )
         report = evaluate(config, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as e:

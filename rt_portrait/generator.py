@@ -23,6 +23,7 @@ class GeneratorInput:
     source: torch.Tensor  # (3, R, R) the source window
     fields: FlowFields  # flow, visibility, encoding, depth, normal, labels
     history: torch.Tensor | None  # (3, R, R) previous output warped to now, or None
+    source_labels: torch.Tensor | None = None  # (R, R) region labels of the source image
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,9 @@ class Generator(Protocol):
 class WarpFillGenerator:
     """Learning-free pass-through: the warp itself, holes filled.
 
-    The open mouth (no source correspondence) gets a push-pull fill from the surrounding
-    pixels, darkened and shaded so it reads as a mouth cavity; every other pixel is the warp.
+    Pixels without a source correspondence are filled by a push-pull pyramid: hair, neck and
+    background from visible pixels of their own kind, the open mouth darkened so it reads as a
+    cavity. Face pixels keep the warp.
     """
 
     def __init__(self, mouth_darkness: float = 0.3, visible_at: float = 0.5) -> None:
@@ -48,25 +50,49 @@ class WarpFillGenerator:
 
     def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
         warped = inputs.warped
+        fields = inputs.fields
+        face = warped
         alpha = torch.zeros_like(warped[:1])
-        mouth = inputs.fields.region_mask(Region.MOUTH_INTERIOR)
-        box = nonzero_box(mouth, margin=max(8, warped.shape[-1] // 32))
-        if box is None:
-            return GeneratorOutput(face=warped, alpha=alpha)
-        # Only the open mouth is a hole here. Other pixels without a source (a cheek or the
-        # side of the nose turning into view, revealed hair or background) still sample the
-        # source where the flow points, which stretches the nearby surface: more plausible
-        # than a blurred fill, and seam-free. Visibility still marks them for a learned
-        # generator.
-        v0, v1, u0, u1 = box
-        crop = (slice(None), slice(v0, v1), slice(u0, u1))
-        vis = (inputs.fields.visibility[crop] / self.visible_at).clamp(0, 1)
-        m = mouth[None][crop].float()
-        fill = push_pull_fill(warped[crop], vis)
-        # darker toward the inside of the cavity (low visibility = deep inside)
-        fill = fill * (1 - m) + fill * self.mouth_darkness * (0.6 + 0.4 * vis) * m
-        hole = (1 - vis) * m
-        face = warped.clone()
-        face[crop] = warped[crop] * (1 - hole) + fill * hole
-        alpha[crop] = hole
+        vis = (fields.visibility / self.visible_at).clamp(0, 1)
+        margin = max(8, warped.shape[-1] // 32)
+        ghost = self._samples_face(inputs)
+        # Hair, neck and background that the source does not show sample whatever hid them
+        # there (often the face: a ghost of it): fill them from visible pixels of the same
+        # kind. Face pixels without a source (a cheek or the side of the nose turning into
+        # view) keep the warp, which stretches the nearby skin: more plausible than a blur,
+        # and seam-free. The open mouth gets a dark cavity.
+        for region, dark in ((Region.HEAD_SHELL, False), (Region.BACKGROUND, False), (Region.MOUTH_INTERIOR, True)):
+            mask = fields.region_mask(region)[None].float()
+            hole = (1 - vis) * mask
+            if not dark and ghost is not None:
+                hole = hole * ghost  # hair sampling hidden hair still shows hair: keep the warp
+            box = nonzero_box(hole > 0.25, margin=margin)
+            if box is None:
+                continue
+            v0, v1, u0, u1 = box
+            crop = (slice(None), slice(v0, v1), slice(u0, u1))
+            source_w = vis[crop] if dark else vis[crop] * mask[crop]  # fill from the same kind of pixels
+            fill = push_pull_fill(warped[crop], source_w)
+            if dark:  # darker toward the inside of the cavity (low visibility = deep inside)
+                fill = fill * self.mouth_darkness * (0.6 + 0.4 * vis[crop])
+            if face is warped:
+                face = warped.clone()
+            h = hole[crop]
+            face[crop] = face[crop] * (1 - h) + fill * h
+            alpha[crop] = torch.maximum(alpha[crop], h)
         return GeneratorOutput(face=face, alpha=alpha)
+
+    @staticmethod
+    def _samples_face(inputs: GeneratorInput) -> torch.Tensor | None:
+        """(1, R, R) 1 where the flow samples a face pixel of the source, else 0."""
+        if inputs.source_labels is None:
+            return None
+        labels = inputs.source_labels
+        r = labels.shape[-1]
+        base = torch.arange(r, device=labels.device, dtype=torch.float32) + 0.5
+        flow = inputs.fields.flow
+        u = (base[None, :] + flow[0]).floor().long().clamp(0, r - 1)
+        v = (base[:, None] + flow[1]).floor().long().clamp(0, r - 1)
+        sampled = labels[v, u]
+        face = (sampled != int(Region.BACKGROUND)) & (sampled != int(Region.HEAD_SHELL))
+        return face[None].float()

@@ -62,6 +62,7 @@ class _Scene:
     source_points: PointCloud
     source_visible: torch.Tensor  # (N,) which source points the source image shows
     source_background: torch.Tensor  # (R, R) where the source image shows the background
+    source_labels: torch.Tensor  # (R, R) region labels of the source image itself
     flow_config: FlowConfig
     source_working: torch.Tensor  # (3, R, R)
     taper: torch.Tensor  # (1, R, R)
@@ -141,12 +142,16 @@ class Animator:
                                    flow=flow_config, head_scale=self.source_state.pose.scale,
                                    anchor_pose=self.source_state.pose)
             source_points = builder(self.source_state)
+            source_background = source_background_visibility(source_points, flow_config)
+            source_labels = compute_flow(source_points, source_points, flow_config,
+                                         source_background=source_background).labels
             self._scenes[size] = _Scene(
                 window=window,
                 builder=builder,
                 source_points=source_points,
                 source_visible=source_visibility(source_points, flow_config),
-                source_background=source_background_visibility(source_points, flow_config),
+                source_background=source_background,
+                source_labels=source_labels,
                 flow_config=flow_config,
                 source_working=crop_window(self.source_tensor, window),
                 taper=window_taper(window, self.image_size, self.device),
@@ -169,7 +174,8 @@ class Animator:
         fields = replace(fields, flow=elastic_background(fields) * scene.taper)
         t1 = time.perf_counter()
         warped = warp_working(scene.source_working, fields.flow)
-        out = self.generator(GeneratorInput(warped=warped, source=scene.source_working, fields=fields, history=None))
+        out = self.generator(GeneratorInput(warped=warped, source=scene.source_working, fields=fields, history=None,
+                                            source_labels=scene.source_labels))
         frame = compose(self.source_tensor, fields, scene.window, out.face, out.alpha)
         image = to_image(frame)
         t2 = time.perf_counter()

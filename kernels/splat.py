@@ -29,14 +29,13 @@ except ImportError:  # pragma: no cover
     triton = None
 
 if triton is not None:
+    from .zbuffer import footprint_origin
 
     @triton.jit
     def _splat_kernel(xy_ptr, z_ptr, attr_ptr, zmin_ptr, acc_ptr, key_ptr, n, size, radius2, depth_tol, inv2s2,
                       REACH: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
-        u = tl.load(xy_ptr + 2 * offs, mask=live, other=0.0)
-        v = tl.load(xy_ptr + 2 * offs + 1, mask=live, other=0.0)
         z = tl.load(z_ptr + offs, mask=live, other=0.0)
         fu = tl.load(attr_ptr + 6 * offs, mask=live, other=0.0)
         fv = tl.load(attr_ptr + 6 * offs + 1, mask=live, other=0.0)
@@ -44,12 +43,7 @@ if triton is not None:
         ny = tl.load(attr_ptr + 6 * offs + 3, mask=live, other=0.0)
         nz = tl.load(attr_ptr + 6 * offs + 4, mask=live, other=0.0)
         vis = tl.load(attr_ptr + 6 * offs + 5, mask=live, other=0.0)
-        cxf = tl.floor(u)
-        cyf = tl.floor(v)
-        ax = (cxf + 0.5) - u
-        ay = (cyf + 0.5) - v
-        cx = cxf.to(tl.int32)
-        cy = cyf.to(tl.int32)
+        cx, cy, ax, ay = footprint_origin(xy_ptr, offs, live)
         plane = size * size
         for dy in tl.static_range(-REACH, REACH + 1):
             ey = ay + dy
@@ -81,15 +75,8 @@ if triton is not None:
         # One selection round: the smallest front-candidate key above the previous winner.
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
-        u = tl.load(xy_ptr + 2 * offs, mask=live, other=0.0)
-        v = tl.load(xy_ptr + 2 * offs + 1, mask=live, other=0.0)
         z = tl.load(z_ptr + offs, mask=live, other=0.0)
-        cxf = tl.floor(u)
-        cyf = tl.floor(v)
-        ax = (cxf + 0.5) - u
-        ay = (cyf + 0.5) - v
-        cx = cxf.to(tl.int32)
-        cy = cyf.to(tl.int32)
+        cx, cy, ax, ay = footprint_origin(xy_ptr, offs, live)
         for dy in tl.static_range(-REACH, REACH + 1):
             ey = ay + dy
             py = cy + dy

@@ -26,19 +26,23 @@ except ImportError:  # pragma: no cover - exercised where triton is missing
 if triton is not None:
 
     @triton.jit
+    def footprint_origin(xy_ptr, offs, live):
+        # A point's pixel (cx, cy) and its offset (ax, ay) from that pixel's centre: the
+        # distance to footprint pixel (cx + dx, cy + dy) is |(ax + dx, ay + dy)|, computed the
+        # same way as in the torch twins so both select bit-identical candidates.
+        u = tl.load(xy_ptr + 2 * offs, mask=live, other=0.0)
+        v = tl.load(xy_ptr + 2 * offs + 1, mask=live, other=0.0)
+        cxf = tl.floor(u)
+        cyf = tl.floor(v)
+        return cxf.to(tl.int32), cyf.to(tl.int32), (cxf + 0.5) - u, (cyf + 0.5) - v
+
+    @triton.jit
     def _zbuffer_kernel(xy_ptr, zkey_ptr, out_ptr, n, size, radius2, REACH: tl.constexpr, BLOCK: tl.constexpr):
         # One program = BLOCK points; each point visits its (2 REACH + 1)^2 cell footprint.
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
-        u = tl.load(xy_ptr + 2 * offs, mask=live, other=0.0)
-        v = tl.load(xy_ptr + 2 * offs + 1, mask=live, other=0.0)
         zk = tl.load(zkey_ptr + offs, mask=live, other=0)
-        cxf = tl.floor(u)
-        cyf = tl.floor(v)
-        ax = (cxf + 0.5) - u
-        ay = (cyf + 0.5) - v
-        cx = cxf.to(tl.int32)
-        cy = cyf.to(tl.int32)
+        cx, cy, ax, ay = footprint_origin(xy_ptr, offs, live)
         for dy in tl.static_range(-REACH, REACH + 1):
             ey = ay + dy
             py = cy + dy

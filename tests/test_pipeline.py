@@ -196,3 +196,21 @@ def test_source_track_is_used_and_checked(astronaut: np.ndarray) -> None:
     assert np.allclose(shifted.source_state.vertices(), fit_head(track.landmarks, track.image_size).vertices(), atol=1e-6)
     with pytest.raises(ValueError, match="source_track"):
         Animator(astronaut[:300], AnimatorConfig(size=128), source_track=track)
+
+
+def test_blink_closes_the_eyes_in_the_image(animator: Animator, astronaut: np.ndarray) -> None:
+    """blink = 1 on the rendered image, re-tracked: the eyelid gaps shrink; a one-eyed blink
+    leaves the other eye open (before the irises were hidden behind closing lids, the warp
+    blended lid and iris and the eyes stayed open)."""
+    groups = animator.template.groups
+
+    def gaps(img: np.ndarray) -> np.ndarray:
+        lm = track_image(img).landmarks
+        return np.array([np.linalg.norm(lm[groups[f"{s}_eye_upper"], :2] - lm[groups[f"{s}_eye_lower"], :2], axis=1).mean()
+                         for s in ("left", "right")])
+
+    open_gaps = gaps(astronaut)
+    both = gaps(animator.render_edits(Edits(blink_left=1, blink_right=1)).image) / open_gaps
+    left = gaps(animator.render_edits(Edits(blink_left=1)).image) / open_gaps
+    assert both.mean() < 0.85, f"eyelid gaps after a blink: {both} of the open ones"
+    assert left[0] < 0.85 and left[1] > 0.95, f"left-eye blink: {left}"

@@ -50,9 +50,13 @@ class SceneConfig:
     neck_rigid_to: float = 0.0  # face heights below the chin where the neck starts to stay behind
     neck_static_from: float = 0.8  # face heights below the chin where it is static (and ends)
     mouth_recess: float = 2.0  # mouth-interior depth behind the lips, in depth tolerances
-    eye_recess: float = 0.25  # eye fill depth behind the lids, in depth tolerances
+    # Eye fill and irises sit more than one depth tolerance behind the lids, like the mouth
+    # interior: in an open eye nothing is in front of them, and a closing lid (its skin
+    # stretched over the opening) hides them instead of blending with them.
+    eye_recess: float = 1.5  # eye fill depth behind the lids, in depth tolerances
     iris_lift: float = 0.1  # irises in front of the eye fill, in depth tolerances
-    max_subdivision: int = 6  # cap on a triangle's n (it is split into n^2 sub-triangles)
+    max_subdivision: int = 8  # cap on a triangle's n (it is split into n^2 sub-triangles)
+    stretch_density: float = 3.0  # extra subdivision of lid and lip triangles
 
 
 def _barycentric_samples(triangles: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,15 +141,22 @@ class SceneBuilder:
         px_per_unit = head_scale * window.scale  # working px per canonical unit
         unit = r / px_per_unit  # the flow radius in canonical units
 
-        # (a) face: per-triangle subdivision so sample spacing <= target at the expected scale
+        # (a) face: per-triangle subdivision so sample spacing <= target at the expected scale.
+        # The template's iris triangles are left out: the irises are the recessed iris fans
+        # below, which a closing lid hides (on the lid's own surface they would show through).
+        iris = np.concatenate([np.asarray(template.group(g), dtype=np.int64) for g in ("left_iris", "right_iris")])
+        tris = tris[~np.isin(tris, iris).any(1)]
         edge = np.stack([np.linalg.norm(verts[tris[:, a]] - verts[tris[:, b]], axis=1)
                          for a, b in ((0, 1), (1, 2), (2, 0))], axis=1).max(1)
-        self.subdivision = np.clip(np.ceil(edge / (cfg.face_spacing * unit)), 1, cfg.max_subdivision).astype(np.int64)
+        regions = np.asarray(template.regions)
+        # lids and lips stretch several-fold when eyes close and mouths open: sample them denser
+        stretchy = np.isin(regions[tris], (int(Region.EYES), int(Region.LIPS))).any(1)
+        level = np.ceil(edge / (cfg.face_spacing * unit)) * np.where(stretchy, cfg.stretch_density, 1.0)
+        self.subdivision = np.clip(level, 1, cfg.max_subdivision).astype(np.int64)
         self._face_ids, self._face_w = _barycentric_samples(tris, self.subdivision)
         self._tris = tris
         nv = len(verts)
         self._num_vertices = nv
-        regions = np.asarray(template.regions)
         dominant = np.take_along_axis(self._face_ids, np.argmax(self._face_w, axis=1)[:, None], 1)[:, 0]
         face_labels = regions[dominant].astype(np.int32)
 
@@ -170,7 +181,7 @@ class SceneBuilder:
         for loop in eye_loops:
             fans.append((fan(loop, loop_extent(loop)), Region.EYES, cfg.eye_recess * tol))
         for ring in iris_rings:
-            fans.append((fan(ring, loop_extent(ring)), Region.EYES, -cfg.iris_lift * tol))
+            fans.append((fan(ring, loop_extent(ring)), Region.EYES, (cfg.eye_recess - cfg.iris_lift) * tol))
         self._fan_w = np.concatenate([f[0] for f in fans])
         self._fan_dz = np.concatenate([np.full(len(f[0]), f[2]) for f in fans])
         fan_labels = np.concatenate([np.full(len(f[0]), int(f[1]), dtype=np.int32) for f in fans])

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from rt_portrait.assets import default_portrait, pyfeat_file
-from rt_portrait.benchmark import _resize_long
 from rt_portrait.pipeline import Animator, AnimatorConfig
+from rt_portrait.tracking import fit_long_side
 from rt_portrait.video import read_frames
 
 
@@ -31,8 +31,8 @@ def one_thread():
 
 
 def _setup(size: int, frames: int = 48):
-    driver = [_resize_long(f, size) for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=frames)]
-    animator = Animator(_resize_long(default_portrait("astronaut"), size), AnimatorConfig(size=size))
+    driver = [fit_long_side(f, size) for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=frames)]
+    animator = Animator(fit_long_side(default_portrait("astronaut"), size), AnimatorConfig(size=size))
     session = animator.session(fps=24.0)
     targets = [session.drive(f)[0] for f in driver]  # driven head states, tracked beforehand
     return animator, session, driver, targets

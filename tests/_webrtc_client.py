@@ -163,18 +163,23 @@ async def _offer(pc: RTCPeerConnection) -> str:
     return pc.localDescription.sdp
 
 
-async def whip_publish(http: aiohttp.ClientSession, base: str, track: MediaStreamTrack) -> tuple[RTCPeerConnection, str]:
-    pc = new_peer_connection()
-    pc.addTransceiver(track, direction="sendonly")
+async def _post_offer(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, kind: str) -> str:
+    """WHIP/WHEP exchange: POST the SDP offer, expect 201, apply the answer; returns Location."""
     sdp = await _offer(pc)
-    async with http.post(f"{base}/whip", data=sdp, headers={"Content-Type": "application/sdp"}) as resp:
+    async with http.post(url, data=sdp, headers={"Content-Type": "application/sdp"}) as resp:
         body = await resp.text()
         if resp.status != 201:
             await pc.close()
-            raise RuntimeError(f"WHIP failed: {resp.status} {body}")
+            raise RuntimeError(f"{kind} failed: {resp.status} {body}")
         location = resp.headers["Location"]
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-    return pc, location
+    return location
+
+
+async def whip_publish(http: aiohttp.ClientSession, base: str, track: MediaStreamTrack) -> tuple[RTCPeerConnection, str]:
+    pc = new_peer_connection()
+    pc.addTransceiver(track, direction="sendonly")
+    return pc, await _post_offer(http, f"{base}/whip", pc, "WHIP")
 
 
 async def whep_play(http: aiohttp.ClientSession, base: str, session_id: str, sink: Sink) -> tuple[RTCPeerConnection, str]:
@@ -185,15 +190,7 @@ async def whep_play(http: aiohttp.ClientSession, base: str, session_id: str, sin
     def _on_track(track: MediaStreamTrack) -> None:
         sink.start(track)
 
-    sdp = await _offer(pc)
-    async with http.post(f"{base}/whep/{session_id}", data=sdp, headers={"Content-Type": "application/sdp"}) as resp:
-        body = await resp.text()
-        if resp.status != 201:
-            await pc.close()
-            raise RuntimeError(f"WHEP failed: {resp.status} {body}")
-        location = resp.headers["Location"]
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-    return pc, location
+    return pc, await _post_offer(http, f"{base}/whep/{session_id}", pc, "WHEP")
 
 
 async def page_call(http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, sink: Sink) -> tuple[RTCPeerConnection, str]:

@@ -1,5 +1,5 @@
 """Tracking stage: frames -> 478 face-mesh landmarks in pixels, plus online smoothing."""
-from rt_portrait.tracking.image import ImageError, ImageLimits, check_size, load_image, to_rgb
+from rt_portrait.tracking.image import ImageError, ImageLimits, check_size, fit_long_side, load_image, to_rgb
 from rt_portrait.tracking.smoothing import (
     HeadStateSmoother,
     LandmarkSmoother,
@@ -24,6 +24,7 @@ __all__ = [
     "TrackResult",
     "TrackerConfig",
     "check_size",
+    "fit_long_side",
     "load_image",
     "to_rgb",
     "track_image",

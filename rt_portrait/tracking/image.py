@@ -172,3 +172,13 @@ def load_image(path: str | Path, limits: ImageLimits | None = None) -> np.ndarra
     except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt payloads
         raise ImageError(f"{label}: cannot decode image ({exc})") from exc
     return to_rgb(arr, name=label)
+
+
+def fit_long_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale (never upscale) so the longer side is at most ``max_side`` (None: unchanged)."""
+    h, w = rgb.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return rgb
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS))

@@ -165,8 +165,10 @@ class Animator:
         fields = replace(fields, flow=elastic_background(fields) * scene.taper)
         t1 = time.perf_counter()
         warped = warp_working(scene.source_working, fields.flow)
+        landmarks = torch.from_numpy(((target.vertices() - [scene.window.x0, scene.window.y0, 0.0])
+                                      * scene.window.scale).astype(np.float32)).to(self.device)
         out = self.generator(GeneratorInput(warped=warped, source=scene.source_working, fields=fields, history=None,
-                                            source_labels=scene.source_labels))
+                                            source_labels=scene.source_labels, landmarks=landmarks))
         frame = compose(self.source_tensor, fields, scene.frame_warp, out.face, out.alpha)
         image = to_image(frame)
         t2 = time.perf_counter()

@@ -13,6 +13,7 @@ import pytest
 from rt_portrait.animate import animate_file
 from rt_portrait.head import fit_head, head_euler
 from rt_portrait.head.types import Edits
+from rt_portrait.generator import WarpFillGenerator
 from rt_portrait.pipeline import Animator, AnimatorConfig, NoFaceError
 from rt_portrait.tracking import track_image
 from rt_portrait.video import probe, read_frames, write_image
@@ -85,6 +86,25 @@ def test_open_mouth_is_marked_for_the_generator(animator: Animator) -> None:
     mouth = fields.region_mask(Region.MOUTH_INTERIOR)
     assert int(mouth.sum()) > 10, "an open mouth must show mouth-interior pixels"
     assert float(fields.visibility[0][mouth].mean()) < 0.5, "the closed-mouth source has no correspondence for them"
+
+
+def test_open_mouth_is_painted_with_the_mouth_prior(animator: Animator) -> None:
+    """The closed-mouth source has no interior: the fill is the prior in the subject's skin tone,
+    not a black hole (and not the stretched lips)."""
+    from rt_portrait.compose import crop_window, to_tensor
+    from rt_portrait.flow.types import Region
+
+    frame = animator.render_edits(Edits(jaw_open=1.0))
+    scene = animator.scene(animator.config.size)
+    mouth = frame.fields.region_mask(Region.MOUTH_INTERIOR) & (frame.fields.visibility[0] < 0.2)
+    assert int(mouth.sum()) > 10
+    out = crop_window(to_tensor(frame.image), scene.window)[:, mouth]
+    skin = scene.source_working[:, scene.source_labels == int(Region.SKIN)].median(dim=1).values
+    ratio = (out.mean(dim=1) / skin).numpy()
+    assert (ratio > 0.45).all() and (ratio < 1.1).all(), ratio  # the prior's mean ratio, not a dark cavity
+    dark = Animator(animator.source, animator.config, generator=WarpFillGenerator(mouth_prior=None))
+    dark_out = crop_window(to_tensor(dark.render_edits(Edits(jaw_open=1.0)).image), scene.window)[:, mouth]
+    assert float(dark_out.mean()) < 0.5 * float(out.mean())
 
 
 def test_source_without_face_names_the_file(tmp_path: Path) -> None:

@@ -53,8 +53,10 @@ class SceneConfig:
     # Eye fill and irises sit more than one depth tolerance behind the lids, like the mouth
     # interior: in an open eye nothing is in front of them, and a closing lid (its skin
     # stretched over the opening) hides them instead of blending with them.
-    eye_recess: float = 1.5  # eye fill depth behind the lids, in depth tolerances
-    iris_lift: float = 0.1  # irises in front of the eye fill, in depth tolerances
+    # The irises sit more than one tolerance in front of the eye fill, so the fill does not
+    # blend into them: a gaze change moves the whole iris, not half of it.
+    eye_recess: float = 2.5  # eye fill depth behind the lids, in depth tolerances
+    iris_lift: float = 1.2  # irises in front of the eye fill, in depth tolerances
     max_subdivision: int = 8  # cap on a triangle's n (it is split into n^2 sub-triangles)
     stretch_density: float = 3.0  # extra subdivision of lid and lip triangles
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from rt_portrait.compose import nonzero_box, push_pull_fill
@@ -38,6 +39,39 @@ class GeneratorOutput:
     alpha: torch.Tensor  # (1, R, R) blend weight of ``face`` over the full-resolution warp
 
 
+def iris_discs(landmarks: torch.Tensor, template: Template, size: int) -> torch.Tensor:
+    """(R, R) bool: working pixels inside either iris circle (centre and ring landmarks)."""
+    base = torch.arange(size, device=landmarks.device, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(base, base, indexing="ij")
+    inside = torch.zeros(size, size, dtype=torch.bool, device=landmarks.device)
+    for side in ("left_iris", "right_iris"):
+        idx = torch.tensor(np.asarray(template.group(side), dtype=np.int64), device=landmarks.device)
+        pts = landmarks.index_select(0, idx)[:, :2]
+        centre, ring = pts[0], pts[1:]
+        radius = (ring - centre).norm(dim=1).mean()
+        inside |= (x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= radius * radius
+    return inside
+
+
+def label_irises(labels: torch.Tensor, landmarks: torch.Tensor, template: Template) -> torch.Tensor:
+    """``labels`` with IRIS wherever an iris disc shows through its eye opening.
+
+    The splatted labels of an image give an eye's lids a radius of extra reach, so a narrow
+    opening reads as lid almost everywhere; this is the geometric answer, for the source
+    image's label map (where the generator looks up what a pixel samples)."""
+    from skimage.draw import polygon
+
+    size = labels.shape[-1]
+    opening = np.zeros((size, size), dtype=bool)
+    xy = landmarks[:, :2].detach().cpu().numpy()
+    for side in ("left_eye_loop", "right_eye_loop"):
+        loop = xy[np.asarray(template.group(side))] - 0.5  # pixel centres at +0.5
+        rr, cc = polygon(loop[:, 1], loop[:, 0], shape=(size, size))
+        opening[rr, cc] = True
+    iris = iris_discs(landmarks, template, size) & torch.from_numpy(opening).to(labels.device)
+    return torch.where(iris, torch.full_like(labels, int(Region.IRIS)), labels)
+
+
 class Generator(Protocol):
     def __call__(self, inputs: GeneratorInput) -> GeneratorOutput: ...
 
@@ -48,7 +82,8 @@ class WarpFillGenerator:
     Pixels without a source correspondence are filled: hair, neck and background by a
     push-pull pyramid from visible pixels of their own kind; an open mouth that the source
     does not show by the mean open mouth of the train clips (:mod:`rt_portrait.mouth`) in
-    the subject's skin tone. Face pixels keep the warp.
+    the subject's skin tone; eye pixels that sample the source's iris although the target's
+    iris has moved away, by the eye's own colours. Other face pixels keep the warp.
 
     ``mouth_prior=None`` (or inputs without ``landmarks``) falls back to a dark push-pull
     cavity of ``mouth_darkness``.
@@ -68,28 +103,40 @@ class WarpFillGenerator:
         alpha = torch.zeros_like(warped[:1])
         vis = (fields.visibility / self.visible_at).clamp(0, 1)
         margin = max(8, warped.shape[-1] // 32)
-        ghost = self._samples_face(inputs)
-        # Hair, neck and background that the source does not show sample whatever hid them
-        # there (often the face: a ghost of it): fill them from visible pixels of the same
-        # kind. Face pixels without a source (a cheek or the side of the nose turning into
-        # view) keep the warp, which stretches the nearby skin: more plausible than a blur,
-        # and seam-free. The open mouth gets the mouth prior.
-        for region in (Region.HEAD_SHELL, Region.BACKGROUND, Region.MOUTH_INTERIOR):
+        sampled = self._sampled_labels(inputs)
+        for region in (Region.HEAD_SHELL, Region.BACKGROUND, Region.MOUTH_INTERIOR, Region.EYES):
             mask = fields.region_mask(region)[None].float()
-            hole = (1 - vis) * mask
-            mouth = region == Region.MOUTH_INTERIOR
-            if not mouth and ghost is not None:
-                hole = hole * ghost  # hair sampling hidden hair still shows hair: keep the warp
+            if region == Region.EYES:
+                # A gaze change shows the source iris twice: moved with the iris disc, and
+                # where the eyeball or a lid still samples the source's iris. Those pixels
+                # take the colours of the eye around them (sclera, lids) instead.
+                if sampled is None:
+                    continue
+                on_iris = sampled == int(Region.IRIS)
+                if inputs.landmarks is not None:  # where the target's iris is, iris is right
+                    on_iris &= ~iris_discs(inputs.landmarks, self.template, on_iris.shape[-1])
+                on_iris = on_iris[None].float()
+                hole, weight = mask * on_iris, mask * (1 - on_iris)
+            elif region == Region.MOUTH_INTERIOR:
+                hole, weight = (1 - vis) * mask, vis
+            else:
+                # Hair, neck and background that the source does not show sample whatever
+                # hid them there (often the face: a ghost of it): fill them from visible pixels
+                # of the same kind. Hair sampling hidden hair still shows hair: keep the warp.
+                # Face pixels without a source (a cheek turning into view) keep the warp too,
+                # which stretches the nearby skin: more plausible than a blur, and seam-free.
+                hole, weight = (1 - vis) * mask, vis * mask
+                if sampled is not None:
+                    hole = hole * (sampled != int(Region.BACKGROUND)) * (sampled != int(Region.HEAD_SHELL))
             box = nonzero_box(hole > 0.25, margin=margin)
             if box is None:
                 continue
             v0, v1, u0, u1 = box
             crop = (slice(None), slice(v0, v1), slice(u0, u1))
-            fill = self._paint_mouth(inputs, box) if mouth else None
+            fill = self._paint_mouth(inputs, box) if region == Region.MOUTH_INTERIOR else None
             if fill is None:
-                source_w = vis[crop] if mouth else vis[crop] * mask[crop]  # fill from the same kind of pixels
-                fill = push_pull_fill(warped[crop], source_w)
-                if mouth:  # darker toward the inside of the cavity (low visibility = deep inside)
+                fill = push_pull_fill(warped[crop], weight[crop])
+                if region == Region.MOUTH_INTERIOR:  # no prior: a dark cavity, darker deep inside
                     fill = fill * self.mouth_darkness * (0.6 + 0.4 * vis[crop])
             if face is warped:
                 face = warped.clone()
@@ -120,8 +167,8 @@ class WarpFillGenerator:
         return self.mouth_prior.paint(frame, x, y, skin_px.median(dim=1).values)
 
     @staticmethod
-    def _samples_face(inputs: GeneratorInput) -> torch.Tensor | None:
-        """(1, R, R) 1 where the flow samples a face pixel of the source, else 0."""
+    def _sampled_labels(inputs: GeneratorInput) -> torch.Tensor | None:
+        """(R, R) the source label at the pixel each target pixel samples, or None."""
         if inputs.source_labels is None:
             return None
         labels = inputs.source_labels
@@ -130,6 +177,4 @@ class WarpFillGenerator:
         flow = inputs.fields.flow
         u = (base[None, :] + flow[0]).floor().long().clamp(0, r - 1)
         v = (base[:, None] + flow[1]).floor().long().clamp(0, r - 1)
-        sampled = labels[v, u]
-        face = (sampled != int(Region.BACKGROUND)) & (sampled != int(Region.HEAD_SHELL))
-        return face[None].float()
+        return labels[v, u]

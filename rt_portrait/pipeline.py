@@ -19,7 +19,7 @@ from rt_portrait.compose import FrameWarp, choose_window, compose, elastic_backg
 from rt_portrait.flow import compute_flow, source_background_visibility, source_visibility
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
-from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator
+from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
 from rt_portrait.head import Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig, Strengths
 from rt_portrait.tracking import FaceTracker, TrackResult, HeadStateSmoother, SmoothingConfig, TrackerConfig, check_size, to_rgb, track_image
@@ -135,6 +135,8 @@ class Animator:
             source_background = source_background_visibility(source_points, flow_config)
             source_labels = compute_flow(source_points, source_points, flow_config,
                                          source_background=source_background).labels
+            source_labels = label_irises(source_labels, self._working_landmarks(self.source_state, window),
+                                         self.template)
             self._scenes[size] = _Scene(
                 window=window,
                 builder=builder,
@@ -148,6 +150,11 @@ class Animator:
                 frame_warp=FrameWarp(window, self.image_size, self.device),
             )
         return self._scenes[size]
+
+    def _working_landmarks(self, state: HeadState, window: Window) -> torch.Tensor:
+        """(478, 3) float32 vertices of ``state`` in the window's working px."""
+        v = (state.vertices() - [window.x0, window.y0, 0.0]) * window.scale
+        return torch.from_numpy(v.astype(np.float32)).to(self.device)
 
     def target_state(self, edits: Edits) -> HeadState:
         """The source head with edits only (no driver)."""
@@ -165,8 +172,7 @@ class Animator:
         fields = replace(fields, flow=elastic_background(fields) * scene.taper)
         t1 = time.perf_counter()
         warped = warp_working(scene.source_working, fields.flow)
-        landmarks = torch.from_numpy(((target.vertices() - [scene.window.x0, scene.window.y0, 0.0])
-                                      * scene.window.scale).astype(np.float32)).to(self.device)
+        landmarks = self._working_landmarks(target, scene.window)
         out = self.generator(GeneratorInput(warped=warped, source=scene.source_working, fields=fields, history=None,
                                             source_labels=scene.source_labels, landmarks=landmarks))
         frame = compose(self.source_tensor, fields, scene.frame_warp, out.face, out.alpha)

@@ -235,7 +235,7 @@ def test_scene_cloud_is_index_aligned_and_labelled(real_scene) -> None:
     assert cloud.xyz.dtype == torch.float32 and cloud.label.dtype == torch.int32
     assert torch.allclose(cloud.normal.norm(dim=1), torch.ones(n), atol=1e-4)
     present = set(cloud.label.unique().tolist())
-    for region in (Region.SKIN, Region.HEAD_SHELL, Region.EYES, Region.LIPS, Region.MOUTH_INTERIOR):
+    for region in (Region.SKIN, Region.HEAD_SHELL, Region.EYES, Region.IRIS, Region.LIPS, Region.MOUTH_INTERIOR):
         assert int(region) in present
     assert int(Region.BACKGROUND) not in present  # the background is analytic (no points)
     # the face points look at the camera on a frontal portrait

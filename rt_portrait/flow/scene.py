@@ -8,7 +8,7 @@ target and source clouds are index-aligned:
     into n_t^2 sub-triangles, n_t from its longest edge at the expected scale; shared samples kept once), labels from the
     template's per-vertex regions, normals interpolated from the posed mesh's area-weighted
     vertex normals;
-(b) eye fills (the eye-loop openings) and the irises (discs on the iris rings), label EYES;
+(b) eye fills (the eye-loop openings), label EYES, and the irises (discs on the iris rings), label IRIS;
 (c) mouth-interior points: a fan filling the inner-lip loop, recessed behind the lips by
     more than the depth tolerance, label MOUTH_INTERIOR: in a closed mouth the fan collapses
     behind the lips and is hidden;
@@ -183,7 +183,7 @@ class SceneBuilder:
         for loop in eye_loops:
             fans.append((fan(loop, loop_extent(loop)), Region.EYES, cfg.eye_recess * tol))
         for ring in iris_rings:
-            fans.append((fan(ring, loop_extent(ring)), Region.EYES, (cfg.eye_recess - cfg.iris_lift) * tol))
+            fans.append((fan(ring, loop_extent(ring)), Region.IRIS, (cfg.eye_recess - cfg.iris_lift) * tol))
         self._fan_w = np.concatenate([f[0] for f in fans])
         self._fan_dz = np.concatenate([np.full(len(f[0]), f[2]) for f in fans])
         fan_labels = np.concatenate([np.full(len(f[0]), int(f[1]), dtype=np.int32) for f in fans])

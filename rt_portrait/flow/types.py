@@ -11,11 +11,12 @@ class Region(IntEnum):
     BACKGROUND = 0
     SKIN = 1
     HEAD_SHELL = 2  # forehead/hair, ears, back of the skull, neck: rigid with the head
-    EYES = 3  # eyelids, eyeballs and irises
+    EYES = 3  # eyelids and eyeballs (the whole eye region is EYES | IRIS)
     BROWS = 4
     NOSE = 5
     LIPS = 6
     MOUTH_INTERIOR = 7
+    IRIS = 8  # the iris discs (scene points only: the template's iris vertices are EYES)
 
 
 NUM_REGIONS = len(Region)

@@ -39,11 +39,16 @@ class GeneratorOutput:
     alpha: torch.Tensor  # (1, R, R) blend weight of ``face`` over the full-resolution warp
 
 
-def iris_discs(landmarks: torch.Tensor, template: Template, size: int) -> torch.Tensor:
-    """(R, R) bool: working pixels inside either iris circle (centre and ring landmarks)."""
-    base = torch.arange(size, device=landmarks.device, dtype=torch.float32) + 0.5
-    y, x = torch.meshgrid(base, base, indexing="ij")
-    inside = torch.zeros(size, size, dtype=torch.bool, device=landmarks.device)
+def iris_discs(landmarks: torch.Tensor, template: Template, size: int,
+               box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """(R, R) bool: working pixels inside either iris circle (centre and ring landmarks); only
+    the working-grid ``box`` (v0, v1, u0, u1) when given, as a (v1 - v0, u1 - u0) mask."""
+    v0, v1, u0, u1 = box if box is not None else (0, size, 0, size)
+    dev = landmarks.device
+    ys = torch.arange(v0, v1, device=dev, dtype=torch.float32) + 0.5
+    xs = torch.arange(u0, u1, device=dev, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    inside = torch.zeros(v1 - v0, u1 - u0, dtype=torch.bool, device=dev)
     for side in ("left_iris", "right_iris"):
         idx = torch.tensor(np.asarray(template.group(side), dtype=np.int64), device=landmarks.device)
         pts = landmarks.index_select(0, idx)[:, :2]
@@ -112,11 +117,15 @@ class WarpFillGenerator:
                 # take the colours of the eye around them (sclera, lids) instead.
                 if sampled is None:
                     continue
-                on_iris = sampled == int(Region.IRIS)
+                on_iris = (sampled == int(Region.IRIS)) & (mask[0] > 0)
+                near = nonzero_box(on_iris)
+                if near is None:
+                    continue
                 if inputs.landmarks is not None:  # where the target's iris is, iris is right
-                    on_iris &= ~iris_discs(inputs.landmarks, self.template, on_iris.shape[-1])
+                    v0, v1, u0, u1 = near
+                    on_iris[v0:v1, u0:u1] &= ~iris_discs(inputs.landmarks, self.template, on_iris.shape[-1], near)
                 on_iris = on_iris[None].float()
-                hole, weight = mask * on_iris, mask * (1 - on_iris)
+                hole, weight = on_iris, mask * (1 - on_iris)
             elif region == Region.MOUTH_INTERIOR:
                 hole, weight = (1 - vis) * mask, vis
             else:

@@ -100,17 +100,31 @@ class WarpFillGenerator:
         self.visible_at = visible_at
         self.mouth_prior = load_mouth_prior() if mouth_prior == "default" else mouth_prior
         self.template = template or load_template()
+        self._skin_key: tuple | None = None  # the source whose skin colour is cached
+        self._skin: torch.Tensor | None = None
 
     def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
         warped = inputs.warped
         fields = inputs.fields
-        face = warped
         alpha = torch.zeros_like(warped[:1])
-        vis = (fields.visibility / self.visible_at).clamp(0, 1)
-        margin = max(8, warped.shape[-1] // 32)
-        sampled = self._sampled_labels(inputs)
+        r = warped.shape[-1]
+        margin = max(8, r // 32)
+        # Every hole lies where the source is not visible or in an eye: work on that box only.
+        active = fields.visibility[0] < 0.75 * self.visible_at
+        if inputs.source_labels is not None:
+            active |= fields.labels == int(Region.EYES)
+        outer = nonzero_box(active, margin=margin)
+        if outer is None:
+            return GeneratorOutput(face=warped, alpha=alpha)
+        ov0, ov1, ou0, ou1 = outer
+        sub = (slice(None), slice(ov0, ov1), slice(ou0, ou1))
+        base = warped[sub]
+        face, alpha_c = base, alpha[sub].clone()
+        vis = (fields.visibility[sub] / self.visible_at).clamp(0, 1)
+        labels = fields.labels[ov0:ov1, ou0:ou1]
+        sampled = self._sampled_labels(inputs, outer)
         for region in (Region.HEAD_SHELL, Region.BACKGROUND, Region.MOUTH_INTERIOR, Region.EYES):
-            mask = fields.region_mask(region)[None].float()
+            mask = (labels == int(region))[None].float()
             if region == Region.EYES:
                 # A gaze change shows the source iris twice: moved with the iris disc, and
                 # where the eyeball or a lid still samples the source's iris. Those pixels
@@ -123,7 +137,8 @@ class WarpFillGenerator:
                     continue
                 if inputs.landmarks is not None:  # where the target's iris is, iris is right
                     v0, v1, u0, u1 = near
-                    on_iris[v0:v1, u0:u1] &= ~iris_discs(inputs.landmarks, self.template, on_iris.shape[-1], near)
+                    discs = iris_discs(inputs.landmarks, self.template, r, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1))
+                    on_iris[v0:v1, u0:u1] &= ~discs
                 on_iris = on_iris[None].float()
                 hole, weight = on_iris, mask * (1 - on_iris)
             elif region == Region.MOUTH_INTERIOR:
@@ -142,25 +157,32 @@ class WarpFillGenerator:
                 continue
             v0, v1, u0, u1 = box
             crop = (slice(None), slice(v0, v1), slice(u0, u1))
-            fill = self._paint_mouth(inputs, box) if region == Region.MOUTH_INTERIOR else None
+            fill = None
+            if region == Region.MOUTH_INTERIOR:
+                fill = self._paint_mouth(inputs, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1))
             if fill is None:
-                fill = push_pull_fill(warped[crop], weight[crop])
+                fill = push_pull_fill(base[crop], weight[crop])
                 if region == Region.MOUTH_INTERIOR:  # no prior: a dark cavity, darker deep inside
                     fill = fill * self.mouth_darkness * (0.6 + 0.4 * vis[crop])
-            if face is warped:
-                face = warped.clone()
+            if face is base:
+                face = base.clone()
             h = hole[crop]
             face[crop] = face[crop] * (1 - h) + fill * h
-            alpha[crop] = torch.maximum(alpha[crop], h)
-        return GeneratorOutput(face=face, alpha=alpha)
+            alpha_c[crop] = torch.maximum(alpha_c[crop], h)
+        if face is base:
+            return GeneratorOutput(face=warped, alpha=alpha)
+        out = warped.clone()
+        out[sub] = face
+        alpha[sub] = alpha_c
+        return GeneratorOutput(face=out, alpha=alpha)
 
     def _paint_mouth(self, inputs: GeneratorInput, box: tuple[int, int, int, int]) -> torch.Tensor | None:
         """The mouth prior over the working-grid ``box`` in the source's skin tone, or None
         without a prior, landmarks or source labels."""
         if self.mouth_prior is None or inputs.landmarks is None or inputs.source_labels is None:
             return None
-        skin_px = inputs.source[:, inputs.source_labels == int(Region.SKIN)]
-        if skin_px.shape[1] == 0:
+        skin = self._skin_colour(inputs.source, inputs.source_labels)
+        if skin is None:
             return None
         tpl = self.template
         try:
@@ -173,17 +195,29 @@ class WarpFillGenerator:
         ys = torch.arange(v0, v1, device=dev, dtype=torch.float32) + 0.5
         xs = torch.arange(u0, u1, device=dev, dtype=torch.float32) + 0.5
         y, x = torch.meshgrid(ys, xs, indexing="ij")
-        return self.mouth_prior.paint(frame, x, y, skin_px.median(dim=1).values)
+        return self.mouth_prior.paint(frame, x, y, skin)
+
+    def _skin_colour(self, source: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor | None:
+        """(3,) median colour of the source's skin pixels (cached per source), or None."""
+        key = (source.data_ptr(), source_labels.data_ptr(), tuple(source.shape))
+        if self._skin_key != key:
+            px = source[:, source_labels == int(Region.SKIN)]
+            self._skin = px.median(dim=1).values if px.shape[1] else None
+            self._skin_key = key
+        return self._skin
 
     @staticmethod
-    def _sampled_labels(inputs: GeneratorInput) -> torch.Tensor | None:
-        """(R, R) the source label at the pixel each target pixel samples, or None."""
+    def _sampled_labels(inputs: GeneratorInput, box: tuple[int, int, int, int]) -> torch.Tensor | None:
+        """The source label at the pixel each target pixel of the working-grid ``box``
+        (v0, v1, u0, u1) samples, or None without source labels."""
         if inputs.source_labels is None:
             return None
         labels = inputs.source_labels
         r = labels.shape[-1]
-        base = torch.arange(r, device=labels.device, dtype=torch.float32) + 0.5
-        flow = inputs.fields.flow
-        u = (base[None, :] + flow[0]).floor().long().clamp(0, r - 1)
-        v = (base[:, None] + flow[1]).floor().long().clamp(0, r - 1)
+        v0, v1, u0, u1 = box
+        flow = inputs.fields.flow[:, v0:v1, u0:u1]
+        xs = torch.arange(u0, u1, device=labels.device, dtype=torch.float32) + 0.5
+        ys = torch.arange(v0, v1, device=labels.device, dtype=torch.float32) + 0.5
+        u = (xs[None, :] + flow[0]).floor().long().clamp(0, r - 1)
+        v = (ys[:, None] + flow[1]).floor().long().clamp(0, r - 1)
         return labels[v, u]

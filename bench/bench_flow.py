@@ -9,20 +9,25 @@ session and passed in, as the pipeline does). The ``gpu`` benchmarks compare the
 compiled Triton kernels with the torch twin on the same CUDA device (goal: <= 0.5 ms at
 512^2 and >= 10x the twin).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rt_portrait.assets import default_portrait
 from rt_portrait.compose import choose_window
+from rt_portrait.core.assets import default_portrait
 from rt_portrait.flow import FlowConfig, compute_flow, source_background_visibility, source_visibility
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.head import apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.types import Edits
 from rt_portrait.tracking import track_image
 
-EDITS = [Edits(yaw=12.0, jaw_open=0.6), Edits(pitch=-8.0, smile=0.7), Edits(roll=6.0, blink_left=1.0, gaze_x=0.4)]
+EDITS = [
+    Edits(yaw=12.0, jaw_open=0.6),
+    Edits(pitch=-8.0, smile=0.7),
+    Edits(roll=6.0, blink_left=1.0, gaze_x=0.4),
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +36,27 @@ def head() -> dict[str, object]:
     track = track_image(img)
     tpl = load_template()
     state = fit_head(track.landmarks, img.shape[:2], template=tpl)
-    return {"image_size": img.shape[:2], "landmarks": track.landmarks, "template": tpl, "shell": build_shell(tpl),
-            "state": state, "targets": [apply_edits(state, e, tpl) for e in EDITS]}
+    return {
+        "image_size": img.shape[:2],
+        "landmarks": track.landmarks,
+        "template": tpl,
+        "shell": build_shell(tpl),
+        "state": state,
+        "targets": [apply_edits(state, e, tpl) for e in EDITS],
+    }
 
 
 def _scene(head: dict, size: int, device: str = "cpu"):
     window = choose_window(head["landmarks"], head["image_size"], size)
-    builder = SceneBuilder(head["template"], head["shell"], window, head["image_size"], device=device,
-                           head_scale=head["state"].pose.scale, anchor_pose=head["state"].pose)
+    builder = SceneBuilder(
+        head["template"],
+        head["shell"],
+        window,
+        head["image_size"],
+        device=device,
+        head_scale=head["state"].pose.scale,
+        anchor_pose=head["state"].pose,
+    )
     source = builder(head["state"])
     targets = [builder(t) for t in head["targets"]]
     return builder, source, targets

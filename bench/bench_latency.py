@@ -14,6 +14,7 @@ Goals (CPU, 256 px): added latency over echo <= 33 ms (one frame at 30 fps), eac
 holds 30 fps. The servers run as subprocesses; the clients share the same CPU cores, which
 makes the concurrency figure conservative.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,11 +60,15 @@ async def measure(base: str, size: int, n_sessions: int, seconds: float, warmup:
 
     frames = face_frames(size, 96)
     async with aiohttp.ClientSession() as http:
-        tracks = [FaceVideoTrack(frames, fps=FPS, stamp_rows=STAMP_ROWS, max_frames=int(FPS * (seconds + warmup + 30)))
-                  for _ in range(n_sessions)]
+        tracks = [
+            FaceVideoTrack(
+                frames, fps=FPS, stamp_rows=STAMP_ROWS, max_frames=int(FPS * (seconds + warmup + 30))
+            )
+            for _ in range(n_sessions)
+        ]
         sinks = [Sink(stamp_rows=STAMP_ROWS) for _ in range(n_sessions)]
         calls = []
-        for track, sink in zip(tracks, sinks):
+        for track, sink in zip(tracks, sinks, strict=False):
             calls.append(await page_call(http, base, track, sink))
         # warm up: until every session delivers frames, then the fixed warm-up
         deadline = time.monotonic() + 60
@@ -78,27 +83,38 @@ async def measure(base: str, size: int, n_sessions: int, seconds: float, warmup:
             server = await resp.json()
         lat: list[float] = []
         fps: list[float] = []
-        for track, sink, mark in zip(tracks, sinks, marks):
+        for track, sink, mark in zip(tracks, sinks, marks, strict=False):
             window = [(k, t) for k, t in sink.stamps[mark:] if t0 <= t <= t1]
             fps.append(len(window) / (t1 - t0))
             for k, t in window:
                 sent = track.sent_at.get(k)
                 if sent is not None and 0 <= t - sent < 5.0:
                     lat.append((t - sent) * 1e3)
-        for (pc, _sid), sink in zip(calls, sinks):
+        for (pc, _sid), sink in zip(calls, sinks, strict=False):
             sink.stop()
             await pc.close()
     sessions = server.get("sessions", [])
     server_ms = float(np.mean([s["age_ms"] for s in sessions])) if sessions else float("nan")
     server_size = min((s["size"] for s in sessions), default=size)
-    p50, p90 = (np.percentile(lat, [50, 90]) if lat else (float("nan"), float("nan")))
-    return Result(label, size, n_sessions, float(p50), float(p90), min(fps), float(np.mean(fps)), len(lat), server_ms, server_size)
+    p50, p90 = np.percentile(lat, [50, 90]) if lat else (float("nan"), float("nan"))
+    return Result(
+        label,
+        size,
+        n_sessions,
+        float(p50),
+        float(p90),
+        min(fps),
+        float(np.mean(fps)),
+        len(lat),
+        server_ms,
+        server_size,
+    )
 
 
 def portrait_file(size: int, folder: Path) -> Path:
     from PIL import Image
 
-    from rt_portrait.assets import default_portrait
+    from rt_portrait.core.assets import default_portrait
 
     path = folder / f"astronaut_{size}.png"
     Image.fromarray(default_portrait()).resize((size, size), Image.LANCZOS).save(path)
@@ -113,8 +129,16 @@ async def run_bench(sizes: list[int], seconds: float, warmup: float, max_n: int)
         for size in sizes:
             source = portrait_file(size, Path(tmp))
             for label, echo in (("echo", True), ("animate", False)):
-                extra = ["--probe-rows", str(STAMP_ROWS), "--size", str(size), "--source", str(source),
-                         "--max-sessions", str(max(max_n, 1) + 1)] + (["--echo"] if echo else [])
+                extra = [
+                    "--probe-rows",
+                    str(STAMP_ROWS),
+                    "--size",
+                    str(size),
+                    "--source",
+                    str(source),
+                    "--max-sessions",
+                    str(max(max_n, 1) + 1),
+                ] + (["--echo"] if echo else [])
                 server = ServerProcess(extra)
                 try:
                     await server.wait_ready()
@@ -137,8 +161,10 @@ HEADER = "| server | size | sessions | p50 ms | p90 ms | min fps | mean fps | ho
 
 
 def fmt(r: Result) -> str:
-    return (f"| {r.label} | {r.size} | {r.sessions} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.fps_min:.1f} | {r.fps_mean:.1f} | "
-            f"{'yes' if r.holds_fps else 'no'} | {r.server_ms:.1f} | {r.server_size} | {r.matched} |")
+    return (
+        f"| {r.label} | {r.size} | {r.sessions} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.fps_min:.1f} | {r.fps_mean:.1f} | "
+        f"{'yes' if r.holds_fps else 'no'} | {r.server_ms:.1f} | {r.server_size} | {r.matched} |"
+    )
 
 
 def summary(results: list[Result]) -> str:
@@ -149,11 +175,15 @@ def summary(results: list[Result]) -> str:
         if echo and anim:
             added = anim.p50_ms - echo.p50_ms
             goal = f" (goal <= 33 ms: {'met' if added <= 33 else 'missed'})" if size == 256 else ""
-            lines.append(f"{size} px: added latency over echo p50 {added:+.1f} ms, p90 {anim.p90_ms - echo.p90_ms:+.1f} ms"
-                         f"{goal}; one session holds 30 fps: {'yes' if anim.holds_fps else 'no'}")
+            lines.append(
+                f"{size} px: added latency over echo p50 {added:+.1f} ms, p90 {anim.p90_ms - echo.p90_ms:+.1f} ms"
+                f"{goal}; one session holds 30 fps: {'yes' if anim.holds_fps else 'no'}"
+            )
     held = [r.sessions for r in results if r.label == "animate" and r.size == 256 and r.holds_fps]
-    lines.append(f"concurrent 256-px sessions holding 30 fps on this machine ({os.cpu_count()} cores, clients included): "
-                 f"{max(held) if held else 0}")
+    lines.append(
+        f"concurrent 256-px sessions holding 30 fps on this machine ({os.cpu_count()} cores, clients included): "
+        f"{max(held) if held else 0}"
+    )
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ each benchmark round tracks the next frame of the loop, so the tracker stays in 
 mode as on a live stream. ``max_faces=1`` is the webcam setting; the default (4) keeps the
 detector running too, and is measured as well.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rt_portrait.assets import pyfeat_file
+from rt_portrait.core.assets import pyfeat_file
 from rt_portrait.tracking import FaceTracker, LandmarkSmoother, TrackerConfig
 
 N_FRAMES = 96  # 4 s of video, looped

@@ -21,6 +21,7 @@ Triton and torch differ only by their exp/division rounding: absolute 1e-5 on O(
     finalize_torch(...) -> same, pure torch (computed on the covered pixels only)
     finalize_compact(acc_c, keys_c, z, flow, label, params) -> the covered pixels' columns
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,9 +39,24 @@ except ImportError:  # pragma: no cover
 if triton is not None:
 
     @triton.jit
-    def _finalize_kernel(acc_ptr, key_ptr, z_ptr, flow_ptr, label_ptr, bg_ptr, out_ptr, lab_out_ptr, plane,
-                         inv_size, far, inv2s2, inv_cov, EMPTY: tl.constexpr, K: tl.constexpr,
-                         BLOCK: tl.constexpr):
+    def _finalize_kernel(
+        acc_ptr,
+        key_ptr,
+        z_ptr,
+        flow_ptr,
+        label_ptr,
+        bg_ptr,
+        out_ptr,
+        lab_out_ptr,
+        plane,
+        inv_size,
+        far,
+        inv2s2,
+        inv_cov,
+        EMPTY: tl.constexpr,
+        K: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = p < plane
         sw = tl.load(acc_ptr + p, mask=live, other=0.0)
@@ -84,8 +100,16 @@ if triton is not None:
                 tl.store(lab_out_ptr + p, lab.to(tl.int64), mask=live)
 
 
-def _check(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: torch.Tensor, flow: torch.Tensor,
-           label: torch.Tensor, bg_visible: torch.Tensor, params: SplatParams) -> None:
+def _check(
+    acc: torch.Tensor,
+    keys: torch.Tensor,
+    xy: torch.Tensor,
+    z: torch.Tensor,
+    flow: torch.Tensor,
+    label: torch.Tensor,
+    bg_visible: torch.Tensor,
+    params: SplatParams,
+) -> None:
     plane = params.size * params.size
     n = z.shape[0]
     if acc.shape != (N_ACC, plane) or acc.dtype != torch.float32:
@@ -97,13 +121,23 @@ def _check(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: torch.Ten
     if label.shape != (n,) or label.dtype != torch.int32:
         raise ValueError(f"label must be ({n},) int32, got {tuple(label.shape)} {label.dtype}")
     if bg_visible.shape != (plane,) or bg_visible.dtype != torch.float32 or not bg_visible.is_contiguous():
-        raise ValueError(f"bg_visible must be a contiguous ({plane},) float32 tensor, got "
-                         f"{tuple(bg_visible.shape)} {bg_visible.dtype}")
+        raise ValueError(
+            f"bg_visible must be a contiguous ({plane},) float32 tensor, got "
+            f"{tuple(bg_visible.shape)} {bg_visible.dtype}"
+        )
 
 
-def finalize_triton(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: torch.Tensor, flow: torch.Tensor,
-                    label: torch.Tensor, bg_visible: torch.Tensor, params: SplatParams,
-                    block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def finalize_triton(
+    acc: torch.Tensor,
+    keys: torch.Tensor,
+    xy: torch.Tensor,
+    z: torch.Tensor,
+    flow: torch.Tensor,
+    label: torch.Tensor,
+    bg_visible: torch.Tensor,
+    params: SplatParams,
+    block: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Host wrapper of :func:`_finalize_kernel` (``xy`` unused: distances come from the keys)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -112,15 +146,39 @@ def finalize_triton(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: 
     out = torch.empty((N_BASE + 4 * params.k, plane), dtype=torch.float32, device=acc.device)
     labels = torch.empty((plane,), dtype=torch.int64, device=acc.device)
     grid = (triton.cdiv(plane, block),)
-    _finalize_kernel[grid](acc, keys, z, flow, label, bg_visible, out, labels, plane, 1.0 / params.size,
-                           float(params.size), params.inv_two_sigma2, 1.0 / COVERAGE_SCALE, EMPTY=EMPTY_KEY,
-                           K=params.k, BLOCK=block, enable_fp_fusion=False)
+    _finalize_kernel[grid](
+        acc,
+        keys,
+        z,
+        flow,
+        label,
+        bg_visible,
+        out,
+        labels,
+        plane,
+        1.0 / params.size,
+        float(params.size),
+        params.inv_two_sigma2,
+        1.0 / COVERAGE_SCALE,
+        EMPTY=EMPTY_KEY,
+        K=params.k,
+        BLOCK=block,
+        enable_fp_fusion=False,
+    )
     return out, labels
 
 
-def finalize_torch(acc: torch.Tensor, keys: torch.Tensor, xy: torch.Tensor, z: torch.Tensor, flow: torch.Tensor,
-                   label: torch.Tensor, bg_visible: torch.Tensor, params: SplatParams,
-                   block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def finalize_torch(
+    acc: torch.Tensor,
+    keys: torch.Tensor,
+    xy: torch.Tensor,
+    z: torch.Tensor,
+    flow: torch.Tensor,
+    label: torch.Tensor,
+    bg_visible: torch.Tensor,
+    params: SplatParams,
+    block: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch twin of :func:`finalize_triton` (same signature; ``block`` unused)."""
     _check(acc, keys, xy, z, flow, label, bg_visible, params)
     cov = (acc[0] > 0).nonzero().squeeze(1)
@@ -138,8 +196,9 @@ def background_fields(bg_visible: torch.Tensor, params: SplatParams) -> tuple[to
     return out, torch.zeros((plane,), dtype=torch.int64, device=bg_visible.device)
 
 
-def scatter_fields(vals: torch.Tensor, labs: torch.Tensor, cov: torch.Tensor, bg_visible: torch.Tensor,
-                   params: SplatParams) -> tuple[torch.Tensor, torch.Tensor]:
+def scatter_fields(
+    vals: torch.Tensor, labs: torch.Tensor, cov: torch.Tensor, bg_visible: torch.Tensor, params: SplatParams
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-image fields: the covered pixels' columns ``vals`` at ``cov``, background elsewhere."""
     out, labels = background_fields(bg_visible, params)
     for c in range(out.shape[0]):  # row by row: contiguous index_copy is the fastest scatter on the CPU
@@ -148,8 +207,14 @@ def scatter_fields(vals: torch.Tensor, labs: torch.Tensor, cov: torch.Tensor, bg
     return out, labels
 
 
-def finalize_compact(acc: torch.Tensor, keys: torch.Tensor, z: torch.Tensor, flow: torch.Tensor,
-                     label: torch.Tensor, params: SplatParams) -> tuple[torch.Tensor, torch.Tensor]:
+def finalize_compact(
+    acc: torch.Tensor,
+    keys: torch.Tensor,
+    z: torch.Tensor,
+    flow: torch.Tensor,
+    label: torch.Tensor,
+    params: SplatParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The fields of covered pixels only (``acc`` (8, C) with ``acc[0] > 0``, ``keys`` (K, C)).
 
     Returns ((7 + 4K, C) float32, (C,) int64); the torch twins' shared back end.
@@ -193,8 +258,9 @@ def finalize_compact(acc: torch.Tensor, keys: torch.Tensor, z: torch.Tensor, flo
     return out, labels
 
 
-def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0,
-          device: str = "cpu") -> float:
+def check(
+    n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0, device: str = "cpu"
+) -> float:
     """Compare Triton with the torch twin on a real splat; returns the max abs difference (<= 1e-5)."""
     from .splat import splat_torch
     from .zbuffer import zbuffer_torch

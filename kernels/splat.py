@@ -15,6 +15,7 @@ Keys are exact integers, so Triton and torch select the same candidates; the flo
     splat_triton(xy, z, attrs, zmin, params) -> (acc (8, R*R) float32, keys (K, R*R) int64)
     splat_torch(xy, z, attrs, zmin, params)  -> same, pure torch
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,21 @@ if triton is not None:
     from .zbuffer import footprint_origin
 
     @triton.jit
-    def _splat_kernel(xy_ptr, z_ptr, attr_ptr, zmin_ptr, acc_ptr, key_ptr, n, size, radius2, depth_tol, inv2s2,
-                      REACH: tl.constexpr, BLOCK: tl.constexpr):
+    def _splat_kernel(
+        xy_ptr,
+        z_ptr,
+        attr_ptr,
+        zmin_ptr,
+        acc_ptr,
+        key_ptr,
+        n,
+        size,
+        radius2,
+        depth_tol,
+        inv2s2,
+        REACH: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
         z = tl.load(z_ptr + offs, mask=live, other=0.0)
@@ -70,8 +84,19 @@ if triton is not None:
                 tl.atomic_min(key_ptr + pix, key, mask=ok)
 
     @triton.jit
-    def _select_kernel(xy_ptr, z_ptr, zmin_ptr, prev_ptr, key_ptr, n, size, radius2, depth_tol,
-                       REACH: tl.constexpr, BLOCK: tl.constexpr):
+    def _select_kernel(
+        xy_ptr,
+        z_ptr,
+        zmin_ptr,
+        prev_ptr,
+        key_ptr,
+        n,
+        size,
+        radius2,
+        depth_tol,
+        REACH: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         # One selection round: the smallest front-candidate key above the previous winner.
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
@@ -94,17 +119,27 @@ if triton is not None:
                 tl.atomic_min(key_ptr + pix, key, mask=ok)
 
 
-def _check(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams) -> None:
+def _check(
+    xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams
+) -> None:
     check_points(xy, z)
     n = xy.shape[0]
     if attrs.shape != (n, N_ATTR) or attrs.dtype != torch.float32 or not attrs.is_contiguous():
-        raise ValueError(f"attrs must be a contiguous ({n}, {N_ATTR}) float32 tensor, got {tuple(attrs.shape)} {attrs.dtype}")
+        raise ValueError(
+            f"attrs must be a contiguous ({n}, {N_ATTR}) float32 tensor, got {tuple(attrs.shape)} {attrs.dtype}"
+        )
     if zmin.shape != (params.size * params.size,) or zmin.dtype != torch.float32:
-        raise ValueError(f"zmin must be ({params.size ** 2},) float32, got {tuple(zmin.shape)} {zmin.dtype}")
+        raise ValueError(f"zmin must be ({params.size**2},) float32, got {tuple(zmin.shape)} {zmin.dtype}")
 
 
-def splat_triton(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams,
-                 block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def splat_triton(
+    xy: torch.Tensor,
+    z: torch.Tensor,
+    attrs: torch.Tensor,
+    zmin: torch.Tensor,
+    params: SplatParams,
+    block: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Host wrapper: one accumulation pass (which also selects the nearest) + K-1 selection rounds."""
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -117,16 +152,35 @@ def splat_triton(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: t
         return acc, keys
     grid = (triton.cdiv(n, block),)
     common = dict(REACH=params.reach, BLOCK=block, enable_fp_fusion=False)
-    _splat_kernel[grid](xy, z, attrs, zmin, acc, keys, n, params.size, params.radius2, params.depth_tol,
-                        params.inv_two_sigma2, **common)
+    _splat_kernel[grid](
+        xy,
+        z,
+        attrs,
+        zmin,
+        acc,
+        keys,
+        n,
+        params.size,
+        params.radius2,
+        params.depth_tol,
+        params.inv_two_sigma2,
+        **common,
+    )
     for k in range(1, params.k):
-        _select_kernel[grid](xy, z, zmin, keys[k - 1], keys[k], n, params.size, params.radius2, params.depth_tol,
-                             **common)
+        _select_kernel[grid](
+            xy, z, zmin, keys[k - 1], keys[k], n, params.size, params.radius2, params.depth_tol, **common
+        )
     return acc, keys
 
 
-def splat_torch(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams,
-                block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def splat_torch(
+    xy: torch.Tensor,
+    z: torch.Tensor,
+    attrs: torch.Tensor,
+    zmin: torch.Tensor,
+    params: SplatParams,
+    block: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch twin of :func:`splat_triton` (same signature; ``block`` unused).
 
     Footprints are built for chunks of points (at most ``MAX_PAIRS`` dense pairs at a time),
@@ -148,8 +202,9 @@ def splat_torch(xy: torch.Tensor, z: torch.Tensor, attrs: torch.Tensor, zmin: to
     return acc, select_k_nearest(torch.cat(pixs), torch.cat(keys), params.k, plane)
 
 
-def splat_covered(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor,
-                  params: SplatParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def splat_covered(
+    pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The splat from precomputed candidate pairs of all points, on the covered pixels only.
 
     Returns ``cov`` (C,) int64, the pixels with a candidate (finite ``zmin``, ascending),
@@ -166,9 +221,17 @@ def splat_covered(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torc
     return cov, acc, select_k_nearest(pix, key, params.k, cov.shape[0])
 
 
-def _splat_chunk(pairs: Pairs, z: torch.Tensor, attrs: torch.Tensor, zmin: torch.Tensor, params: SplatParams,
-                 start: int, stop: int, acc: torch.Tensor,
-                 cid_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _splat_chunk(
+    pairs: Pairs,
+    z: torch.Tensor,
+    attrs: torch.Tensor,
+    zmin: torch.Tensor,
+    params: SplatParams,
+    start: int,
+    stop: int,
+    acc: torch.Tensor,
+    cid_map: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the front pairs of points [start, stop) into ``acc``; return their (column, key).
 
     Columns are pixels, or ``cid_map[pixel]`` when a map onto compact columns is given.
@@ -207,8 +270,9 @@ def select_k_nearest(pix: torch.Tensor, key: torch.Tensor, k: int, plane: int) -
     return keys
 
 
-def check(n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0,
-          device: str = "cpu") -> dict[str, float]:
+def check(
+    n: int = 300, size: int = 48, radius: float = 3.0, k: int = 4, seed: int = 0, device: str = "cpu"
+) -> dict[str, float]:
     """Compare Triton with the torch twin: keys must be equal, sums within 1e-5 relative."""
     from .zbuffer import zbuffer_torch
 

@@ -9,6 +9,7 @@ operation order): ``ex = ((cx + 0.5) - u) + dx`` with ``cx = floor(u)`` and the 
 cell offset ``dx``; ``d2 = ex * ex + ey * ey``. A pair (point, pixel) is a *candidate* when
 ``d2 <= radius**2``; only cell offsets with ``|dx|, |dy| <= reach(radius)`` can qualify.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,9 @@ EMPTY_Z = torch.iinfo(torch.int32).max  # "no candidate" in the ordered-int z-bu
 N_ACC = 8  # accumulated channels: w, w*fu, w*fv, w*z, w*nx, w*ny, w*nz, w*src_visible
 N_ATTR = 6  # per-point attributes: fu, fv, nx, ny, nz, src_visible
 MAX_PAIRS = 1 << 22  # torch twins: dense (point, offset) pairs built at once (bounds memory)
-COVERAGE_SCALE = 0.1  # coverage = 1 - exp(-sum_w / COVERAGE_SCALE): saturates (> 0.99) inside sampled surfaces
+COVERAGE_SCALE = (
+    0.1  # coverage = 1 - exp(-sum_w / COVERAGE_SCALE): saturates (> 0.99) inside sampled surfaces
+)
 
 
 def reach(radius: float) -> int:
@@ -81,6 +84,8 @@ def check_points(xy: torch.Tensor, z: torch.Tensor) -> None:
     if xy.dim() != 2 or xy.shape[1] != 2 or xy.dtype != torch.float32 or not xy.is_contiguous():
         raise ValueError(f"xy must be a contiguous (N, 2) float32 tensor, got {tuple(xy.shape)} {xy.dtype}")
     if z.shape != (xy.shape[0],) or z.dtype != torch.float32 or z.device != xy.device:
-        raise ValueError(f"z must be ({xy.shape[0]},) float32 on {xy.device}, got {tuple(z.shape)} {z.dtype} {z.device}")
+        raise ValueError(
+            f"z must be ({xy.shape[0]},) float32 on {xy.device}, got {tuple(z.shape)} {z.dtype} {z.device}"
+        )
     if xy.shape[0] >= 2**31:
         raise ValueError("too many points for 32-bit point indices")

@@ -9,6 +9,7 @@ bit for bit.
     zbuffer_triton(xy, z, size, radius) -> (size * size,) float32
     zbuffer_torch(xy, z, size, radius)  -> same, pure torch
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -37,7 +38,9 @@ if triton is not None:
         return cxf.to(tl.int32), cyf.to(tl.int32), (cxf + 0.5) - u, (cyf + 0.5) - v
 
     @triton.jit
-    def _zbuffer_kernel(xy_ptr, zkey_ptr, out_ptr, n, size, radius2, REACH: tl.constexpr, BLOCK: tl.constexpr):
+    def _zbuffer_kernel(
+        xy_ptr, zkey_ptr, out_ptr, n, size, radius2, REACH: tl.constexpr, BLOCK: tl.constexpr
+    ):
         # One program = BLOCK points; each point visits its (2 REACH + 1)^2 cell footprint.
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
@@ -55,7 +58,9 @@ if triton is not None:
                 tl.atomic_min(out_ptr + py * size + px, zk, mask=ok)
 
 
-def zbuffer_triton(xy: torch.Tensor, z: torch.Tensor, size: int, radius: float, block: int = 256) -> torch.Tensor:
+def zbuffer_triton(
+    xy: torch.Tensor, z: torch.Tensor, size: int, radius: float, block: int = 256
+) -> torch.Tensor:
     """Host wrapper of :func:`_zbuffer_kernel` (CUDA, or CPU under TRITON_INTERPRET=1)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -65,8 +70,17 @@ def zbuffer_triton(xy: torch.Tensor, z: torch.Tensor, size: int, radius: float, 
     if n:
         r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)
         grid = (triton.cdiv(n, block),)
-        _zbuffer_kernel[grid](xy, float_to_ordered(z), out, n, size, r2, REACH=reach(radius), BLOCK=block,
-                              enable_fp_fusion=False)
+        _zbuffer_kernel[grid](
+            xy,
+            float_to_ordered(z),
+            out,
+            n,
+            size,
+            r2,
+            REACH=reach(radius),
+            BLOCK=block,
+            enable_fp_fusion=False,
+        )
     return ordered_to_float(out)
 
 
@@ -105,7 +119,9 @@ def candidate_pairs(xy: torch.Tensor, size: int, radius: float) -> Pairs:
     return Pairs(pix=pix, d2=d2, cand=(d2 <= r2).view(-1, w * w))
 
 
-def zbuffer_torch(xy: torch.Tensor, z: torch.Tensor, size: int, radius: float, block: int = 256) -> torch.Tensor:
+def zbuffer_torch(
+    xy: torch.Tensor, z: torch.Tensor, size: int, radius: float, block: int = 256
+) -> torch.Tensor:
     """Torch twin of :func:`zbuffer_triton` (same signature; ``block`` unused).
 
     Footprints are built for chunks of at most ``MAX_PAIRS`` dense pairs (bounded memory).
@@ -130,8 +146,7 @@ def _scatter_zmin(pairs: Pairs, z: torch.Tensor, out: torch.Tensor) -> None:
     out.scatter_reduce_(0, pairs.pix, vals, "amin")
 
 
-def check(n: int = 300, size: int = 48, radius: float = 3.0, seed: int = 0,
-          device: str = "cpu") -> float:
+def check(n: int = 300, size: int = 48, radius: float = 3.0, seed: int = 0, device: str = "cpu") -> float:
     """Compare the Triton kernel with the torch twin; returns the max abs difference (exact: 0)."""
     g = torch.Generator().manual_seed(seed)
     xy = (torch.rand(n, 2, generator=g) * (size + 8) - 4).contiguous()

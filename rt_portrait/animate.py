@@ -1,13 +1,14 @@
 """Offline jobs over the pipeline: animate a portrait with a driver video, edit a still."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from tqdm import tqdm
 
+from rt_portrait.core.video import probe, read_frames, write_image, write_video
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import load_image
-from rt_portrait.video import probe, read_frames, write_image, write_video
 
 
 def animate_file(

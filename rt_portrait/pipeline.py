@@ -6,6 +6,7 @@ that must persist across frames: the tracker, the smoothing filters, the driver 
 frame and the hold/ease state for frames without a face. The offline CLI, the benchmark
 and the live server all drive this same object.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,15 +16,33 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from rt_portrait.compose import FrameWarp, choose_window, compose, elastic_background, crop_window, to_image, to_tensor, warp_working, window_taper
+from rt_portrait.compose import (
+    FrameWarp,
+    choose_window,
+    compose,
+    crop_window,
+    to_image,
+    to_tensor,
+    warp_working,
+    window_taper,
+)
+from rt_portrait.core.image import ImageLimits, fit_long_side
 from rt_portrait.flow import compute_flow, source_background_visibility, source_visibility
+from rt_portrait.flow.elastic import elastic_background
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
-from rt_portrait.head import Retargeter, apply_edits, build_shell, fit_head, load_template
-from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig, Strengths
-from rt_portrait.tracking import FaceTracker, TrackResult, HeadStateSmoother, SmoothingConfig, TrackerConfig, check_size, to_rgb, track_image
-from rt_portrait.tracking.image import ImageLimits, fit_long_side
+from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
+from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
+from rt_portrait.tracking import (
+    FaceTracker,
+    SmoothingConfig,
+    TrackerConfig,
+    TrackResult,
+    check_size,
+    to_rgb,
+    track_image,
+)
 
 
 class NoFaceError(ValueError):
@@ -77,7 +96,11 @@ def blend_states(a: HeadState, b: HeadState, t: float) -> HeadState:
         return b
     ra, rb = Rotation.from_matrix(a.pose.rotation), Rotation.from_matrix(b.pose.rotation)
     rot = (Rotation.from_rotvec((rb * ra.inv()).as_rotvec() * t) * ra).as_matrix()
-    pose = Pose(rot, (1 - t) * a.pose.translation + t * b.pose.translation, float(np.exp((1 - t) * np.log(a.pose.scale) + t * np.log(b.pose.scale))))
+    pose = Pose(
+        rot,
+        (1 - t) * a.pose.translation + t * b.pose.translation,
+        float(np.exp((1 - t) * np.log(a.pose.scale) + t * np.log(b.pose.scale))),
+    )
     return replace(a, pose=pose, expression=(1 - t) * a.expression + t * b.expression)
 
 
@@ -106,13 +129,17 @@ class Animator:
         check_size(rgb, self.config.limits, name)
         if source_track is not None:
             if source_track.image_size != rgb.shape[:2]:
-                raise ValueError(f"{name}: source_track is for a {source_track.image_size} image, the source is {rgb.shape[:2]}")
+                raise ValueError(
+                    f"{name}: source_track is for a {source_track.image_size} image, the source is {rgb.shape[:2]}"
+                )
             if self.config.max_output_side is not None and max(rgb.shape[:2]) > self.config.max_output_side:
                 raise ValueError(f"{name}: source_track cannot be combined with max_output_side downscaling")
         rgb = fit_long_side(rgb, self.config.max_output_side)
         track = source_track if source_track is not None else track_image(rgb)
         if not track.found:
-            raise NoFaceError(f"{name}: no face found in the source portrait ({track.message or 'no detection'})")
+            raise NoFaceError(
+                f"{name}: no face found in the source portrait ({track.message or 'no detection'})"
+            )
         self.source = rgb
         self.image_size = (rgb.shape[0], rgb.shape[1])
         self.source_landmarks = track.landmarks
@@ -128,15 +155,24 @@ class Animator:
         if size not in self._scenes:
             window = choose_window(self.source_landmarks, self.image_size, size)
             flow_config = FlowConfig(size=size, backend=self.config.flow_backend)
-            builder = SceneBuilder(self.template, self.shell, window, self.image_size, device=self.device,
-                                   flow=flow_config, head_scale=self.source_state.pose.scale,
-                                   anchor_pose=self.source_state.pose)
+            builder = SceneBuilder(
+                self.template,
+                self.shell,
+                window,
+                self.image_size,
+                device=self.device,
+                flow=flow_config,
+                head_scale=self.source_state.pose.scale,
+                anchor_pose=self.source_state.pose,
+            )
             source_points = builder(self.source_state)
             source_background = source_background_visibility(source_points, flow_config)
-            source_labels = compute_flow(source_points, source_points, flow_config,
-                                         source_background=source_background).labels
-            source_labels = label_irises(source_labels, self._working_landmarks(self.source_state, window),
-                                         self.template)
+            source_labels = compute_flow(
+                source_points, source_points, flow_config, source_background=source_background
+            ).labels
+            source_labels = label_irises(
+                source_labels, self._working_landmarks(self.source_state, window), self.template
+            )
             self._scenes[size] = _Scene(
                 window=window,
                 builder=builder,
@@ -161,20 +197,35 @@ class Animator:
         return apply_edits(self.source_state, edits, self.template)
 
     @torch.inference_mode()
-    def render(self, target: HeadState, size: int | None = None) -> tuple[np.ndarray, FlowFields, dict[str, float]]:
+    def render(
+        self, target: HeadState, size: int | None = None
+    ) -> tuple[np.ndarray, FlowFields, dict[str, float]]:
         """Flow, generator and compose for one target head state."""
         size = size or self.config.size
         scene = self.scene(size)
         t0 = time.perf_counter()
         target_points = scene.builder(target)
-        fields = compute_flow(target_points, scene.source_points, scene.flow_config, source_visible=scene.source_visible,
-                              source_background=scene.source_background)
+        fields = compute_flow(
+            target_points,
+            scene.source_points,
+            scene.flow_config,
+            source_visible=scene.source_visible,
+            source_background=scene.source_background,
+        )
         fields = replace(fields, flow=elastic_background(fields) * scene.taper)
         t1 = time.perf_counter()
         warped = warp_working(scene.source_working, fields.flow)
         landmarks = self._working_landmarks(target, scene.window)
-        out = self.generator(GeneratorInput(warped=warped, source=scene.source_working, fields=fields, history=None,
-                                            source_labels=scene.source_labels, landmarks=landmarks))
+        out = self.generator(
+            GeneratorInput(
+                warped=warped,
+                source=scene.source_working,
+                fields=fields,
+                history=None,
+                source_labels=scene.source_labels,
+                landmarks=landmarks,
+            )
+        )
         frame = compose(self.source_tensor, fields, scene.frame_warp, out.face, out.alpha)
         image = to_image(frame)
         t2 = time.perf_counter()
@@ -188,7 +239,7 @@ class Animator:
         timings = {"track": 0.0, "fit": (t1 - t0) * 1e3, **timings, "total": (time.perf_counter() - t0) * 1e3}
         return AnimatedFrame(image, True, timings, target, fields)
 
-    def session(self, fps: float = 30.0) -> "AnimatorSession":
+    def session(self, fps: float = 30.0) -> AnimatorSession:
         return AnimatorSession(self, fps=fps)
 
 
@@ -202,7 +253,9 @@ class AnimatorSession:
         self.edits = replace(cfg.edits)
         self.retarget = RetargetConfig(cfg.retarget.mode, replace(cfg.retarget.strengths))
         self.size = cfg.size
-        self.tracker = FaceTracker(TrackerConfig(static_image=False, max_faces=1))  # one face: the detector stops once it is tracked
+        self.tracker = FaceTracker(
+            TrackerConfig(static_image=False, max_faces=1)
+        )  # one face: the detector stops once it is tracked
         self.smoother = HeadStateSmoother(cfg.smoothing)
         self.retargeter = Retargeter(animator.source_state, self.retarget)
         self._driven: HeadState | None = None  # last retargeted state, before edits
@@ -222,7 +275,9 @@ class AnimatorSession:
         target, found, timings = self.drive_track(track, t)
         return target, found, {"track": (t1 - t0) * 1e3, **timings}
 
-    def drive_track(self, track: TrackResult, t: float | None = None) -> tuple[HeadState, bool, dict[str, float]]:
+    def drive_track(
+        self, track: TrackResult, t: float | None = None
+    ) -> tuple[HeadState, bool, dict[str, float]]:
         """Retarget an already tracked driver frame (e.g. tracked once and shared with a
         baseline); frames must still come in order."""
         t = self._frame_index / self.fps if t is None else t

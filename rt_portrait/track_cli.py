@@ -1,13 +1,14 @@
 """``rt-portrait track``: per-frame face found, head pose, scale and expression magnitude."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+from rt_portrait.core.video import MediaError, read_frames
 from rt_portrait.head import fit_head, head_euler, load_template
 from rt_portrait.tracking import FaceTracker, TrackerConfig, TrackResult, load_image
-from rt_portrait.video import MediaError, read_frames
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 

@@ -2,12 +2,13 @@
 
 For evenly spaced frames of every ``train`` clip in ``../shared/data/MANIFEST.tsv`` whose
 mouth is open, the face is tracked (static mode), the mouth interior is sampled on a
-``V x U`` grid of mouth coordinates (:mod:`rt_portrait.mouth`) and divided by the frame's
+``V x U`` grid of mouth coordinates (:mod:`rt_portrait.generator.mouth`) and divided by the frame's
 skin colour (median inside the face oval). The mean ratio per opening bin is all that is
 written: no media leaves the data folder (research-only terms). Usage::
 
     python scripts/build_mouth_prior.py [--data ../shared/data] [--per-clip 80]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ from tqdm import tqdm
 
 from rt_portrait.eval.baselines import bilinear_sample
 from rt_portrait.eval.metrics import FACE_OVAL
+from rt_portrait.generator.mouth import PRIOR_PATH, mouth_frame, mouth_points
 from rt_portrait.head import load_template
-from rt_portrait.mouth import PRIOR_PATH, mouth_frame, mouth_points
 from rt_portrait.tracking import FaceTracker, TrackerConfig
 
 GRID_V, GRID_U = 16, 32
@@ -47,16 +48,24 @@ def main() -> None:
     import av
 
     tpl = load_template()
-    upper, lower, corners = tpl.group("inner_lip_upper"), tpl.group("inner_lip_lower"), tpl.group("inner_mouth_corners")
+    upper, lower, corners = (
+        tpl.group("inner_lip_upper"),
+        tpl.group("inner_lip_lower"),
+        tpl.group("inner_mouth_corners"),
+    )
     vv, uu = np.meshgrid(np.linspace(0, 1, GRID_V), np.linspace(0, 1, GRID_U), indexing="ij")
     sums = np.zeros((len(BIN_EDGES) - 1, GRID_V, GRID_U, 3))
     opening_sums = np.zeros(len(BIN_EDGES) - 1)
     counts = np.zeros(len(BIN_EDGES) - 1, dtype=np.int64)
     with open(args.data / "MANIFEST.tsv", newline="") as fh:
-        clips = [r for r in csv.DictReader(fh, delimiter="\t") if r["split"] == "train" and r["file"].startswith("clips/")]
+        clips = [
+            r
+            for r in csv.DictReader(fh, delimiter="\t")
+            if r["split"] == "train" and r["file"].startswith("clips/")
+        ]
     with FaceTracker(TrackerConfig(static_image=True, max_faces=1)) as tracker:
         for row in tqdm(clips, desc="clips"):
-            n_frames = max(1, int(round(float(row["fps"]) * float(row["seconds"]))))
+            n_frames = max(1, round(float(row["fps"]) * float(row["seconds"])))
             step = max(1, n_frames // args.per_clip)
             with av.open(str(args.data / row["file"])) as container:
                 for i, frame in enumerate(container.decode(video=0)):
@@ -82,8 +91,14 @@ def main() -> None:
     ratio = (sums[keep] / counts[keep, None, None, None]).transpose(0, 3, 1, 2).astype(np.float32)
     openings = opening_sums[keep] / counts[keep]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, ratio=ratio, openings=openings, counts=counts[keep],
-                        meta_built=datetime.date.today().isoformat(), meta_clips=len(clips))
+    np.savez_compressed(
+        args.out,
+        ratio=ratio,
+        openings=openings,
+        counts=counts[keep],
+        meta_built=datetime.date.today().isoformat(),
+        meta_clips=len(clips),
+    )
     print(f"wrote {args.out}: bins {np.round(openings, 3).tolist()}, frames {counts[keep].tolist()}")
 
 

@@ -11,6 +11,7 @@ Only the derived mean shape and index tables are written: no media leaves the da
 
     python scripts/build_template.py [--data ../shared/data] [--per-clip 40]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
+
+from rt_portrait.core.geometry import umeyama
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "rt_portrait" / "head" / "data" / "template.npz"
@@ -47,7 +50,7 @@ def sample_landmarks(data: Path, per_clip: int, max_side: int) -> tuple[list[np.
     mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True)
     for row in tqdm(clips, desc="clips"):
         path = data / row["file"]
-        n_frames = max(1, int(round(float(row["fps"]) * float(row["seconds"]))))
+        n_frames = max(1, round(float(row["fps"]) * float(row["seconds"])))
         step = max(1, n_frames // per_clip)
         got = 0
         try:
@@ -63,7 +66,9 @@ def sample_landmarks(data: Path, per_clip: int, max_side: int) -> tuple[list[np.
                     h, w = img.shape[:2]
                     if max(h, w) > max_side:  # big uncropped frames: the mesh runs at 192 px anyway
                         f = max_side / max(h, w)
-                        img = frame.reformat(width=int(w * f) // 2 * 2, height=int(h * f) // 2 * 2, format="rgb24").to_ndarray()
+                        img = frame.reformat(
+                            width=int(w * f) // 2 * 2, height=int(h * f) // 2 * 2, format="rgb24"
+                        ).to_ndarray()
                         h, w = img.shape[:2]
                     res = mesh.process(img)
                     if not res.multi_face_landmarks:
@@ -82,21 +87,6 @@ def sample_landmarks(data: Path, per_clip: int, max_side: int) -> tuple[list[np.
 # ----------------------------------------------------------------------------- alignment
 
 
-def similarity(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Weighted Umeyama: s, R, t minimising sum w |s R src + t - dst|^2."""
-    w = w / w.sum()
-    mu_s, mu_d = w @ src, w @ dst
-    a, b = src - mu_s, dst - mu_d
-    cov = (b * w[:, None]).T @ a
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(3)
-    d[2] = np.sign(np.linalg.det(u @ vt))
-    r = u @ np.diag(d) @ vt
-    var = (w * (a**2).sum(1)).sum()
-    s = (sig * d).sum() / var
-    return s, r, mu_d - s * r @ mu_s
-
-
 def normalise(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(0)
     return x / np.sqrt((x**2).sum(1).mean())
@@ -109,7 +99,7 @@ def procrustes(shapes: np.ndarray, w: np.ndarray, iters: int = 4) -> tuple[np.nd
     angles = np.zeros(len(shapes))
     for _ in range(iters):
         for k, x in enumerate(shapes):
-            s, r, t = similarity(x, mean, w)
+            s, r, t = umeyama(x, mean, w)
             aligned[k] = s * x @ r.T + t
             angles[k] = np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1)))
         mean = normalise(aligned.mean(0))
@@ -180,6 +170,7 @@ def triangles_from_edges(edges: list[tuple[int, int]], verts: np.ndarray) -> np.
         adj[a].add(b)
         adj[b].add(a)
     tris = sorted({tuple(sorted((a, b, c))) for a, b in edges for c in adj[a] & adj[b]})
+
     # A 3-clique that is not a face (a "separating" triangle) has all three edges shared by
     # two real faces already; drop cliques while any edge has more than two of them, the
     # largest (in area) first, since fake cliques span across real faces.
@@ -351,8 +342,10 @@ def build_groups(x: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, dict[str, 
         g[f"{side}_iris"] = np.array(iris)
         # upper eyelid skin: the 1-ring above the upper lid line (moves with a blink)
         lid = sorted({u for v in upper for u in adj[v]} - set(loop) - set(iris))
-        top = np.interp(x[lid, 0], x[[corners[0]] + upper + [corners[1]], 0], x[[corners[0]] + upper + [corners[1]], 1])
-        lid = [v for v, yt in zip(lid, top) if x[v, 1] < yt]
+        top = np.interp(
+            x[lid, 0], x[[corners[0]] + upper + [corners[1]], 0], x[[corners[0]] + upper + [corners[1]], 1]
+        )
+        lid = [v for v, yt in zip(lid, top, strict=False) if x[v, 1] < yt]
         g[f"{side}_eyelid"] = np.array(lid)
         regions[loop + iris + lid] = EYES
         brow = sorted({v for e in brow_conn for v in e})
@@ -374,7 +367,9 @@ def build_groups(x: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, dict[str, 
     regions[lips] = LIPS
     # upper vs lower lip: above or below the inner line (interpolated between the inner lines)
     line_x = x[[in_corners[0]] + up_in + [in_corners[1]], 0]
-    line_y = 0.5 * (x[[in_corners[0]] + up_in + [in_corners[1]], 1] + x[[in_corners[0]] + lo_in + [in_corners[1]], 1])
+    line_y = 0.5 * (
+        x[[in_corners[0]] + up_in + [in_corners[1]], 1] + x[[in_corners[0]] + lo_in + [in_corners[1]], 1]
+    )
     lip_line = np.interp(x[lips, 0], line_x, line_y)
     lower_lip = set(lips[x[lips, 1] > lip_line]) | set(lo_in) | set(lo_out)
     lower_lip -= set(up_in) | set(up_out) | set(in_corners) | set(out_corners)
@@ -407,8 +402,12 @@ def build_groups(x: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, dict[str, 
     # lower lids (where the mandible hinges), mirrored pair
     eye_y = float(x[g["left_eye_lower"], 1].mean())
     side_pts = [v for v in oval if abs(x[v, 0]) > 0.6 * np.abs(x[oval, 0]).max()]
-    hinge_r = min((v for v in side_pts if x[v, 0] < 0), key=lambda v: abs(x[v, 1] - (eye_y + 0.35 * (y_mouth - eye_y))))
-    hinge_l = min((v for v in side_pts if x[v, 0] > 0), key=lambda v: abs(x[v, 1] - (eye_y + 0.35 * (y_mouth - eye_y))))
+    hinge_r = min(
+        (v for v in side_pts if x[v, 0] < 0), key=lambda v: abs(x[v, 1] - (eye_y + 0.35 * (y_mouth - eye_y)))
+    )
+    hinge_l = min(
+        (v for v in side_pts if x[v, 0] > 0), key=lambda v: abs(x[v, 1] - (eye_y + 0.35 * (y_mouth - eye_y)))
+    )
     g["jaw_hinge"] = np.array([hinge_r, hinge_l])
 
     # rigid weights for pose fitting: nose, eye corners, forehead, temples, upper cheeks;
@@ -437,8 +436,10 @@ def neutral_mask(aligned: np.ndarray, angles: np.ndarray, g_lips: tuple, eyes: t
     mouth_gap = np.linalg.norm(aligned[:, 13] - aligned[:, 14], axis=1) / scale
     mouth_w = np.linalg.norm(aligned[:, 61] - aligned[:, 291], axis=1) / scale
     eye_open = (
-        np.linalg.norm(aligned[:, 159] - aligned[:, 145], axis=1) / np.linalg.norm(aligned[:, 33] - aligned[:, 133], axis=1)
-        + np.linalg.norm(aligned[:, 386] - aligned[:, 374], axis=1) / np.linalg.norm(aligned[:, 263] - aligned[:, 362], axis=1)
+        np.linalg.norm(aligned[:, 159] - aligned[:, 145], axis=1)
+        / np.linalg.norm(aligned[:, 33] - aligned[:, 133], axis=1)
+        + np.linalg.norm(aligned[:, 386] - aligned[:, 374], axis=1)
+        / np.linalg.norm(aligned[:, 263] - aligned[:, 362], axis=1)
     ) / 2
     med_w, sd_w = np.median(mouth_w), np.std(mouth_w)
     keep = (
@@ -467,7 +468,9 @@ def main() -> None:
     # stable points for alignment: nose and eye corners and the upper face (no lips/jaw/lids)
     stable = np.zeros(478)
     stable[sorted({v for e in c.FACEMESH_NOSE for v in e})] = 1.0
-    stable[[33, 133, 263, 362, 10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 234, 454, 127, 356, 21, 251, 54, 284]] = 1.0
+    stable[
+        [33, 133, 263, 362, 10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 234, 454, 127, 356, 21, 251, 54, 284]
+    ] = 1.0
     aligned, angles = procrustes(shapes_a, stable)
     keep = neutral_mask(aligned, angles, (), ())
     print(f"{len(shapes)} faces from {n_clips} clips; {keep.sum()} near-neutral frames kept")
@@ -507,7 +510,9 @@ def main() -> None:
         **{f"group_{k}": v for k, v in groups.items()},
         **meta,
     )
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.1f} KB): {len(tri)} triangles, {elapsed:.0f} s")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1024:.1f} KB): {len(tri)} triangles, {elapsed:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 Every wait here is bounded by a timeout or a frame count.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,13 +29,15 @@ STAMP_BITS = 12
 
 
 @functools.lru_cache(maxsize=4)
-def face_frames(size: int, count: int = 96, video: str = "WolfgangLanger_Pexels.mp4", start: int = 0) -> tuple[np.ndarray, ...]:
+def face_frames(
+    size: int, count: int = 96, video: str = "WolfgangLanger_Pexels.mp4", start: int = 0
+) -> tuple[np.ndarray, ...]:
     """``count`` consecutive frames of a real talking-face video, centre-cropped square and
     resized to ``size`` (RGB uint8)."""
     import av
     from PIL import Image
 
-    from rt_portrait.assets import pyfeat_file
+    from rt_portrait.core.assets import pyfeat_file
 
     out: list[np.ndarray] = []
     with av.open(str(pyfeat_file(video))) as container:
@@ -67,7 +70,9 @@ def stamp(image: np.ndarray, index: int, rows: int) -> np.ndarray:
 def read_stamp(image: np.ndarray, rows: int) -> int:
     w = image.shape[1]
     bw = w // STAMP_BITS
-    strip = image[2 : max(3, rows - 2)].mean(axis=(0, 2)) if image.ndim == 3 else image[2 : rows - 2].mean(axis=0)
+    strip = (
+        image[2 : max(3, rows - 2)].mean(axis=(0, 2)) if image.ndim == 3 else image[2 : rows - 2].mean(axis=0)
+    )
     value = 0
     for bit in range(STAMP_BITS):
         seg = strip[bit * bw + bw // 4 : (bit + 1) * bw - bw // 4]
@@ -82,7 +87,13 @@ class FaceVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, frames: tuple[np.ndarray, ...], fps: float = 30.0, stamp_rows: int = 0, max_frames: int = 100_000) -> None:
+    def __init__(
+        self,
+        frames: tuple[np.ndarray, ...],
+        fps: float = 30.0,
+        stamp_rows: int = 0,
+        max_frames: int = 100_000,
+    ) -> None:
         super().__init__()
         self.frames = frames
         self.fps = fps
@@ -143,7 +154,11 @@ class Sink:
                     image = frame.to_ndarray(format="rgb24")
                     if self.stamp_rows:
                         self.stamps.append((read_stamp(image, self.stamp_rows), t))
-                    if self.keep_every and self.count % self.keep_every == 0 and len(self.kept) < self.max_kept:
+                    if (
+                        self.keep_every
+                        and self.count % self.keep_every == 0
+                        and len(self.kept) < self.max_kept
+                    ):
                         self.kept.append(image)
 
     async def wait_for(self, count: int, timeout: float) -> bool:
@@ -176,13 +191,17 @@ async def _post_offer(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnecti
     return location
 
 
-async def whip_publish(http: aiohttp.ClientSession, base: str, track: MediaStreamTrack) -> tuple[RTCPeerConnection, str]:
+async def whip_publish(
+    http: aiohttp.ClientSession, base: str, track: MediaStreamTrack
+) -> tuple[RTCPeerConnection, str]:
     pc = new_peer_connection()
     pc.addTransceiver(track, direction="sendonly")
     return pc, await _post_offer(http, f"{base}/whip", pc, "WHIP")
 
 
-async def whep_play(http: aiohttp.ClientSession, base: str, session_id: str, sink: Sink) -> tuple[RTCPeerConnection, str]:
+async def whep_play(
+    http: aiohttp.ClientSession, base: str, session_id: str, sink: Sink
+) -> tuple[RTCPeerConnection, str]:
     pc = new_peer_connection()
     pc.addTransceiver("video", direction="recvonly")
 
@@ -193,7 +212,9 @@ async def whep_play(http: aiohttp.ClientSession, base: str, session_id: str, sin
     return pc, await _post_offer(http, f"{base}/whep/{session_id}", pc, "WHEP")
 
 
-async def page_call(http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, sink: Sink) -> tuple[RTCPeerConnection, str]:
+async def page_call(
+    http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, sink: Sink
+) -> tuple[RTCPeerConnection, str]:
     """What the page does: one sendrecv transceiver, the camera up and the avatar down."""
     pc = new_peer_connection()
     pc.addTransceiver(track, direction="sendrecv")
@@ -254,7 +275,7 @@ class ServerThread:
                 self.base, self.app = base, app
                 self._ready.set()
                 await self._stop.wait()
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller of start()
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
 
@@ -291,8 +312,16 @@ class ServerProcess:
 
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "rt_portrait.server.app", "--port", str(self.port), "--ice-loopback-only", *extra_args]
-        self.log = tempfile.TemporaryFile()
+        cmd = [
+            sys.executable,
+            "-m",
+            "rt_portrait.server.app",
+            "--port",
+            str(self.port),
+            "--ice-loopback-only",
+            *extra_args,
+        ]
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the browser process
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:

@@ -1,4 +1,5 @@
 """Shared fixtures: real faces from package registries (never ../shared)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_portrait import assets
+from rt_portrait.core import assets
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ with ``probe_rows`` so the avatar carries the index of the driver frame it was m
 That aligns every avatar snapshot with its exact driver frame (for the motion check) and
 gives a capture-to-display latency (camera preview vs avatar, both shown in the page).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +18,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,9 +29,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _webrtc_client import ServerProcess, face_frames, read_stamp, stamp  # noqa: E402
+from _webrtc_client import ServerProcess, face_frames, read_stamp, stamp
 
-from rt_portrait.assets import default_portrait  # noqa: E402
+from rt_portrait.core.assets import default_portrait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -61,7 +63,9 @@ def write_y4m(frames: list[np.ndarray], path: Path, fps: int) -> None:
         stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
         stream.pix_fmt = "yuv420p"
         for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+            ):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
@@ -72,7 +76,9 @@ def mouth_openings(images: list[np.ndarray]) -> list[float | None]:
     import mediapipe as mp
 
     out: list[float | None] = []
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as mesh:
+    with mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=True, refine_landmarks=True, max_num_faces=1
+    ) as mesh:
         for image in images:
             res = mesh.process(np.ascontiguousarray(image))
             if not res.multi_face_landmarks:
@@ -87,7 +93,9 @@ def mouth_openings(images: list[np.ndarray]) -> list[float | None]:
 
 def gray_corr(a: np.ndarray, b: np.ndarray, side: int = 64) -> float:
     def g(x: np.ndarray) -> np.ndarray:
-        v = np.asarray(Image.fromarray(x).convert("L").resize((side, side), Image.BILINEAR), np.float64).ravel()
+        v = np.asarray(
+            Image.fromarray(x).convert("L").resize((side, side), Image.BILINEAR), np.float64
+        ).ravel()
         return v - v.mean()
 
     x, y = g(a), g(b)
@@ -154,7 +162,9 @@ def browser_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserRun
         deadline = time.monotonic() + 45
         state = {}
         while time.monotonic() < deadline:
-            state = browser.execute_script("return {state: window.rtp.state, error: window.rtp.error, decoded: window.rtp.framesDecoded}")
+            state = browser.execute_script(
+                "return {state: window.rtp.state, error: window.rtp.error, decoded: window.rtp.framesDecoded}"
+            )
             if state["error"] or (state["state"] == "connected" and state["decoded"] > 0):
                 break
             time.sleep(0.25)
@@ -170,7 +180,9 @@ def browser_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserRun
         time.sleep(1.0)  # one more stats poll in the page
         run.rtp = browser.execute_script("return JSON.parse(JSON.stringify(window.rtp))")
         run.server_stats = json.loads(
-            browser.execute_async_script("const cb = arguments[0]; fetch('/stats').then(r => r.text()).then(cb, e => cb('{}'))")
+            browser.execute_async_script(
+                "const cb = arguments[0]; fetch('/stats').then(r => r.text()).then(cb, e => cb('{}'))"
+            )
         )
         browser.execute_script("window.rtpStop()")
     finally:
@@ -201,7 +213,9 @@ def test_avatar_shows_the_source_not_the_driver(browser_run: BrowserRun) -> None
     src_small = np.asarray(Image.fromarray(source).resize((SNAP_WIDTH, SNAP_WIDTH)))
     to_source = [gray_corr(crop(av), crop(src_small)) for _, av in browser_run.snapshots]
     to_driver = [gray_corr(crop(av), crop(cam)) for cam, av in browser_run.snapshots]
-    assert np.median(to_source) > 0.6, f"avatar does not look like the source: median corr {np.median(to_source):.2f}"
+    assert np.median(to_source) > 0.6, (
+        f"avatar does not look like the source: median corr {np.median(to_source):.2f}"
+    )
     assert np.median(to_source) > np.median(to_driver) + 0.2, (np.median(to_source), np.median(to_driver))
 
 
@@ -212,14 +226,18 @@ def test_capture_to_display_latency_is_recorded(browser_run: BrowserRun, record_
         c, a = read_stamp(cam, SNAP_ROWS), read_stamp(av, SNAP_ROWS)
         if c < n and a < n:
             lags.append(((c - a) % n) * 1000.0 / FPS)
-    assert len(lags) >= 0.5 * len(browser_run.snapshots), f"stamps unreadable in {len(browser_run.snapshots) - len(lags)} snapshots"
+    assert len(lags) >= 0.5 * len(browser_run.snapshots), (
+        f"stamps unreadable in {len(browser_run.snapshots) - len(lags)} snapshots"
+    )
     p50, p90 = np.percentile(lags, [50, 90])
     estimate = browser_run.rtp.get("latencyEstimateMs")
     record_property("capture_to_display_ms_p50", round(float(p50), 1))
     record_property("capture_to_display_ms_p90", round(float(p90), 1))
     record_property("page_latency_estimate_ms", estimate)
-    print(f"\ncapture->display (stamped, frame-quantised {1000 / FPS:.0f} ms): p50 {p50:.0f} ms, p90 {p90:.0f} ms; "
-          f"page estimate {estimate} ms; parts {browser_run.rtp.get('latencyParts')}")
+    print(
+        f"\ncapture->display (stamped, frame-quantised {1000 / FPS:.0f} ms): p50 {p50:.0f} ms, p90 {p90:.0f} ms; "
+        f"page estimate {estimate} ms; parts {browser_run.rtp.get('latencyParts')}"
+    )
     assert estimate is not None and estimate > 0
     assert p90 < 2000, f"the avatar lags the camera by {p90:.0f} ms (p90)"
 
@@ -233,7 +251,7 @@ def test_motion_follows_the_driver(browser_run: BrowserRun) -> None:
     driver_open = mouth_openings(browser_run.driver_frames)
     avatar_open = mouth_openings([av for _, av in pairs])
     xs, ys = [], []
-    for (k, _), a in zip(pairs, avatar_open):
+    for (k, _), a in zip(pairs, avatar_open, strict=False):
         if a is not None and driver_open[k] is not None:
             xs.append(driver_open[k])
             ys.append(a)

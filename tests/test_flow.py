@@ -1,12 +1,20 @@
 """Semantics of the 3D flow (torch path) on synthetic scenes, and the scene builder on a real face."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from rt_portrait.flow import (FlowBackendError, FlowConfig, PointCloud, Region, compute_flow,
-                              source_background_visibility, source_visibility)
+from rt_portrait.flow import (
+    FlowBackendError,
+    FlowConfig,
+    PointCloud,
+    Region,
+    compute_flow,
+    source_background_visibility,
+    source_visibility,
+)
 
 R = 64
 
@@ -23,8 +31,11 @@ def plane(x0: float, y0: float, x1: float, y1: float, z: float, spacing: float, 
 
 
 def cat(*clouds: PointCloud) -> PointCloud:
-    return PointCloud(torch.cat([c.xyz for c in clouds]), torch.cat([c.normal for c in clouds]),
-                      torch.cat([c.label for c in clouds]))
+    return PointCloud(
+        torch.cat([c.xyz for c in clouds]),
+        torch.cat([c.normal for c in clouds]),
+        torch.cat([c.label for c in clouds]),
+    )
 
 
 def moved(c: PointCloud, dx: float, dy: float, dz: float = 0.0) -> PointCloud:
@@ -86,7 +97,7 @@ def test_front_object_wins_the_depth_test() -> None:
 
 
 def test_points_hidden_in_the_source_get_low_visibility() -> None:
-    cloud, face, background = scene()
+    _cloud, face, background = scene()
     lid = plane(20.0, 16.0, 44.0, 30.0, 20.0, 1.5, Region.EYES)  # covers the top of the face
     # source: the lid is in front; target: it has moved far off the grid
     source = cat(face, background, lid)
@@ -118,7 +129,9 @@ def test_encoding_sorted_nearest_first_and_normalised() -> None:
     assert float(f.flow[:, ~has].abs().max()) == 0.0
     assert bool((f.labels[~has] == int(Region.BACKGROUND)).all())
     assert bool((f.depth[0][~has] == R).all())
-    assert torch.equal(f.normal[:, ~has], torch.tensor([0.0, 0.0, -1.0])[:, None].expand(3, int((~has).sum())))
+    assert torch.equal(
+        f.normal[:, ~has], torch.tensor([0.0, 0.0, -1.0])[:, None].expand(3, int((~has).sum()))
+    )
     missing = w == 0
     assert float(f.encoding.view(CFG.k, 4, R, R).permute(1, 0, 2, 3)[:, missing].abs().max()) == 0.0
 
@@ -155,7 +168,7 @@ def test_background_is_analytic_and_marks_what_the_source_head_covered() -> None
 
 
 def test_back_facing_points_are_culled() -> None:
-    cloud, face, background = scene()
+    cloud, face, _background = scene()
     back = PointCloud(face.xyz - torch.tensor([0.0, 0.0, 10.0]), -face.normal, face.label.clone().fill_(2))
     f = compute_flow(cat(cloud, back), cat(cloud, back), CFG)
     assert not bool((f.labels == 2).any())  # in front of the face, but facing away
@@ -169,10 +182,20 @@ def test_back_facing_points_are_culled() -> None:
         (lambda t, s: (PointCloud(t.xyz, t.normal, t.label.long()), s), "int32"),
         (lambda t, s: (PointCloud(t.xyz, t.normal[:, :2], t.label), s), "normal"),
         (lambda t, s: (PointCloud(t.xyz[:, :2], t.normal, t.label), s), r"\(N, 3\)"),
-        (lambda t, s: (PointCloud(t.xyz.clone().index_fill_(0, torch.tensor([3]), float("nan")), t.normal, t.label), s),
-         "non-finite"),
-        (lambda t, s: (PointCloud(t.xyz.clone().index_fill_(0, torch.tensor([0]), float("inf")), t.normal, t.label), s),
-         "non-finite"),
+        (
+            lambda t, s: (
+                PointCloud(t.xyz.clone().index_fill_(0, torch.tensor([3]), float("nan")), t.normal, t.label),
+                s,
+            ),
+            "non-finite",
+        ),
+        (
+            lambda t, s: (
+                PointCloud(t.xyz.clone().index_fill_(0, torch.tensor([0]), float("inf")), t.normal, t.label),
+                s,
+            ),
+            "non-finite",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_errors(mutate, message: str) -> None:
@@ -195,7 +218,7 @@ def test_bad_config_raises() -> None:
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cloud, _, _ = scene()
-    with pytest.raises(FlowBackendError, match="TRITON_INTERPRET|triton is not installed"):
+    with pytest.raises(FlowBackendError, match=r"TRITON_INTERPRET|triton is not installed"):
         compute_flow(cloud, cloud, FlowConfig(size=R, backend="triton"))
 
 
@@ -222,20 +245,33 @@ def real_scene(astronaut: np.ndarray):
     tpl = load_template()
     state = fit_head(track.landmarks, astronaut.shape[:2], template=tpl)
     window = choose_window(track.landmarks, astronaut.shape[:2], 256)
-    builder = SceneBuilder(tpl, build_shell(tpl), window, astronaut.shape[:2], head_scale=state.pose.scale,
-                           anchor_pose=state.pose)
+    builder = SceneBuilder(
+        tpl,
+        build_shell(tpl),
+        window,
+        astronaut.shape[:2],
+        head_scale=state.pose.scale,
+        anchor_pose=state.pose,
+    )
     return tpl, state, builder
 
 
 def test_scene_cloud_is_index_aligned_and_labelled(real_scene) -> None:
-    tpl, state, builder = real_scene
+    _tpl, state, builder = real_scene
     cloud = builder(state)
     n = builder.num_points
     assert cloud.xyz.shape == (n, 3) and cloud.normal.shape == (n, 3) and cloud.label.shape == (n,)
     assert cloud.xyz.dtype == torch.float32 and cloud.label.dtype == torch.int32
     assert torch.allclose(cloud.normal.norm(dim=1), torch.ones(n), atol=1e-4)
     present = set(cloud.label.unique().tolist())
-    for region in (Region.SKIN, Region.HEAD_SHELL, Region.EYES, Region.IRIS, Region.LIPS, Region.MOUTH_INTERIOR):
+    for region in (
+        Region.SKIN,
+        Region.HEAD_SHELL,
+        Region.EYES,
+        Region.IRIS,
+        Region.LIPS,
+        Region.MOUTH_INTERIOR,
+    ):
         assert int(region) in present
     assert int(Region.BACKGROUND) not in present  # the background is analytic (no points)
     # the face points look at the camera on a frontal portrait
@@ -288,7 +324,9 @@ def test_neck_blends_from_rigid_to_static(real_scene) -> None:
     from rt_portrait.flow.scene import SceneBuilder
     from rt_portrait.head import build_shell
 
-    rigid = SceneBuilder(tpl, build_shell(tpl), builder.window, builder.image_size, head_scale=state.pose.scale)
+    rigid = SceneBuilder(
+        tpl, build_shell(tpl), builder.window, builder.image_size, head_scale=state.pose.scale
+    )
     assert bool((rigid.shell_weight == 1.0).all())
 
 

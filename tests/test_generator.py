@@ -1,4 +1,5 @@
 """The learning-free generator's fills (rt_portrait.generator), on synthetic fields."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,14 @@ def _landmarks(shift: float = 0.0) -> torch.Tensor:
 
 
 def _fields(labels: torch.Tensor, flow: torch.Tensor) -> FlowFields:
-    return FlowFields(flow=flow, visibility=torch.ones(1, R, R), depth=torch.zeros(1, R, R),
-                      normal=torch.zeros(3, R, R), labels=labels, encoding=torch.zeros(16, R, R))
+    return FlowFields(
+        flow=flow,
+        visibility=torch.ones(1, R, R),
+        depth=torch.zeros(1, R, R),
+        normal=torch.zeros(3, R, R),
+        labels=labels,
+        encoding=torch.zeros(16, R, R),
+    )
 
 
 def test_label_irises_marks_the_discs_inside_the_openings() -> None:
@@ -45,8 +52,14 @@ def test_a_moved_gaze_does_not_show_the_source_iris_twice() -> None:
     source_iris = source_labels == int(Region.IRIS)
     warped = torch.full((3, R, R), 0.9)  # sclera
     warped[:, source_iris] = 0.2  # the identity flow shows the old iris where it was
-    inputs = GeneratorInput(warped=warped, source=warped, fields=_fields(eye, torch.zeros(2, R, R)), history=None,
-                            source_labels=source_labels, landmarks=target_lm)
+    inputs = GeneratorInput(
+        warped=warped,
+        source=warped,
+        fields=_fields(eye, torch.zeros(2, R, R)),
+        history=None,
+        source_labels=source_labels,
+        landmarks=target_lm,
+    )
     out = WarpFillGenerator()(inputs)
     target_iris = iris_discs(target_lm, tpl, R)
     stale = source_iris & ~target_iris

@@ -1,4 +1,5 @@
-"""Parametric head model on real faces (rt_portrait.assets; no ../shared needed)."""
+"""Parametric head model on real faces (rt_portrait.core.assets; no ../shared needed)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rt_portrait.assets import default_portrait, pyfeat_file
+from rt_portrait.core.assets import default_portrait, pyfeat_file
 from rt_portrait.flow.types import Region
 from rt_portrait.head import (
     Edits,
@@ -133,7 +134,9 @@ def test_template_regions_and_groups(template):
 
 def test_euler_round_trip():
     rng = np.random.default_rng(0)
-    for yaw, pitch, roll in zip(rng.uniform(-89, 89, 200), rng.uniform(-179, 179, 200), rng.uniform(-179, 179, 200)):
+    for yaw, pitch, roll in zip(
+        rng.uniform(-89, 89, 200), rng.uniform(-179, 179, 200), rng.uniform(-179, 179, 200), strict=False
+    ):
         r = rotation_from_euler(yaw, pitch, roll)
         np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
         assert np.linalg.det(r) == pytest.approx(1.0)
@@ -198,7 +201,11 @@ def test_image_rotation_changes_roll(name):
 
 def lip_gap(state: HeadState, template) -> float:
     v = state.vertices()
-    return float(np.linalg.norm(v[template.groups["inner_lip_upper"]] - v[template.groups["inner_lip_lower"]], axis=1).mean())
+    return float(
+        np.linalg.norm(
+            v[template.groups["inner_lip_upper"]] - v[template.groups["inner_lip_lower"]], axis=1
+        ).mean()
+    )
 
 
 def lid_gap(state: HeadState, template, side: str) -> float:
@@ -271,12 +278,15 @@ def test_edits_compose(source, template):
     np.testing.assert_allclose(d, e, atol=1e-6)
     # angle edits add up exactly
     y0 = head_euler(source)[0]
-    assert head_euler(apply_edits(apply_edits(source, Edits(yaw=10.0)), Edits(yaw=5.0)))[0] == pytest.approx(y0 + 15)
+    assert head_euler(apply_edits(apply_edits(source, Edits(yaw=10.0)), Edits(yaw=5.0)))[0] == pytest.approx(
+        y0 + 15
+    )
     assert apply_edits(source, Edits(), template) is source
 
 
 @pytest.mark.parametrize(
-    "control,value", [("jaw_open", 1.5), ("jaw_open", -0.1), ("yaw", 60.0), ("smile", -1.2), ("gaze_y", float("nan"))]
+    "control,value",
+    [("jaw_open", 1.5), ("jaw_open", -0.1), ("yaw", 60.0), ("smile", -1.2), ("gaze_y", float("nan"))],
 )
 def test_edit_range_errors(source, control, value):
     with pytest.raises(ValueError, match=control):

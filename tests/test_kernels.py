@@ -7,6 +7,7 @@ K-nearest keys exact (integer atomics); splat accumulations 1e-5 relative (atomi
 reorder additions); finalize and end-to-end fields 1e-5 absolute (exp/division rounding).
 The ``gpu`` variants run the same checks compiled on CUDA.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -70,7 +71,9 @@ _SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         pytest.fail(f"kernel check subprocess failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,19 +1,22 @@
-"""Mouth coordinates and the mouth-interior prior (rt_portrait.mouth) and its use as a fill."""
+"""Mouth coordinates and the mouth-interior prior (rt_portrait.generator.mouth) and its use as a fill."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+from rt_portrait.generator.mouth import load_mouth_prior, mouth_frame, mouth_points, mouth_uv
 from rt_portrait.head import load_template
-from rt_portrait.mouth import load_mouth_prior, mouth_frame, mouth_points, mouth_uv
 
 
 def _open_mouth(opening: float = 0.3, tilt_deg: float = 12.0) -> np.ndarray:
     """Template landmarks in pixels with the inner lips pulled apart, rotated in the image."""
     tpl = load_template()
     pts = tpl.vertices[:, :2] * 100.0 + 200.0
-    width = np.linalg.norm(pts[tpl.group("inner_mouth_corners")[0]] - pts[tpl.group("inner_mouth_corners")[1]])
+    width = np.linalg.norm(
+        pts[tpl.group("inner_mouth_corners")[0]] - pts[tpl.group("inner_mouth_corners")[1]]
+    )
     pts[tpl.group("inner_lip_upper"), 1] -= opening * width / 2
     pts[tpl.group("inner_lip_lower"), 1] += opening * width / 2
     a = np.radians(tilt_deg)
@@ -23,14 +26,18 @@ def _open_mouth(opening: float = 0.3, tilt_deg: float = 12.0) -> np.ndarray:
 
 def _frame(points: np.ndarray):
     tpl = load_template()
-    return mouth_frame(points, tpl.group("inner_lip_upper"), tpl.group("inner_lip_lower"), tpl.group("inner_mouth_corners"))
+    return mouth_frame(
+        points, tpl.group("inner_lip_upper"), tpl.group("inner_lip_lower"), tpl.group("inner_mouth_corners")
+    )
 
 
 def test_uv_inverts_points() -> None:
     frame = _frame(_open_mouth())
     u, v = np.meshgrid(np.linspace(0.1, 0.9, 9), np.linspace(0.0, 1.0, 5))
     xy = mouth_points(frame, u, v)
-    uu, vv = mouth_uv(frame, torch.tensor(xy[..., 0], dtype=torch.float32), torch.tensor(xy[..., 1], dtype=torch.float32))
+    uu, vv = mouth_uv(
+        frame, torch.tensor(xy[..., 0], dtype=torch.float32), torch.tensor(xy[..., 1], dtype=torch.float32)
+    )
     assert np.allclose(uu.numpy(), u, atol=1e-3)
     assert np.allclose(vv.numpy(), v, atol=1e-3)
 

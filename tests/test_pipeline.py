@@ -1,6 +1,8 @@
 """End-to-end pipeline, offline jobs and CLI on real faces (registry data only)."""
+
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -11,12 +13,12 @@ import numpy as np
 import pytest
 
 from rt_portrait.animate import animate_file
-from rt_portrait.head import fit_head, head_euler
-from rt_portrait.head.types import Edits
+from rt_portrait.core.video import probe, read_frames, write_image
 from rt_portrait.generator import WarpFillGenerator
+from rt_portrait.head import fit_head
+from rt_portrait.head.types import Edits
 from rt_portrait.pipeline import Animator, AnimatorConfig, NoFaceError
 from rt_portrait.tracking import track_image
-from rt_portrait.video import probe, read_frames, write_image
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,9 @@ def _yaw_2d(rgb: np.ndarray, shape: np.ndarray) -> float:
         proj = p[3] * shape @ rot.T
         return (proj[:, :2] + p[4:6] - xy).ravel()
 
-    p0 = np.concatenate([Rotation.from_matrix(init.pose.rotation).as_rotvec(), [init.pose.scale], init.pose.translation[:2]])
+    p0 = np.concatenate(
+        [Rotation.from_matrix(init.pose.rotation).as_rotvec(), [init.pose.scale], init.pose.translation[:2]]
+    )
     fit = least_squares(residual, p0)
     return float(euler_from_rotation(Rotation.from_rotvec(fit.x[:3]).as_matrix())[0])
 
@@ -85,7 +89,9 @@ def test_open_mouth_is_marked_for_the_generator(animator: Animator) -> None:
     fields = animator.render_edits(Edits(jaw_open=1.0)).fields
     mouth = fields.region_mask(Region.MOUTH_INTERIOR)
     assert int(mouth.sum()) > 10, "an open mouth must show mouth-interior pixels"
-    assert float(fields.visibility[0][mouth].mean()) < 0.5, "the closed-mouth source has no correspondence for them"
+    assert float(fields.visibility[0][mouth].mean()) < 0.5, (
+        "the closed-mouth source has no correspondence for them"
+    )
 
 
 def test_open_mouth_is_painted_with_the_mouth_prior(animator: Animator) -> None:
@@ -108,7 +114,7 @@ def test_open_mouth_is_painted_with_the_mouth_prior(animator: Animator) -> None:
 
 
 def test_source_without_face_names_the_file(tmp_path: Path) -> None:
-    from rt_portrait.assets import pyfeat_file
+    from rt_portrait.core.assets import pyfeat_file
     from rt_portrait.tracking import load_image
 
     path = pyfeat_file("free-mountain-vector-01.jpg")
@@ -130,12 +136,30 @@ def test_source_formats(kind: str, astronaut: np.ndarray) -> None:
     else:
         img = np.asarray(Image.fromarray(astronaut).resize((2400, 2400)))
     out = Animator(img, AnimatorConfig(size=128)).render_edits(Edits(smile=0.5)).image
-    assert out.shape[:2] == img.shape[:2] and out.shape[2] == 3
+    assert out.shape[:2] == img.shape[:2] and out.shape[2] == 3 and out.dtype == np.uint8
+    # the converted pixels: what the source shows, with only the face region edited
+    expected = {
+        "gray": np.repeat(img[..., None], 3, axis=2),
+        "rgba": astronaut,
+        "odd": img,
+        "large": img,
+    }[kind]
+    diff = np.abs(out.astype(int) - expected.astype(int)).max(axis=-1)
+    far = np.ones(img.shape[:2], dtype=bool)  # the frame's outer 12 %: the smile does not reach it
+    m = int(0.12 * min(img.shape[:2]))
+    far[m:-m, m:-m] = False
+    assert diff[far].max() <= 3 and (diff[far] > 2).mean() < 1e-4  # resampling rounding only
+    # and the whole frame stays the source but for the edited face (a few % of the pixels)
+    assert diff.mean() < 1.0 and (diff > 2).mean() < 0.05
+    if kind == "gray":  # a gray source stays gray
+        assert np.abs(out[..., 0].astype(int) - out[..., 2].astype(int)).max() <= 1
 
 
 def test_animate_keeps_audio_and_fps(tmp_path: Path, talking_video: Path, astronaut: np.ndarray) -> None:
     src = write_image(tmp_path / "portrait.png", astronaut[::2, ::2])
-    out = animate_file(src, talking_video, tmp_path / "out.mp4", AnimatorConfig(size=128), max_frames=24, progress=False)
+    out = animate_file(
+        src, talking_video, tmp_path / "out.mp4", AnimatorConfig(size=128), max_frames=24, progress=False
+    )
     info, driver = probe(out), probe(talking_video)
     assert info.fps == driver.fps
     assert info.has_audio
@@ -152,7 +176,7 @@ def test_animate_failure_leaves_no_file(tmp_path: Path, astronaut: np.ndarray) -
     src = write_image(tmp_path / "portrait.png", astronaut[::2, ::2])
     bad = tmp_path / "corrupt.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
-    with pytest.raises(ValueError, match="corrupt.mp4"):
+    with pytest.raises(ValueError, match=r"corrupt\.mp4"):
         animate_file(src, bad, tmp_path / "out.mp4", AnimatorConfig(size=128), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.mp4", "portrait.png"]
 
@@ -161,18 +185,27 @@ def test_driver_without_face_holds_then_eases_back(animator: Animator, talking_v
     session = animator.session()
     frames = list(read_frames(talking_video, max_frames=30))
     for f in frames[:20]:
-        session(f)
+        last = session(f)
+    assert last.face_found and last.head is not None
+    driven = last.head.vertices()
+    neutral = animator.source_state.vertices()
+    # the talking driver has moved the head away from neutral (else this test shows nothing)
+    start = float(np.abs(driven - neutral).mean())
+    assert start > 0.2, start
+
+    cfg = animator.config
     blank = np.full_like(frames[0], 40)
-    held = session(blank)
-    assert not held.face_found
-    last_driven = session._driven
-    assert held.head is not None
-    for _ in range(40):
+    gaps = []
+    for _ in range(cfg.hold_frames + cfg.ease_frames + 5):
         out = session(blank)
-    # eased back to the neutral source pose
-    src = animator.source_state
-    assert np.allclose(out.head.pose.rotation, src.pose.rotation, atol=1e-6)
-    assert last_driven is not None
+        assert not out.face_found and out.head is not None
+        gaps.append(float(np.abs(out.head.vertices() - neutral).mean()))
+    # held: the last driven motion, unchanged, for hold_frames frames
+    assert np.allclose(gaps[: cfg.hold_frames], start, rtol=1e-6, atol=1e-9)
+    # then eased: strictly closer to neutral every frame, and there at the end of the ease
+    easing = gaps[cfg.hold_frames - 1 : cfg.hold_frames + cfg.ease_frames]
+    assert all(b < a for a, b in itertools.pairwise(easing)), easing
+    assert max(gaps[cfg.hold_frames + cfg.ease_frames - 1 :]) < 1e-6
     back = session(frames[20])
     assert back.face_found, "tracking recovers when the face returns"
 
@@ -180,7 +213,17 @@ def test_driver_without_face_holds_then_eases_back(animator: Animator, talking_v
 def test_cli_track_json(tmp_path: Path, astronaut: np.ndarray) -> None:
     img = write_image(tmp_path / "a.png", astronaut)
     mirrored = write_image(tmp_path / "m.png", astronaut[:, ::-1])
-    rows = [json.loads(subprocess.run([sys.executable, "-m", "rt_portrait.cli", "track", str(p), "--json"], capture_output=True, text=True, check=True).stdout)[0] for p in (img, mirrored)]
+    rows = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "rt_portrait.cli", "track", str(p), "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )[0]
+        for p in (img, mirrored)
+    ]
     assert rows[0]["found"] and rows[1]["found"]
     assert rows[0]["yaw"] == pytest.approx(-rows[1]["yaw"], abs=2.0)
     for key in ("pitch", "roll", "scale", "expression"):
@@ -190,15 +233,62 @@ def test_cli_track_json(tmp_path: Path, astronaut: np.ndarray) -> None:
 def test_cli_edit_and_errors(tmp_path: Path, astronaut: np.ndarray) -> None:
     src = write_image(tmp_path / "a.png", astronaut[::2, ::2])
     out = tmp_path / "edited.png"
-    r = subprocess.run([sys.executable, "-m", "rt_portrait.cli", "edit", "--source", str(src), "--yaw", "15", "--smile", "0.6", "-o", str(out), "--size", "128"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rt_portrait.cli",
+            "edit",
+            "--source",
+            str(src),
+            "--yaw",
+            "15",
+            "--smile",
+            "0.6",
+            "-o",
+            str(out),
+            "--size",
+            "128",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert out.exists()
     notimg = tmp_path / "notes.png"
     notimg.write_text("not an image")
-    r = subprocess.run([sys.executable, "-m", "rt_portrait.cli", "edit", "--source", str(notimg), "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rt_portrait.cli",
+            "edit",
+            "--source",
+            str(notimg),
+            "-o",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "notes.png" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.png").exists()
-    r = subprocess.run([sys.executable, "-m", "rt_portrait.cli", "edit", "--source", str(src), "--jaw-open", "3", "-o", str(tmp_path / "y.png")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rt_portrait.cli",
+            "edit",
+            "--source",
+            str(src),
+            "--jaw-open",
+            "3",
+            "-o",
+            str(tmp_path / "y.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "jaw_open" in r.stderr
 
 
@@ -213,7 +303,9 @@ def test_demo_writes_video_and_sheet(tmp_path: Path) -> None:
 def test_source_track_is_used_and_checked(astronaut: np.ndarray) -> None:
     track = track_image(astronaut)
     shifted = Animator(astronaut, AnimatorConfig(size=128), source_track=track)
-    assert np.allclose(shifted.source_state.vertices(), fit_head(track.landmarks, track.image_size).vertices(), atol=1e-6)
+    assert np.allclose(
+        shifted.source_state.vertices(), fit_head(track.landmarks, track.image_size).vertices(), atol=1e-6
+    )
     with pytest.raises(ValueError, match="source_track"):
         Animator(astronaut[:300], AnimatorConfig(size=128), source_track=track)
 
@@ -226,8 +318,14 @@ def test_blink_closes_the_eyes_in_the_image(animator: Animator, astronaut: np.nd
 
     def gaps(img: np.ndarray) -> np.ndarray:
         lm = track_image(img).landmarks
-        return np.array([np.linalg.norm(lm[groups[f"{s}_eye_upper"], :2] - lm[groups[f"{s}_eye_lower"], :2], axis=1).mean()
-                         for s in ("left", "right")])
+        return np.array(
+            [
+                np.linalg.norm(
+                    lm[groups[f"{s}_eye_upper"], :2] - lm[groups[f"{s}_eye_lower"], :2], axis=1
+                ).mean()
+                for s in ("left", "right")
+            ]
+        )
 
     open_gaps = gaps(astronaut)
     both = gaps(animator.render_edits(Edits(blink_left=1, blink_right=1)).image) / open_gaps

@@ -3,6 +3,7 @@ playback, the page's /offer path, isolation between sessions, limits and bad inp
 
 Every test runs its own server on a free port with ICE restricted to loopback, and every
 wait is bounded (frame counts and timeouts)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,11 +22,19 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _webrtc_client import FaceVideoTrack, Sink, face_frames, page_call, running_server, whep_play, whip_publish  # noqa: E402
+from _webrtc_client import (
+    FaceVideoTrack,
+    Sink,
+    face_frames,
+    page_call,
+    running_server,
+    whep_play,
+    whip_publish,
+)
 
-from rt_portrait.assets import default_portrait, pyfeat_file  # noqa: E402
-from rt_portrait.server.app import STATE, ServerConfig, decode_portrait  # noqa: E402
-from rt_portrait.server.session import keep_loopback_candidates  # noqa: E402
+from rt_portrait.core.assets import default_portrait, pyfeat_file
+from rt_portrait.server.app import STATE, ServerConfig, decode_portrait
+from rt_portrait.server.session import keep_loopback_candidates
 
 T = TypeVar("T")
 
@@ -42,7 +51,9 @@ def config(**kw: Any) -> ServerConfig:
 
 
 def gray_small(image: np.ndarray, side: int = 64) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).convert("L").resize((side, side), Image.BILINEAR), dtype=np.float64)
+    return np.asarray(
+        Image.fromarray(image).convert("L").resize((side, side), Image.BILINEAR), dtype=np.float64
+    )
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,8 +95,12 @@ def test_whip_ingest_whep_playback_and_delete() -> None:
             pub, location = await whip_publish(http, base, track)
             assert location.startswith("/whip/")
             # ICE stays on loopback: the answer offers only 127.0.0.1
-            answer_candidates = [ln for ln in pub.remoteDescription.sdp.splitlines() if ln.startswith("a=candidate:")]
-            assert answer_candidates and all(" 127.0.0.1 " in ln for ln in answer_candidates), answer_candidates
+            answer_candidates = [
+                ln for ln in pub.remoteDescription.sdp.splitlines() if ln.startswith("a=candidate:")
+            ]
+            assert answer_candidates and all(" 127.0.0.1 " in ln for ln in answer_candidates), (
+                answer_candidates
+            )
             sid = location.rsplit("/", 1)[1]
             sink = Sink(keep_every=10)
             player, play_location = await whep_play(http, base, sid, sink)
@@ -142,7 +157,9 @@ def test_two_sessions_are_isolated() -> None:
                 assert resp.status == 200, body
                 assert body["width"] == other.shape[1]
             # controls apply per session
-            async with http.post(f"{base}/session/{sid_a}/control", json={"edits": {"yaw": 20, "smile": 5}}) as resp:
+            async with http.post(
+                f"{base}/session/{sid_a}/control", json={"edits": {"yaw": 20, "smile": 5}}
+            ) as resp:
                 assert resp.status == 200
                 assert (await resp.json())["edits"]["smile"] == 1.0  # clamped to its range
             async with http.get(f"{base}/session/{sid_b}/stats") as resp:
@@ -201,7 +218,9 @@ def test_session_limit() -> None:
             pc1, loc1 = await whip_publish(http, base, FaceVideoTrack(face_frames(256, 24), max_frames=600))
             with pytest.raises(RuntimeError, match="503"):
                 await whip_publish(http, base, FaceVideoTrack(face_frames(256, 24), max_frames=600))
-            async with http.post(f"{base}/offer", json={"type": "offer", "sdp": "v=0\r\nm=video 9 x\r\n"}) as resp:
+            async with http.post(
+                f"{base}/offer", json={"type": "offer", "sdp": "v=0\r\nm=video 9 x\r\n"}
+            ) as resp:
                 assert resp.status == 503 and "full" in (await resp.json())["error"]
             async with http.delete(f"{base}{loc1}") as resp:
                 assert resp.status == 200
@@ -231,22 +250,78 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving() -> None:
             sdp_hdr = {"Content-Type": "application/sdp"}
             cases: list[tuple[str, str, dict[str, Any], int]] = [
                 ("garbage SDP", "/whip", dict(data=b"\x00\xffnot sdp at all", headers=sdp_hdr), 400),
-                ("wrong content type", "/whip", dict(data="v=0\r\n", headers={"Content-Type": "text/plain"}), 415),
-                ("huge SDP", "/whip", dict(data="v=0\r\nm=video 9\r\n" + "a=x:" + "y" * 100_000, headers=sdp_hdr), 413),
-                ("SDP without video", "/whip", dict(data="v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n", headers=sdp_hdr), 400),
-                ("hostile SDP lines", "/whip", dict(data="v=0\r\nm=video -1 RTP/SAVPF 96\r\na=rtpmap:96\r\na=fingerprint:sha-256 zz\r\nc=IN IP4 999.1.1.1\r\n", headers=sdp_hdr), 400),
-                ("WHEP of an unknown session", "/whep/nope", dict(data="v=0\r\nm=video 9\r\n", headers=sdp_hdr), 404),
-                ("offer not JSON", "/offer", dict(data="{{", headers={"Content-Type": "application/json"}), 400),
+                (
+                    "wrong content type",
+                    "/whip",
+                    dict(data="v=0\r\n", headers={"Content-Type": "text/plain"}),
+                    415,
+                ),
+                (
+                    "huge SDP",
+                    "/whip",
+                    dict(data="v=0\r\nm=video 9\r\n" + "a=x:" + "y" * 100_000, headers=sdp_hdr),
+                    413,
+                ),
+                (
+                    "SDP without video",
+                    "/whip",
+                    dict(
+                        data="v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n",
+                        headers=sdp_hdr,
+                    ),
+                    400,
+                ),
+                (
+                    "hostile SDP lines",
+                    "/whip",
+                    dict(
+                        data="v=0\r\nm=video -1 RTP/SAVPF 96\r\na=rtpmap:96\r\na=fingerprint:sha-256 zz\r\nc=IN IP4 999.1.1.1\r\n",
+                        headers=sdp_hdr,
+                    ),
+                    400,
+                ),
+                (
+                    "WHEP of an unknown session",
+                    "/whep/nope",
+                    dict(data="v=0\r\nm=video 9\r\n", headers=sdp_hdr),
+                    404,
+                ),
+                (
+                    "offer not JSON",
+                    "/offer",
+                    dict(data="{{", headers={"Content-Type": "application/json"}),
+                    400,
+                ),
                 ("offer wrong shape", "/offer", dict(json={"type": "answer", "sdp": 3}), 400),
-                ("offer garbage SDP", "/offer", dict(json={"type": "offer", "sdp": "v=0\r\nm=video nonsense\r\n"}), 400),
+                (
+                    "offer garbage SDP",
+                    "/offer",
+                    dict(json={"type": "offer", "sdp": "v=0\r\nm=video nonsense\r\n"}),
+                    400,
+                ),
                 ("unknown control", f"/session/{sid}/control", dict(json={"edits": {"nose": 1}}), 400),
-                ("non-numeric control", f"/session/{sid}/control", dict(json={"strengths": {"pose": "max"}}), 400),
+                (
+                    "non-numeric control",
+                    f"/session/{sid}/control",
+                    dict(json={"strengths": {"pose": "max"}}),
+                    400,
+                ),
                 ("control not an object", f"/session/{sid}/control", dict(json=[1, 2]), 400),
                 ("non-image upload", f"/session/{sid}/source", dict(data=b"GIF? no, plain text" * 10), 415),
                 ("oversized upload", f"/session/{sid}/source", dict(data=b"\x89PNG" + b"0" * 300_000), 413),
-                ("image too large", f"/session/{sid}/source", dict(data=png_bytes(np.zeros((1100, 64, 3), np.uint8))), 413),
+                (
+                    "image too large",
+                    f"/session/{sid}/source",
+                    dict(data=png_bytes(np.zeros((1100, 64, 3), np.uint8))),
+                    413,
+                ),
                 ("upload to unknown session", "/session/nope/source", dict(data=b"x"), 404),
-                ("trickle PATCH", f"/whip/{sid}", dict(data="a=candidate", headers={"Content-Type": "application/trickle-ice-sdpfrag"}), 405),
+                (
+                    "trickle PATCH",
+                    f"/whip/{sid}",
+                    dict(data="a=candidate", headers={"Content-Type": "application/trickle-ice-sdpfrag"}),
+                    405,
+                ),
             ]
             for name, path, kw, expected in cases:
                 code, text = await status("POST" if "PATCH" not in name else "PATCH", path, **kw)
@@ -334,11 +409,15 @@ def test_over_budget_session_degrades_instead_of_lagging() -> None:
         def __call__(self, frame: np.ndarray) -> SimpleNamespace:
             cost = 0.06 * (self.size / 256) ** 2  # 60 ms at 256: twice a 30-fps budget
             time.sleep(cost)
-            return SimpleNamespace(image=np.zeros((128, 128, 3), np.uint8), face_found=True, timings_ms={"total": cost * 1e3})
+            return SimpleNamespace(
+                image=np.zeros((128, 128, 3), np.uint8), face_found=True, timings_ms={"total": cost * 1e3}
+            )
 
     async def scenario() -> None:
         async with running_server(config()) as (base, app), aiohttp.ClientSession() as http:
-            pc, location = await whip_publish(http, base, FaceVideoTrack(face_frames(256, 24), max_frames=900))
+            pc, location = await whip_publish(
+                http, base, FaceVideoTrack(face_frames(256, 24), max_frames=900)
+            )
             sid = location.rsplit("/", 1)[1]
             app[STATE].sessions[sid]._anim = SizeBoundStage(256)
             deadline = time.monotonic() + 30

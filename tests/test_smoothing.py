@@ -11,6 +11,7 @@ Definitions used here (pixels, the video's own resolution):
   lag is how many frames later the smoothed response first reaches 1/2. Measured at several
   ``k`` along the clip, the worst case counts.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -20,11 +21,12 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from rt_portrait.assets import pyfeat_file
+from rt_portrait.core.assets import pyfeat_file
+from rt_portrait.core.geometry import umeyama
+from rt_portrait.head import HeadStateSmoother
 from rt_portrait.head.types import HeadState, Pose
 from rt_portrait.tracking import (
     FaceTracker,
-    HeadStateSmoother,
     LandmarkSmoother,
     OneEuroConfig,
     OneEuroFilter,
@@ -59,7 +61,9 @@ def jitter(track: np.ndarray) -> float:
     return float(np.linalg.norm(xy[2:] - 2 * xy[1:-1] + xy[:-2], axis=-1).mean())
 
 
-def step_lag(run: Callable[[np.ndarray], np.ndarray], track: np.ndarray, step: np.ndarray, ks: Sequence[int]) -> int:
+def step_lag(
+    run: Callable[[np.ndarray], np.ndarray], track: np.ndarray, step: np.ndarray, ks: Sequence[int]
+) -> int:
     """Worst lag (frames) of the smoothed response to ``step`` (added from frame k on)."""
     base = run(track)
     worst = -1
@@ -158,19 +162,16 @@ def test_landmark_smoothing_is_scale_aware(talking_track: tuple[np.ndarray, floa
 
 def test_disabled_smoothing_passes_through(talking_track: tuple[np.ndarray, float]) -> None:
     track, fps = talking_track
-    np.testing.assert_array_equal(smooth_landmarks(track[:10], fps, SmoothingConfig(enabled=False)), track[:10])
+    np.testing.assert_array_equal(
+        smooth_landmarks(track[:10], fps, SmoothingConfig(enabled=False)), track[:10]
+    )
 
 
 # -- head states on the real video ----------------------------------------------------------
 def similarity_fit(canonical: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-    """Least-squares rotation, scale, translation with observed ~ s R canonical + t (Umeyama)."""
-    mu_c, mu_o = canonical.mean(0), observed.mean(0)
-    c, o = canonical - mu_c, observed - mu_o
-    u, sv, vt = np.linalg.svd(o.T @ c)
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    rotation = u @ d @ vt
-    scale = float((sv * np.diag(d)).sum() / (c**2).sum())
-    return rotation, scale, mu_o - scale * rotation @ mu_c
+    """Least-squares rotation, scale, translation with observed ~ s R canonical + t."""
+    scale, rotation, translation = umeyama(canonical, observed)
+    return rotation, scale, translation
 
 
 def head_states(track: np.ndarray, image_size: tuple[int, int]) -> list[HeadState]:
@@ -182,11 +183,15 @@ def head_states(track: np.ndarray, image_size: tuple[int, int]) -> list[HeadStat
     for points in track:
         rotation, scale, translation = similarity_fit(identity, points)
         canonical = (points - translation) @ rotation / scale
-        states.append(HeadState(Pose(rotation, translation, scale), identity, canonical - identity, image_size))
+        states.append(
+            HeadState(Pose(rotation, translation, scale), identity, canonical - identity, image_size)
+        )
     return states
 
 
-def smooth_states(states: Sequence[HeadState], fps: float, config: SmoothingConfig | None = None) -> list[HeadState]:
+def smooth_states(
+    states: Sequence[HeadState], fps: float, config: SmoothingConfig | None = None
+) -> list[HeadState]:
     smoother = HeadStateSmoother(config, fps=fps)
     return [smoother(state) for state in states]
 

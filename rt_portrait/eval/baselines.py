@@ -21,6 +21,7 @@ All methods are driven by the same landmarks (the harness tracks each driver fra
 the live session's video-mode tracker, and hands that track to every method); the ground
 truth that scores them is tracked separately, in static mode.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.spatial import Delaunay
 
+from rt_portrait.core.image import resize
 from rt_portrait.tracking.types import TrackResult
 
 
@@ -36,7 +38,11 @@ class Method(Protocol):
     def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult, fps: float = 30.0) -> None: ...
 
     def __call__(
-        self, source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
+        self,
+        source_rgb: np.ndarray,
+        source_track: TrackResult,
+        driver_rgb: np.ndarray,
+        driver_track: TrackResult,
     ) -> np.ndarray: ...
 
 
@@ -53,25 +59,20 @@ class Stateless:
         return None
 
     def __call__(
-        self, source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
+        self,
+        source_rgb: np.ndarray,
+        source_track: TrackResult,
+        driver_rgb: np.ndarray,
+        driver_track: TrackResult,
     ) -> np.ndarray:
         return self.fn(source_rgb, source_track, driver_rgb, driver_track)
-
-
-def _resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == shape:
-        return image
-    from skimage.transform import resize
-
-    out = resize(image, shape, order=1, preserve_range=True, anti_aliasing=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def static(
     source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
 ) -> np.ndarray:
     """The source frame itself, at the driver frame's size."""
-    return _resize_to(np.ascontiguousarray(source_rgb[..., :3]), driver_rgb.shape[:2]).copy()
+    return resize(np.ascontiguousarray(source_rgb[..., :3]), driver_rgb.shape[:2]).copy()
 
 
 def bilinear_sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -182,12 +183,16 @@ class Flow3D:
         self._session = None
 
     def __call__(
-        self, source_rgb: np.ndarray, source_track: TrackResult, driver_rgb: np.ndarray, driver_track: TrackResult
+        self,
+        source_rgb: np.ndarray,
+        source_track: TrackResult,
+        driver_rgb: np.ndarray,
+        driver_track: TrackResult,
     ) -> np.ndarray:
         if self._session is None:
             raise RuntimeError("Flow3D: call start_clip(source, track) before feeding frames")
         image = np.asarray(self._session.animate_track(driver_track).image)
-        return _resize_to(image[..., :3], driver_rgb.shape[:2])
+        return resize(image[..., :3], driver_rgb.shape[:2])
 
 
 METHOD_NAMES: tuple[str, ...] = ("static", "warp2d", "flow3d")

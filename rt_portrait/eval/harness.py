@@ -21,6 +21,7 @@ method, so a baseline never sees the ground-truth tracks that score it.
 * Clips whose source frame has no face are skipped with a message; an unreadable video
   stops the run before any work with an error naming the file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,15 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from rt_portrait.core import video
 from rt_portrait.eval import metrics as M
 from rt_portrait.eval.baselines import METHOD_NAMES, Method, make_method
 from rt_portrait.tracking.types import TrackResult
@@ -57,8 +58,7 @@ SUMMARY_METRICS: tuple[tuple[str, bool], ...] = (
 EXTRA_METRICS: tuple[str, ...] = ("full_l1", "retrack_fail", "jitter_driver", "ms_per_frame")
 
 
-class VideoReadError(ValueError):
-    """A video that cannot be opened or decoded; the message names the file."""
+VideoReadError = video.MediaError  # a video that cannot be read; the message names the file
 
 
 class Tracker(Protocol):
@@ -107,8 +107,13 @@ class ClipResult:
     metrics: dict[str, float]
 
     def row(self) -> dict[str, Any]:
-        return {"clip": self.clip, "method": self.method, "n_frames": self.n_frames, "n_scored": self.n_scored,
-                **{k: _json_float(v) for k, v in self.metrics.items()}}
+        return {
+            "clip": self.clip,
+            "method": self.method,
+            "n_frames": self.n_frames,
+            "n_scored": self.n_scored,
+            **{k: _json_float(v) for k, v in self.metrics.items()},
+        }
 
 
 @dataclass
@@ -167,15 +172,8 @@ def _json_float(v: float) -> float | None:
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with video.atomic_output(path) as tmp:
+        tmp.write_text(text)
     return path
 
 
@@ -220,56 +218,8 @@ def _folder_videos(folder: Path, split: str | None) -> list[Path]:
 
 def probe_video(path: Path) -> tuple[int, float]:
     """(frame count or 0 if unknown, fps) of a readable video; VideoReadError otherwise."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoReadError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-            for _ in container.decode(stream):  # decode one frame: catches corrupt payloads early
-                break
-            else:
-                raise VideoReadError(f"{path}: no decodable video frame")
-            return int(stream.frames or 0), fps
-    except VideoReadError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as e:  # PyAV errors derive from these
-        raise VideoReadError(f"cannot read video {path}: {e}") from e
-
-
-def read_frames(path: Path, indices: Iterable[int],
-                on_frame: Callable[[int, np.ndarray], None] | None = None) -> dict[int, np.ndarray]:
-    """Decode the wanted frame indices (0-based, decode order) as (H, W, 3) uint8 RGB.
-
-    ``on_frame(i, rgb)`` (optional) sees every decoded frame from the first wanted one to the
-    last, wanted or not."""
-    import av
-
-    wanted = sorted(set(indices))
-    out: dict[int, np.ndarray] = {}
-    if not wanted:
-        return out
-    last = wanted[-1]
-    want = set(wanted)
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            first = wanted[0]
-            for i, frame in enumerate(container.decode(stream)):
-                if i in want or (on_frame is not None and i >= first):
-                    rgb = frame.to_ndarray(format="rgb24")
-                    if i in want:
-                        out[i] = rgb
-                    if on_frame is not None:
-                        on_frame(i, rgb)
-                if i >= last:
-                    break
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise VideoReadError(f"cannot decode video {path}: {e}") from e
-    return out
+    info = video.probe(path, decode_first=True)
+    return info.frames, float(info.fps)
 
 
 # ---------------------------------------------------------------- defaults (the real stages)
@@ -320,13 +270,14 @@ def _safe_rotation(pose_fn: PoseFn, track: TrackResult) -> np.ndarray | None:
         return None
 
 
-def _load_clip(path: Path, config: EvalConfig, fps: float, tracker: Tracker, pose_fn: PoseFn,
-               frame_count: int) -> _ClipData | str:
+def _load_clip(
+    path: Path, config: EvalConfig, fps: float, tracker: Tracker, pose_fn: PoseFn, frame_count: int
+) -> _ClipData | str:
     """The clip's frames and ground truth, or a message saying why it is skipped."""
     n_targets = config.max_frames if config.max_frames is not None else None
     if n_targets is None:
         if frame_count <= 0:  # unknown length: decode everything once to count
-            frame_count = sum(1 for _ in _iter_all(path))
+            frame_count = video.count_frames(path)
         n_targets = max(0, (frame_count - 1 - config.source_frame) // config.every)
     indices = [config.source_frame + k * config.every for k in range(n_targets + 1)]
     # Every method is driven by the same landmarks: the live session's video-mode tracker run
@@ -336,7 +287,9 @@ def _load_clip(path: Path, config: EvalConfig, fps: float, tracker: Tracker, pos
 
     live_tracks: dict[int, TrackResult] = {}
     with FaceTracker(TrackerConfig(static_image=False, max_faces=1)) as live:
-        frames = read_frames(path, indices, lambda i, rgb: live_tracks.__setitem__(i, live.track(rgb)))
+        frames = video.read_frame_indices(
+            path, indices, lambda i, rgb: live_tracks.__setitem__(i, live.track(rgb))
+        )
     if config.source_frame not in frames:
         return f"the video has no frame {config.source_frame} (source frame)"
     targets = [frames[i] for i in indices[1:] if i in frames]
@@ -350,7 +303,7 @@ def _load_clip(path: Path, config: EvalConfig, fps: float, tracker: Tracker, pos
     rots = [_safe_rotation(pose_fn, t) for t in tracks]
     masks: list[np.ndarray | None] = []
     iods: list[float] = []
-    for img, tr in zip(targets, tracks):
+    for img, tr in zip(targets, tracks, strict=False):
         if not tr.found:
             masks.append(None)
             continue
@@ -364,34 +317,63 @@ def _load_clip(path: Path, config: EvalConfig, fps: float, tracker: Tracker, pos
     if not drive_source.found:
         drive_source = source_track
     drive_tracks = [live_tracks[i] for i in target_ids]
-    between = [[live_tracks[j] for j in range(prev + 1, i) if j in live_tracks]
-               for prev, i in zip([config.source_frame] + target_ids[:-1], target_ids)]
-    return _ClipData(path.stem, fps, source, source_track, targets, tracks, rots, masks, float(np.median(iods)),
-                     drive_source, drive_tracks, between)
+    between = [
+        [live_tracks[j] for j in range(prev + 1, i) if j in live_tracks]
+        for prev, i in zip([config.source_frame] + target_ids[:-1], target_ids, strict=False)
+    ]
+    return _ClipData(
+        path.stem,
+        fps,
+        source,
+        source_track,
+        targets,
+        tracks,
+        rots,
+        masks,
+        float(np.median(iods)),
+        drive_source,
+        drive_tracks,
+        between,
+    )
 
 
-def _iter_all(path: Path) -> Iterable[None]:
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            for _ in container.decode(video=0):
-                yield None
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise VideoReadError(f"cannot decode video {path}: {e}") from e
-
-
-def _run_method(clip: _ClipData, name: str, method: Method, every: int, tracker: Tracker, pose_fn: PoseFn,
-                tick: Callable[[], None]) -> ClipResult:
+def _run_method(
+    clip: _ClipData,
+    name: str,
+    method: Method,
+    every: int,
+    tracker: Tracker,
+    pose_fn: PoseFn,
+    tick: Callable[[], None],
+) -> ClipResult:
     method.start_clip(clip.source, clip.drive_source_track, fps=clip.fps)
     observe = getattr(method, "observe", None)  # stateful methods also see the skipped frames
-    rows: dict[str, list[float]] = {k: [] for k in ("face_l1", "face_psnr", "face_ssim", "full_l1", "full_psnr",
-                                                    "full_ssim", "landmark_err", "pose_err_deg", "retrack_fail")}
+    rows: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "face_l1",
+            "face_psnr",
+            "face_ssim",
+            "full_l1",
+            "full_psnr",
+            "full_ssim",
+            "landmark_err",
+            "pose_err_deg",
+            "retrack_fail",
+        )
+    }
     out_seq: list[np.ndarray | None] = []
     gt_seq: list[np.ndarray | None] = []
     method_s = 0.0
-    for target, gt, drive, skipped, rot, mask in zip(clip.targets, clip.target_tracks, clip.drive_tracks,
-                                                    clip.drive_between, clip.target_rot, clip.masks):
+    for target, gt, drive, skipped, rot, mask in zip(
+        clip.targets,
+        clip.target_tracks,
+        clip.drive_tracks,
+        clip.drive_between,
+        clip.target_rot,
+        clip.masks,
+        strict=False,
+    ):
         t0 = time.perf_counter()
         if observe is not None:
             for track in skipped:
@@ -399,7 +381,9 @@ def _run_method(clip: _ClipData, name: str, method: Method, every: int, tracker:
         output = np.asarray(method(clip.source, clip.drive_source_track, target, drive))
         method_s += time.perf_counter() - t0
         if output.shape != target.shape or output.dtype != np.uint8:
-            raise ValueError(f"method {name!r} returned {output.dtype} {output.shape}, expected uint8 {target.shape}")
+            raise ValueError(
+                f"method {name!r} returned {output.dtype} {output.shape}, expected uint8 {target.shape}"
+            )
         out_track = tracker.track(output)
         out_seq.append(out_track.landmarks if out_track.found else None)
         gt_seq.append(gt.landmarks if gt.found else None)
@@ -470,10 +454,10 @@ def evaluate(
 
     clips: list[ClipResult] = []
     skipped: list[dict[str, str]] = []
-    per_method_s: dict[str, float] = {m: 0.0 for m in config.methods}
+    per_method_s: dict[str, float] = dict.fromkeys(config.methods, 0.0)
     bar = tqdm(total=0, unit="frame", desc="eval", disable=not progress, dynamic_ncols=True)
     try:
-        for path, (count, fps) in zip(paths, probes):
+        for path, (count, fps) in zip(paths, probes, strict=False):
             bar.set_postfix_str(path.name)
             data = _load_clip(path, config, fps, tracker, pose_fn, count)
             if isinstance(data, str):
@@ -483,9 +467,15 @@ def evaluate(
             bar.total += len(data.targets) * len(config.methods)
             bar.refresh()
             for name in config.methods:
-                method = extra[name]() if name in extra else make_method(name, size=config.size, smoothing=config.smoothing)
+                method = (
+                    extra[name]()
+                    if name in extra
+                    else make_method(name, size=config.size, smoothing=config.smoothing)
+                )
                 t0 = time.perf_counter()
-                clips.append(_run_method(data, name, method, config.every, tracker, pose_fn, lambda: bar.update(1)))
+                clips.append(
+                    _run_method(data, name, method, config.every, tracker, pose_fn, lambda: bar.update(1))
+                )
                 per_method_s[name] += time.perf_counter() - t0
                 close = getattr(method, "close", None)
                 if callable(close):
@@ -512,22 +502,33 @@ def format_table(summary: Mapping[str, Mapping[str, float]]) -> str:
     """Methods x metrics; the arrow says which direction is better."""
     cols = [(k, ("↑" if hi else "↓")) for k, hi in SUMMARY_METRICS]
     headers = ["method"] + [f"{k} {a}" for k, a in cols] + ["jitter_driver", "retrack_fail ↓"]
-    rows = [[m] + [_fmt(v.get(k, float("nan"))) for k, _ in cols] + [_fmt(v.get("jitter_driver", float("nan"))),
-                                                                      _fmt(v.get("retrack_fail", float("nan")))]
-            for m, v in summary.items()]
+    rows = [
+        [m]
+        + [_fmt(v.get(k, float("nan"))) for k, _ in cols]
+        + [_fmt(v.get("jitter_driver", float("nan"))), _fmt(v.get("retrack_fail", float("nan")))]
+        for m, v in summary.items()
+    ]
     return _grid(headers, rows)
 
 
 def format_clip_table(clips: Sequence[ClipResult]) -> str:
     keys = ["face_l1", "face_psnr", "face_ssim", "landmark_err", "pose_err_deg", "jitter"]
     headers = ["clip", "method", "n"] + keys
-    rows = [[c.clip, c.method, str(c.n_scored)] + [_fmt(c.metrics.get(k, float("nan"))) for k in keys] for c in clips]
+    rows = [
+        [c.clip, c.method, str(c.n_scored)] + [_fmt(c.metrics.get(k, float("nan"))) for k in keys]
+        for c in clips
+    ]
     return _grid(headers, rows)
 
 
 def _grid(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -541,28 +542,26 @@ def write_plot(report: EvalReport, path: Path) -> Path:
     keys = [("face_l1", "↓"), ("face_psnr", "↑"), ("face_ssim", "↑"), ("landmark_err", "↓")]
     names = sorted({c.clip for c in report.clips})
     methods = list(report.config.methods)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(max(6.0, 0.6 * len(names) + 2), 2.6 * len(keys)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(keys), 1, figsize=(max(6.0, 0.6 * len(names) + 2), 2.6 * len(keys)), squeeze=False
+    )
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(names))
-    for ax, (k, arrow) in zip(axes[:, 0], keys):
+    for ax, (k, arrow) in zip(axes[:, 0], keys, strict=False):
         for j, m in enumerate(methods):
             vals = {c.clip: c.metrics.get(k, float("nan")) for c in report.clips if c.method == m}
-            ax.bar(x + (j - (len(methods) - 1) / 2) * width, [vals.get(n, np.nan) for n in names], width, label=m)
+            ax.bar(
+                x + (j - (len(methods) - 1) / 2) * width, [vals.get(n, np.nan) for n in names], width, label=m
+            )
         ax.set_ylabel(f"{k} {arrow}")
         ax.set_xticks(x)
         ax.set_xticklabels(names if ax is axes[-1, 0] else [], rotation=60, ha="right", fontsize=7)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with video.atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
     return path
@@ -573,16 +572,28 @@ def write_plot(report: EvalReport, path: Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rt-portrait eval``."""
-    parser.add_argument("inputs", nargs="+", metavar="FOLDER_OR_FILES", help="video files, or folders of videos")
-    parser.add_argument("--methods", default=",".join(METHOD_NAMES),
-                        help=f"comma-separated methods (default {','.join(METHOD_NAMES)})")
-    parser.add_argument("--every", type=int, default=1, help="evaluate every N-th frame after the source (default 1)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="FOLDER_OR_FILES", help="video files, or folders of videos"
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHOD_NAMES),
+        help=f"comma-separated methods (default {','.join(METHOD_NAMES)})",
+    )
+    parser.add_argument(
+        "--every", type=int, default=1, help="evaluate every N-th frame after the source (default 1)"
+    )
     parser.add_argument("--max-frames", type=int, default=None, help="at most N target frames per clip")
     parser.add_argument("--source-frame", type=int, default=0, help="index of the source frame (default 0)")
     parser.add_argument("--size", type=int, default=256, help="working resolution of flow3d (default 256)")
-    parser.add_argument("--smoothing", action="store_true",
-                        help="run flow3d with the live One-Euro smoothing (default: off, so every method warps the same raw motion)")
-    parser.add_argument("--split", default=None, help="with a folder holding MANIFEST.tsv: only this split (e.g. val)")
+    parser.add_argument(
+        "--smoothing",
+        action="store_true",
+        help="run flow3d with the live One-Euro smoothing (default: off, so every method warps the same raw motion)",
+    )
+    parser.add_argument(
+        "--split", default=None, help="with a folder holding MANIFEST.tsv: only this split (e.g. val)"
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
     parser.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of per-clip metrics")
     parser.add_argument("--per-clip", action="store_true", help="also print the per-clip table")
@@ -594,8 +605,14 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         methods = tuple(m.strip() for m in str(args.methods).split(",") if m.strip())
         config = EvalConfig(
-            videos=[Path(p) for p in args.inputs], methods=methods, every=args.every, max_frames=args.max_frames,
-            source_frame=args.source_frame, size=args.size, split=args.split, smoothing=args.smoothing,
+            videos=[Path(p) for p in args.inputs],
+            methods=methods,
+            every=args.every,
+            max_frames=args.max_frames,
+            source_frame=args.source_frame,
+            size=args.size,
+            split=args.split,
+            smoothing=args.smoothing,
         )
         report = evaluate(config, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as e:

@@ -29,6 +29,7 @@ Images are (H, W, 3) uint8 RGB, compared in [0, 1] units, per channel.
   evaluated-frame step squared; compare an output's value with the driver's own value on
   the same frames (true motion has acceleration too).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,42 @@ _MSE_FLOOR = 1e-10  # 10*log10(1/1e-10) = 100 dB
 # mediapipe face mesh: the face-oval loop, ordered (checked against
 # mediapipe's FACEMESH_FACE_OVAL edges in the tests).
 FACE_OVAL: tuple[int, ...] = (
-    10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148,
-    152, 377, 400, 378, 379, 365, 397, 288, 361, 323, 454, 356, 389, 251, 284, 332, 297, 338,
+    10,
+    109,
+    67,
+    103,
+    54,
+    21,
+    162,
+    127,
+    234,
+    93,
+    132,
+    58,
+    172,
+    136,
+    150,
+    149,
+    176,
+    148,
+    152,
+    377,
+    400,
+    378,
+    379,
+    365,
+    397,
+    288,
+    361,
+    323,
+    454,
+    356,
+    389,
+    251,
+    284,
+    332,
+    297,
+    338,
 )
 # outer eye corners (subject's right eye at image left, subject's left eye at image right)
 EYE_OUTER: tuple[int, int] = (33, 263)
@@ -189,8 +224,12 @@ def jitter(sequence: list[np.ndarray | None], scale: float) -> float:
     if not ok.any():
         return float("nan")
     shape = next(np.asarray(s).shape for s in sequence if s is not None)
-    stack = np.stack([np.asarray(s, dtype=np.float64)[:, :2] if s is not None else np.zeros((shape[0], 2))
-                      for s in sequence])
+    stack = np.stack(
+        [
+            np.asarray(s, dtype=np.float64)[:, :2] if s is not None else np.zeros((shape[0], 2))
+            for s in sequence
+        ]
+    )
     acc = stack[2:] - 2.0 * stack[1:-1] + stack[:-2]  # (T-2, N, 2)
     per_step = np.linalg.norm(acc, axis=2).mean(axis=1)  # (T-2,)
     return float(per_step[ok].mean() / scale)

@@ -32,6 +32,7 @@ Backends: "torch" (twins, any device), "triton" (CUDA, or the CPU when TRITON_IN
 set before triton was imported), "auto" (Triton when the tensors are on CUDA and triton
 imports, else torch). Triton is imported lazily, on first use.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,7 +73,9 @@ def splat_params(config: FlowConfig):
 def validate_cloud(cloud: PointCloud, name: str) -> None:
     """Raise ValueError naming the problem if ``cloud`` is not a well-formed PointCloud."""
     xyz, normal, label = cloud.xyz, cloud.normal, cloud.label
-    if not (isinstance(xyz, torch.Tensor) and isinstance(normal, torch.Tensor) and isinstance(label, torch.Tensor)):
+    if not (
+        isinstance(xyz, torch.Tensor) and isinstance(normal, torch.Tensor) and isinstance(label, torch.Tensor)
+    ):
         raise TypeError(f"{name}: xyz, normal and label must be torch tensors")
     if xyz.dim() != 2 or xyz.shape[1] != 3:
         raise ValueError(f"{name}.xyz must be (N, 3), got {tuple(xyz.shape)}")
@@ -86,8 +89,10 @@ def validate_cloud(cloud: PointCloud, name: str) -> None:
     if label.dtype != torch.int32:
         raise ValueError(f"{name}.label must be int32, got {label.dtype}")
     if not (xyz.device == normal.device == label.device):
-        raise ValueError(f"{name}: xyz, normal and label are on different devices "
-                         f"({xyz.device}, {normal.device}, {label.device})")
+        raise ValueError(
+            f"{name}: xyz, normal and label are on different devices "
+            f"({xyz.device}, {normal.device}, {label.device})"
+        )
     if n and not bool(torch.isfinite(xyz).all()):
         raise ValueError(f"{name}.xyz has non-finite coordinates")
 
@@ -96,14 +101,16 @@ def _validate_pair(target: PointCloud, source: PointCloud) -> None:
     validate_cloud(target, "target")
     validate_cloud(source, "source")
     if target.xyz.shape[0] != source.xyz.shape[0]:
-        raise ValueError(f"target and source clouds must be index-aligned: {target.xyz.shape[0]} vs "
-                         f"{source.xyz.shape[0]} points")
+        raise ValueError(
+            f"target and source clouds must be index-aligned: {target.xyz.shape[0]} vs "
+            f"{source.xyz.shape[0]} points"
+        )
     if target.xyz.device != source.xyz.device:
         raise ValueError(f"target is on {target.xyz.device} but source is on {source.xyz.device}")
 
 
 def resolve_backend(config: FlowConfig, device: torch.device) -> str:
-    """"torch" or "triton" for tensors on ``device``; raises FlowBackendError with the reason."""
+    """ "torch" or "triton" for tensors on ``device``; raises FlowBackendError with the reason."""
     if config.backend not in BACKENDS:
         raise ValueError(f"FlowConfig.backend must be one of {BACKENDS}, got {config.backend!r}")
     if config.backend == "torch":
@@ -121,12 +128,18 @@ def resolve_backend(config: FlowConfig, device: torch.device) -> str:
     mods = _triton_modules()
     if device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
-            raise FlowBackendError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported")
+            raise FlowBackendError(
+                "backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported"
+            )
         if type(mods[0]._zbuffer_kernel).__name__ != "InterpretedFunction":
-            raise FlowBackendError("TRITON_INTERPRET=1 was set after the flow kernels were compiled for the GPU; "
-                                   "set it before importing triton")
+            raise FlowBackendError(
+                "TRITON_INTERPRET=1 was set after the flow kernels were compiled for the GPU; "
+                "set it before importing triton"
+            )
     elif device.type != "cuda":
-        raise FlowBackendError(f"backend 'triton' needs CUDA tensors (or CPU + TRITON_INTERPRET=1), got {device}")
+        raise FlowBackendError(
+            f"backend 'triton' needs CUDA tensors (or CPU + TRITON_INTERPRET=1), got {device}"
+        )
     return "triton"
 
 
@@ -144,7 +157,9 @@ def _splat_xy(xyz: torch.Tensor, size: int, reach: int) -> torch.Tensor:
     return xyz[:, :2].clamp(-lim, size + lim).contiguous()
 
 
-def _point_visibility(xy: torch.Tensor, z: torch.Tensor, zmin: torch.Tensor, size: int, tol: float) -> torch.Tensor:
+def _point_visibility(
+    xy: torch.Tensor, z: torch.Tensor, zmin: torch.Tensor, size: int, tol: float
+) -> torch.Tensor:
     """1 where a point is on the front surface of its own pixel (or off the grid), else 0."""
     cx = torch.floor(xy[:, 0])
     cy = torch.floor(xy[:, 1])
@@ -194,9 +209,13 @@ def source_background_visibility(source: PointCloud, config: FlowConfig) -> torc
     return torch.isinf(zmin).to(torch.float32).view(params.size, params.size)
 
 
-def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
-                 source_visible: torch.Tensor | None = None,
-                 source_background: torch.Tensor | None = None) -> FlowFields:
+def compute_flow(
+    target: PointCloud,
+    source: PointCloud,
+    config: FlowConfig,
+    source_visible: torch.Tensor | None = None,
+    source_background: torch.Tensor | None = None,
+) -> FlowFields:
     """Per-pixel flow, visibility, depth, normal, labels and K-candidate encoding (see module doc).
 
     ``source_visible`` (optional, (N,) float32) is :func:`source_visibility` of ``source`` and
@@ -211,15 +230,26 @@ def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
     r = params.size
     if source_visible is None:
         source_visible = source_visibility(source, config)
-    elif source_visible.shape != (n,) or source_visible.dtype != torch.float32 or source_visible.device != device:
-        raise ValueError(f"source_visible must be ({n},) float32 on {device}, got {tuple(source_visible.shape)} "
-                         f"{source_visible.dtype} {source_visible.device}")
+    elif (
+        source_visible.shape != (n,)
+        or source_visible.dtype != torch.float32
+        or source_visible.device != device
+    ):
+        raise ValueError(
+            f"source_visible must be ({n},) float32 on {device}, got {tuple(source_visible.shape)} "
+            f"{source_visible.dtype} {source_visible.device}"
+        )
     if source_background is None:
         source_background = source_background_visibility(source, config)
-    elif (source_background.shape != (r, r) or source_background.dtype != torch.float32
-          or source_background.device != device):
-        raise ValueError(f"source_background must be ({r}, {r}) float32 on {device}, got "
-                         f"{tuple(source_background.shape)} {source_background.dtype} {source_background.device}")
+    elif (
+        source_background.shape != (r, r)
+        or source_background.dtype != torch.float32
+        or source_background.device != device
+    ):
+        raise ValueError(
+            f"source_background must be ({r}, {r}) float32 on {device}, got "
+            f"{tuple(source_background.shape)} {source_background.dtype} {source_background.device}"
+        )
     bg_visible = source_background.reshape(-1).contiguous()
 
     keep = (target.normal[:, 2] <= 0).nonzero().squeeze(1)  # back-face culling
@@ -227,8 +257,9 @@ def compute_flow(target: PointCloud, source: PointCloud, config: FlowConfig,
     xy = _splat_xy(txyz, params.size, params.reach)
     z = txyz[:, 2].contiguous()
     flow = (source.xyz.index_select(0, keep)[:, :2] - txyz[:, :2]).contiguous()
-    attrs = torch.cat([flow, target.normal.index_select(0, keep), source_visible.index_select(0, keep)[:, None]],
-                      dim=1).contiguous()
+    attrs = torch.cat(
+        [flow, target.normal.index_select(0, keep), source_visible.index_select(0, keep)[:, None]], dim=1
+    ).contiguous()
     label = target.label.index_select(0, keep).contiguous()
 
     if backend == "triton":

@@ -29,6 +29,7 @@ Everything that does not depend on the frame (sample weights, incidence matrices
 subset, the neck's static part) is computed once in the constructor; a call is a few small
 matmuls. Depth z is the camera-frame z scaled by the window scale (working px, larger = farther).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .types import FlowConfig, PointCloud, Region, Window
+from rt_portrait.core.types import Region
+from rt_portrait.head.shell import HeadShell
+from rt_portrait.head.template import Template
+from rt_portrait.head.types import HeadState, Pose
+
+from .types import FlowConfig, PointCloud, Window
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,24 @@ class SceneBuilder:
     pose); None keeps the whole shell rigid with the head.
     """
 
-    def __init__(self, template, shell, window: Window, image_size: tuple[int, int],
-                 device: torch.device | str | None = None, config: SceneConfig | None = None,
-                 flow: FlowConfig | None = None, head_scale: float | None = None, anchor_pose=None) -> None:
+    def __init__(
+        self,
+        template: Template,
+        shell: HeadShell,
+        window: Window,
+        image_size: tuple[int, int],
+        device: torch.device | str | None = None,
+        config: SceneConfig | None = None,
+        flow: FlowConfig | None = None,
+        head_scale: float | None = None,
+        anchor_pose: Pose | None = None,
+    ) -> None:
         self.config = cfg = config or SceneConfig()
         if not cfg.neck_static_from > cfg.neck_rigid_to:
-            raise ValueError(f"SceneConfig.neck_static_from ({cfg.neck_static_from}) must be greater than "
-                             f"neck_rigid_to ({cfg.neck_rigid_to})")
+            raise ValueError(
+                f"SceneConfig.neck_static_from ({cfg.neck_static_from}) must be greater than "
+                f"neck_rigid_to ({cfg.neck_rigid_to})"
+            )
         self.window = window
         self.image_size = image_size
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -146,10 +163,17 @@ class SceneBuilder:
         # (a) face: per-triangle subdivision so sample spacing <= target at the expected scale.
         # The template's iris triangles are left out: the irises are the recessed iris fans
         # below, which a closing lid hides (on the lid's own surface they would show through).
-        iris = np.concatenate([np.asarray(template.group(g), dtype=np.int64) for g in ("left_iris", "right_iris")])
+        iris = np.concatenate(
+            [np.asarray(template.group(g), dtype=np.int64) for g in ("left_iris", "right_iris")]
+        )
         tris = tris[~np.isin(tris, iris).any(1)]
-        edge = np.stack([np.linalg.norm(verts[tris[:, a]] - verts[tris[:, b]], axis=1)
-                         for a, b in ((0, 1), (1, 2), (2, 0))], axis=1).max(1)
+        edge = np.stack(
+            [
+                np.linalg.norm(verts[tris[:, a]] - verts[tris[:, b]], axis=1)
+                for a, b in ((0, 1), (1, 2), (2, 0))
+            ],
+            axis=1,
+        ).max(1)
         regions = np.asarray(template.regions)
         # lids and lips stretch several-fold when eyes close and mouths open: sample them denser
         stretchy = np.isin(regions[tris], (int(Region.EYES), int(Region.LIPS))).any(1)
@@ -167,7 +191,6 @@ class SceneBuilder:
             step = cfg.fan_spacing * unit
             rings = max(1, math.ceil(extent_units / 2 / step))
             per_edge = max(1, math.ceil(extent_units * math.pi / len(loop) / step))
-            w = np.zeros((0, nv))
             wl = _fan_weights(len(loop), rings, per_edge)
             w = np.zeros((len(wl), nv))
             w[:, loop] = wl
@@ -177,7 +200,9 @@ class SceneBuilder:
             return float(np.ptp(verts[loop, :2], axis=0).max())
 
         mouth_loop = np.asarray(template.group("inner_lip_loop"), dtype=np.int64)
-        eye_loops = [np.asarray(template.group(g), dtype=np.int64) for g in ("left_eye_loop", "right_eye_loop")]
+        eye_loops = [
+            np.asarray(template.group(g), dtype=np.int64) for g in ("left_eye_loop", "right_eye_loop")
+        ]
         iris_rings = [np.asarray(template.group(g), dtype=np.int64)[1:] for g in ("left_iris", "right_iris")]
         fans = [(fan(mouth_loop, loop_extent(mouth_loop)), Region.MOUTH_INTERIOR, cfg.mouth_recess * tol)]
         for loop in eye_loops:
@@ -211,7 +236,9 @@ class SceneBuilder:
         self._shell_w = w[:, None]
         # the static part is fixed for the session: (1 - w) * anchor placement, precomputed
         if anchor_pose is not None:
-            self._shell_static = (1.0 - self._shell_w) * ((anchor_pose.apply(pts) - self._offset) * window.scale)
+            self._shell_static = (1.0 - self._shell_w) * (
+                (anchor_pose.apply(pts) - self._offset) * window.scale
+            )
             self._shell_static_n = (1.0 - self._shell_w) * (nrm @ anchor_pose.rotation.T)
         else:
             self._shell_static = np.zeros_like(pts)
@@ -225,10 +252,10 @@ class SceneBuilder:
     def num_points(self) -> int:
         return int(self._labels.shape[0])
 
-    def __call__(self, state) -> PointCloud:
+    def __call__(self, state: HeadState) -> PointCloud:
         return self.build(state)
 
-    def build(self, state) -> PointCloud:
+    def build(self, state: HeadState) -> PointCloud:
         """The scene of ``state`` (a HeadState) in working px, index-aligned across states."""
         s = self.window.scale
         v = (state.vertices() - self._offset) * s  # (478, 3) working px, z scaled alike
@@ -241,7 +268,9 @@ class SceneBuilder:
         fn = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])  # area-weighted face normals
         # vertex normal = sum of adjacent (area-weighted) face normals (bincount: a sparse sum)
         corners = t.T.ravel()
-        vn = np.stack([np.bincount(corners, weights=np.tile(fn[:, d], 3), minlength=nv) for d in range(3)], axis=1)
+        vn = np.stack(
+            [np.bincount(corners, weights=np.tile(fn[:, d], 3), minlength=nv) for d in range(3)], axis=1
+        )
         face = np.einsum("mk,mkd->md", self._face_w, v[self._face_ids])
         face_n = np.einsum("mk,mkd->md", self._face_w, vn[self._face_ids])
         fans = self._fan_w @ v

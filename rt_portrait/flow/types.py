@@ -1,25 +1,12 @@
 """Typed inputs and outputs of the 3D-flow stage (torch tensors, one device)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import torch
 
-
-class Region(IntEnum):
-    BACKGROUND = 0
-    SKIN = 1
-    HEAD_SHELL = 2  # forehead/hair, ears, back of the skull, neck: rigid with the head
-    EYES = 3  # eyelids and eyeballs (the whole eye region is EYES | IRIS)
-    BROWS = 4
-    NOSE = 5
-    LIPS = 6
-    MOUTH_INTERIOR = 7
-    IRIS = 8  # the iris discs (scene points only: the template's iris vertices are EYES)
-
-
-NUM_REGIONS = len(Region)
+from rt_portrait.core.types import Region
 
 
 @dataclass(frozen=True)

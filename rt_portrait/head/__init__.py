@@ -1,10 +1,12 @@
 """Parametric head model: template, pose fitting, head shell, retargeting and edits."""
+
 from .edits import RANGES as EDIT_RANGES
 from .edits import apply_edits, validate_edits
 from .fit import fit_head, fit_similarity, head_euler, invert_pose
 from .retarget import Retargeter
 from .rotation import euler_from_rotation, rotation_from_euler, slerp_to_identity
 from .shell import HeadShell, background_anchors, build_shell, shell_geometry
+from .smoothing import HeadStateSmoother
 from .template import Template, load_template
 from .types import Edits, HeadState, Pose, RetargetConfig, Strengths
 
@@ -13,6 +15,7 @@ __all__ = [
     "Edits",
     "HeadShell",
     "HeadState",
+    "HeadStateSmoother",
     "Pose",
     "RetargetConfig",
     "Retargeter",

@@ -30,6 +30,7 @@ gaze_x, gaze_y          [-1, 1]     both irises translate by 0.3 W_e per unit (x
 
 "left" is the subject's left (image right on a frontal face), as in mediapipe.
 """
+
 from __future__ import annotations
 
 import functools
@@ -89,7 +90,9 @@ class _Rig:
     smile_disp: np.ndarray  # (len(smile_idx), 3) displacement per unit smile
     brow_idx: np.ndarray
     brow_w: np.ndarray  # (len(brow_idx),)
-    lids: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # upper, lower, eyelid, eyelid->upper
+    lids: dict[
+        str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    ]  # upper, lower, eyelid, eyelid->upper
     irises: np.ndarray  # (10,) both irises
     eye_width: float
 
@@ -110,7 +113,9 @@ def _rig(tpl: Template) -> _Rig:
         out = np.sign(v[c, 0])
         disp[:, 0] += w * out * SMILE_OUT * mouth_w
         disp[:, 1] -= w * SMILE_UP * mouth_w
-    eye_idx = np.concatenate([g[f"{s}_eye_loop"] for s in ("left", "right")] + [g["left_iris"], g["right_iris"]])
+    eye_idx = np.concatenate(
+        [g[f"{s}_eye_loop"] for s in ("left", "right")] + [g["left_iris"], g["right_iris"]]
+    )
     disp[eye_idx] = 0.0
     smile_idx = np.flatnonzero(np.abs(disp).max(1) > 1e-5 * mouth_w)
     # brows: 1 on the brows, wide falloff above (forehead), narrow below (toward the lids)
@@ -129,7 +134,9 @@ def _rig(tpl: Template) -> _Rig:
         up, lo, lid = g[f"{s}_eye_upper"], g[f"{s}_eye_lower"], g[f"{s}_eyelid"]
         nearest = np.argmin(np.linalg.norm(v[lid, None, :2] - v[None, up, :2], axis=-1), axis=1)
         lids[s] = (up, lo, lid, nearest)
-    eye_w = float(np.mean([np.linalg.norm(np.subtract(*v[g[f"{s}_eye_corners"]])) for s in ("left", "right")]))
+    eye_w = float(
+        np.mean([np.linalg.norm(np.subtract(*v[g[f"{s}_eye_corners"]])) for s in ("left", "right")])
+    )
     return _Rig(
         jaw_w=jaw_w,
         jaw_idx=jaw_idx,
@@ -181,4 +188,6 @@ def apply_edits(state: HeadState, edits: Edits, template: Template | None = None
         yaw, pitch, roll = euler_from_rotation(pose.rotation)
         rot = rotation_from_euler(yaw + edits.yaw, pitch + edits.pitch, roll + edits.roll)
         pose = Pose(rotation=rot, translation=pose.translation, scale=pose.scale)
-    return HeadState(pose=pose, identity=state.identity, expression=x - state.identity, image_size=state.image_size)
+    return HeadState(
+        pose=pose, identity=state.identity, expression=x - state.identity, image_size=state.image_size
+    )

@@ -1,9 +1,12 @@
 """Per-frame fitting: similarity pose (weighted Umeyama), identity and expression."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from ..tracking.types import NUM_LANDMARKS
+from rt_portrait.core.geometry import umeyama
+from rt_portrait.core.types import NUM_LANDMARKS
+
 from .rotation import euler_from_rotation
 from .template import Template, load_template
 from .types import HeadState, Pose
@@ -15,27 +18,8 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
     ``src``, ``dst``: (N, 3); ``weights``: (N,) non-negative (None = uniform). Returns the
     Pose mapping src to dst (a proper rotation, det = +1, and a positive scale).
     """
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.ndim != 2 or src.shape[1] != 3 or src.shape != dst.shape:
-        raise ValueError(f"fit_similarity needs two (N, 3) arrays of one shape, got {src.shape} and {dst.shape}")
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(src),) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("weights must be (N,), non-negative, with a positive sum")
-    w = w / w.sum()
-    mu_s = w @ src
-    mu_d = w @ dst
-    a = src - mu_s
-    b = dst - mu_d
-    cov = (b * w[:, None]).T @ a
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.array([1.0, 1.0, 1.0 if np.linalg.det(u) * np.linalg.det(vt) > 0 else -1.0])
-    rot = (u * d) @ vt
-    var = float(w @ np.einsum("ij,ij->i", a, a))
-    if var <= 0:
-        raise ValueError("source points are degenerate (all coincide)")
-    scale = float((sig * d).sum() / var)
-    return Pose(rotation=rot, translation=mu_d - scale * rot @ mu_s, scale=scale)
+    scale, rot, translation = umeyama(src, dst, weights)
+    return Pose(rotation=rot, translation=translation, scale=scale)
 
 
 def invert_pose(pose: Pose, points: np.ndarray) -> np.ndarray:

@@ -23,11 +23,13 @@ or a calibrated neutral of the driver.
 Per-vertex expression gain = ``expression * eyes (on eyelid/iris vertices) * mix(1, mouth,
 mouth weight)`` with the mouth weight 1 on the lips, the jaw weights below them.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from ..flow.types import Region
+from rt_portrait.core.types import Region
+
 from .rotation import slerp_to_identity
 from .template import Template, load_template
 from .types import HeadState, Pose, RetargetConfig, Strengths
@@ -48,7 +50,9 @@ class Retargeter:
         self.source = source
         self.config = config if config is not None else RetargetConfig()
         self.template = template or load_template()
-        self.driver_identity = None if driver_identity is None else np.asarray(driver_identity, dtype=np.float64)
+        self.driver_identity = (
+            None if driver_identity is None else np.asarray(driver_identity, dtype=np.float64)
+        )
         self._reference: HeadState | None = None
         tpl = self.template
         self._eye_mask = tpl.regions == int(Region.EYES)
@@ -94,7 +98,8 @@ class Retargeter:
             ratio = src.pose.scale / ref.pose.scale
             pose = Pose(
                 rotation=r_rel @ src.pose.rotation,
-                translation=src.pose.translation + s_pose * ratio * (driver.pose.translation - ref.pose.translation),
+                translation=src.pose.translation
+                + s_pose * ratio * (driver.pose.translation - ref.pose.translation),
                 scale=src.pose.scale * (driver.pose.scale / ref.pose.scale) ** s_pose,
             )
             offsets = driver.canonical() - ref.canonical()
@@ -102,7 +107,11 @@ class Retargeter:
             r_rel = driver.pose.rotation @ src.pose.rotation.T
             if s_pose != 1.0:
                 r_rel = slerp_to_identity(r_rel, s_pose)
-            pose = Pose(rotation=r_rel @ src.pose.rotation, translation=src.pose.translation.copy(), scale=src.pose.scale)
+            pose = Pose(
+                rotation=r_rel @ src.pose.rotation,
+                translation=src.pose.translation.copy(),
+                scale=src.pose.scale,
+            )
             neutral = driver.identity if self.driver_identity is None else self.driver_identity
             offsets = driver.canonical() - neutral
         expression = src.expression + gain * offsets

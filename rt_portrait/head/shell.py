@@ -8,13 +8,15 @@ footprint, plus an elliptic neck cylinder from inside the skull down to 1.5 face
 below the chin. Background anchors are static image points the flow stage places at far
 depth, so every pixel has a correspondence.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..flow.types import Region
+from rt_portrait.core.types import Region
+
 from .template import Template, load_template
 
 
@@ -70,7 +72,9 @@ def build_shell(template: Template | None = None, density: float = 0.08) -> Head
     from matplotlib.path import Path as MplPath
 
     if not (0.005 <= density <= 1.0):
-        raise ValueError(f"shell density (point spacing) must be in [0.005, 1] canonical units, got {density}")
+        raise ValueError(
+            f"shell density (point spacing) must be in [0.005, 1] canonical units, got {density}"
+        )
     tpl = template or load_template()
     geo = shell_geometry(tpl)
     c, (ax, ay, az) = geo.centre, geo.axes
@@ -106,7 +110,9 @@ def build_shell(template: Template | None = None, density: float = 0.08) -> Head
     # drop skull points inside the neck (below the neck top) so the surface stays outer
     nx, nz = geo.neck_centre_xz
     rx, rz = geo.neck_radii
-    in_neck = (((skull[:, 0] - nx) / rx) ** 2 + ((skull[:, 2] - nz) / rz) ** 2 < 1.0) & (skull[:, 1] > geo.neck_top)
+    in_neck = (((skull[:, 0] - nx) / rx) ** 2 + ((skull[:, 2] - nz) / rz) ** 2 < 1.0) & (
+        skull[:, 1] > geo.neck_top
+    )
     keep &= ~in_neck
     skull, normals = skull[keep], normals[keep]
     # --- neck: elliptic cylinder rings
@@ -165,7 +171,7 @@ def save_debug_image(path: str, template: Template | None = None, density: float
     tpl = template or load_template()
     shell = build_shell(tpl, density)
     fig, axes = plt.subplots(1, 2, figsize=(10, 6))
-    for ax, (i, j, title) in zip(axes, ((0, 1, "front (x, y)"), (2, 1, "side (z, y)"))):
+    for ax, (i, j, title) in zip(axes, ((0, 1, "front (x, y)"), (2, 1, "side (z, y)")), strict=False):
         ax.scatter(shell.points[:, i], shell.points[:, j], s=1, c="0.6", label="head shell")
         ax.scatter(tpl.vertices[:, i], tpl.vertices[:, j], s=2, c=tpl.regions, cmap="tab10", label="face")
         oval = tpl.vertices[tpl.groups["face_oval"]]

@@ -3,6 +3,7 @@
 Canonical frame: x right, y down, z away from the camera; the face looks along -z, its
 left/right symmetry plane is x = 0, it is centred and has unit RMS radius.
 """
+
 from __future__ import annotations
 
 import functools
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..flow.types import Region
+from rt_portrait.core.types import Region
 
 TEMPLATE_PATH = Path(__file__).with_name("data") / "template.npz"
 
@@ -57,8 +58,8 @@ def load_template(path: str | None = None) -> Template:
     if not p.exists():
         raise FileNotFoundError(f"head template not found at {p}; rebuild it with scripts/build_template.py")
     with np.load(p) as d:
-        groups = {k[len("group_"):]: _readonly(d[k].copy()) for k in d.files if k.startswith("group_")}
-        meta = {k[len("meta_"):]: d[k].item() for k in d.files if k.startswith("meta_")}
+        groups = {k[len("group_") :]: _readonly(d[k].copy()) for k in d.files if k.startswith("group_")}
+        meta = {k[len("meta_") :]: d[k].item() for k in d.files if k.startswith("meta_")}
         return Template(
             vertices=_readonly(d["vertices"].astype(np.float64)),
             triangles=_readonly(d["triangles"].astype(np.int32)),

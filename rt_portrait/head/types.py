@@ -12,6 +12,7 @@ positive yaw turns the face to its own left (toward the image's right), positive
 tilts the face down (nose toward the chin), positive roll rotates the head
 counter-clockwise in the image.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields

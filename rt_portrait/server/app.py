@@ -14,6 +14,7 @@ POST /session/<id>/control      JSON {"edits": {...}, "strengths": {...}, "recal
 POST /session/<id>/source       a new source portrait (image bytes or multipart field "image")
 GET  /session/<id>/stats        one session's stats;  GET /stats: the server and every session
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,14 @@ import contextlib
 import io
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from rt_portrait.pipeline import Animator, AnimatorConfig
@@ -72,7 +74,9 @@ class BadInput(web.HTTPException):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self.status_code = status
         self.message = message
-        super().__init__(text=json.dumps({"error": message}), content_type="application/json", headers=headers)
+        super().__init__(
+            text=json.dumps({"error": message}), content_type="application/json", headers=headers
+        )
 
     def __str__(self) -> str:
         return f"{self.status_code}: {self.message}"
@@ -90,7 +94,9 @@ def decode_portrait(data: bytes, max_side: int) -> np.ndarray:
     try:
         img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, ValueError):
-        raise BadInput(415, "the upload is not an image this server can read (JPEG, PNG, WebP, BMP...)") from None
+        raise BadInput(
+            415, "the upload is not an image this server can read (JPEG, PNG, WebP, BMP...)"
+        ) from None
     w, h = img.size
     if w > max_side or h > max_side:
         raise BadInput(413, f"image is {w}x{h}; the limit is {max_side} px per side")
@@ -133,17 +139,26 @@ class ServerState:
         )
 
     def animator_config(self) -> AnimatorConfig:
-        return AnimatorConfig(size=self.config.size, max_output_side=self.config.output_size or self.config.size)
+        return AnimatorConfig(
+            size=self.config.size, max_output_side=self.config.output_size or self.config.size
+        )
 
     async def build_animator(self, image: np.ndarray, name: str) -> Animator:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.build_executor, lambda: Animator(image, self.animator_config(), name=name))
+        return await loop.run_in_executor(
+            self.build_executor, lambda: Animator(image, self.animator_config(), name=name)
+        )
+
+    def _forget(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
 
     def new_session(self, kind: str) -> Session:
         if len(self.sessions) >= self.config.max_sessions:
-            raise BadInput(503, f"server is full: {self.config.max_sessions} sessions at once", {"Retry-After": "5"})
+            raise BadInput(
+                503, f"server is full: {self.config.max_sessions} sessions at once", {"Retry-After": "5"}
+            )
         assert self.default_animator is not None
-        session = Session(kind, self.default_animator, self.limits, on_closed=lambda s: self.sessions.pop(s.id, None))
+        session = Session(kind, self.default_animator, self.limits, on_closed=self._forget)
         self.sessions[session.id] = session
         return session
 
@@ -205,7 +220,9 @@ async def negotiate(
                 offered = {t._offerDirection for t in pc.getTransceivers() if t.kind == "video"}
                 wanted = {"recvonly", "sendrecv"} if need == "recv" else {"sendonly", "sendrecv"}
                 if not offered & wanted:
-                    raise BadInput(400, f"the SDP offer does not {'send' if need == 'recv' else 'receive'} video")
+                    raise BadInput(
+                        400, f"the SDP offer does not {'send' if need == 'recv' else 'receive'} video"
+                    )
                 if player is not None:
                     pc.addTrack(player)
                 answer = await pc.createAnswer()
@@ -217,7 +234,7 @@ async def negotiate(
     except TimeoutError:
         await pc.close()
         raise BadInput(504, "negotiation timed out") from None
-    except Exception as exc:  # noqa: BLE001 - aiortc raises many types on hostile SDP
+    except Exception as exc:
         await pc.close()
         log.info("rejected offer: %s: %s", type(exc).__name__, exc)
         raise BadInput(400, f"could not negotiate the SDP offer: {type(exc).__name__}: {exc}") from None
@@ -266,7 +283,9 @@ async def start_session(state: ServerState, kind: str, offer: str) -> Session:
 # ---------------------------------------------------------------------------------------
 def json_error_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         try:
             return await handler(request)
         except BadInput:
@@ -275,9 +294,13 @@ def json_error_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
             return web.json_response({"error": f"request body too large ({exc.reason})"}, status=413)
         except web.HTTPException as exc:
             if exc.status >= 400 and exc.content_type != "application/json":
-                return web.json_response({"error": exc.reason}, status=exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+                return web.json_response(
+                    {"error": exc.reason},
+                    status=exc.status,
+                    headers={k: v for k, v in exc.headers.items() if k == "Allow"},
+                )
             raise
-        except Exception:  # noqa: BLE001 - a handler bug answers 500, the server keeps serving
+        except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return web.json_response({"error": "internal server error"}, status=500)
 
@@ -299,12 +322,14 @@ async def post_offer(request: web.Request) -> web.Response:
     except (ValueError, UnicodeDecodeError):
         raise BadInput(400, "body is not valid JSON") from None
     if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
-        raise BadInput(400, "expected {\"type\": \"offer\", \"sdp\": \"v=0...\"}")
+        raise BadInput(400, 'expected {"type": "offer", "sdp": "v=0..."}')
     offer = check_sdp(body["sdp"], state.config.max_sdp_bytes)
     session = await start_session(state, "page", offer)
     assert session.pc is not None
     answer = session.pc.localDescription.sdp
-    return web.json_response({"sdp": answer, "type": "answer", "session": session.id, "location": f"/session/{session.id}"})
+    return web.json_response(
+        {"sdp": answer, "type": "answer", "session": session.id, "location": f"/session/{session.id}"}
+    )
 
 
 async def post_whip(request: web.Request) -> web.Response:
@@ -314,7 +339,12 @@ async def post_whip(request: web.Request) -> web.Response:
     assert session.pc is not None
     answer = session.pc.localDescription.sdp
     location = f"/whip/{session.id}"
-    return web.Response(status=201, text=answer, content_type="application/sdp", headers={"Location": location, "ETag": f'"{session.id}"'})
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type="application/sdp",
+        headers={"Location": location, "ETag": f'"{session.id}"'},
+    )
 
 
 async def options_whip(request: web.Request) -> web.Response:
@@ -330,7 +360,11 @@ async def delete_session(request: web.Request) -> web.Response:
 async def patch_whip(request: web.Request) -> web.Response:
     request.app[STATE].get(request.match_info["session"])
     # aiortc gathers every candidate before answering: there is nothing to trickle.
-    raise BadInput(405, "trickle ICE and ICE restarts are not supported; candidates are in the answer", {"Allow": "DELETE"})
+    raise BadInput(
+        405,
+        "trickle ICE and ICE restarts are not supported; candidates are in the answer",
+        {"Allow": "DELETE"},
+    )
 
 
 async def post_whep(request: web.Request) -> web.Response:
@@ -338,7 +372,9 @@ async def post_whep(request: web.Request) -> web.Response:
     session = state.get(request.match_info["session"])
     offer = await read_sdp_body(request, state.config.max_sdp_bytes)
     if len(session.viewers) >= state.config.max_viewers_per_session:
-        raise BadInput(503, f"session already has {state.config.max_viewers_per_session} players", {"Retry-After": "5"})
+        raise BadInput(
+            503, f"session already has {state.config.max_viewers_per_session} players", {"Retry-After": "5"}
+        )
     track = session.new_viewer_track()
     pc = await negotiate(state, offer, lambda pc: None, need="send", player=track)
     viewer_id = track.id.replace("-", "")[:16]
@@ -353,7 +389,12 @@ async def post_whep(request: web.Request) -> web.Response:
             await session.close_viewer(viewer_id)
 
     location = f"/whep/{session.id}/{viewer_id}"
-    return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp", headers={"Location": location})
+    return web.Response(
+        status=201,
+        text=pc.localDescription.sdp,
+        content_type="application/sdp",
+        headers={"Location": location},
+    )
 
 
 async def delete_whep(request: web.Request) -> web.Response:
@@ -388,11 +429,11 @@ async def post_source(request: web.Request) -> web.Response:
         part = await reader.next()
         while part is not None and getattr(part, "name", None) != "image":
             part = await reader.next()
-        if part is None:
+        if part is None or not isinstance(part, BodyPartReader):
             raise BadInput(400, "multipart upload has no field named 'image'")
         name = Path(part.filename or "upload").stem[:64]
         data = bytearray()
-        while chunk := await part.read_chunk(64 * 1024):  # type: ignore[union-attr]
+        while chunk := await part.read_chunk(64 * 1024):
             data += chunk
             if len(data) > limit:
                 raise BadInput(413, f"upload is larger than {limit} bytes")
@@ -409,7 +450,9 @@ async def post_source(request: web.Request) -> web.Response:
     if session.closed:
         raise BadInput(404, "session ended during the upload")
     session.set_animator(animator)
-    return web.json_response({"session": session.id, "source": name, "width": int(image.shape[1]), "height": int(image.shape[0])})
+    return web.json_response(
+        {"session": session.id, "source": name, "width": int(image.shape[1]), "height": int(image.shape[0])}
+    )
 
 
 async def get_session_stats(request: web.Request) -> web.Response:
@@ -435,13 +478,15 @@ async def get_stats(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------------------
 def build_app(config: ServerConfig) -> web.Application:
     # client_max_size bounds every body read through aiohttp's helpers (multipart included).
-    app = web.Application(client_max_size=config.max_upload_bytes + 64 * 1024, middlewares=[json_error_middleware()])
+    app = web.Application(
+        client_max_size=config.max_upload_bytes + 64 * 1024, middlewares=[json_error_middleware()]
+    )
     state = ServerState(config)
     app[STATE] = state
 
     async def startup(app: web.Application) -> None:
         if config.source is None:
-            from rt_portrait.assets import default_portrait
+            from rt_portrait.core.assets import default_portrait
 
             image, name = default_portrait(), "astronaut"
         else:
@@ -478,19 +523,37 @@ def build_app(config: ServerConfig) -> web.Application:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig()
-    parser.add_argument("--source", default=None, help="source portrait image (default: the embedded portrait)")
+    parser.add_argument(
+        "--source", default=None, help="source portrait image (default: the embedded portrait)"
+    )
     parser.add_argument("--host", default=d.host, help=f"address to bind (default {d.host})")
     parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
     parser.add_argument("--size", type=int, default=d.size, help=f"working resolution (default {d.size})")
-    parser.add_argument("--output-size", type=int, default=None, help="long side of the streamed avatar (default: the working size)")
+    parser.add_argument(
+        "--output-size",
+        type=int,
+        default=None,
+        help="long side of the streamed avatar (default: the working size)",
+    )
     parser.add_argument("--fps", type=float, default=d.fps, help="frame budget for degradation (default 30)")
     parser.add_argument("--max-sessions", type=int, default=d.max_sessions)
-    parser.add_argument("--max-viewers", type=int, default=d.max_viewers_per_session, help="WHEP players per session")
+    parser.add_argument(
+        "--max-viewers", type=int, default=d.max_viewers_per_session, help="WHEP players per session"
+    )
     parser.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
     parser.add_argument("--max-image-side", type=int, default=d.max_image_side)
-    parser.add_argument("--ice-loopback-only", action="store_true", help="offer and accept only 127.0.0.1 ICE candidates")
-    parser.add_argument("--echo", action="store_true", help="send the driver back unprocessed (transport baseline)")
-    parser.add_argument("--probe-rows", type=int, default=0, help="copy the driver's top rows onto the output (latency probes)")
+    parser.add_argument(
+        "--ice-loopback-only", action="store_true", help="offer and accept only 127.0.0.1 ICE candidates"
+    )
+    parser.add_argument(
+        "--echo", action="store_true", help="send the driver back unprocessed (transport baseline)"
+    )
+    parser.add_argument(
+        "--probe-rows",
+        type=int,
+        default=0,
+        help="copy the driver's top rows onto the output (latency probes)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

@@ -7,6 +7,7 @@ instead of building lag. Each session has its own single-thread executor, becaus
 ``AnimatorSession`` is stateful and must see its frames in order, and so that one slow or
 failing session never blocks another's work.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,9 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from rt_portrait.head.types import Edits, Strengths
+from rt_portrait.core.image import resize
 from rt_portrait.head.edits import RANGES
+from rt_portrait.head.types import Edits, Strengths
 from rt_portrait.pipeline import Animator, AnimatorSession
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,9 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 # benchmarks must keep all traffic on loopback, so gathering consults this context variable:
 # only code running inside ``loopback_ice()`` (or a task started from it) is affected, and
 # the wrapper delegates to aioice's own function otherwise.
-_LOOPBACK_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("rt_portrait_loopback_ice", default=False)
+_LOOPBACK_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "rt_portrait_loopback_ice", default=False
+)
 
 
 def _install_loopback_hook() -> None:
@@ -105,7 +109,9 @@ class ControlError(ValueError):
     """A control message names an unknown field or carries a non-numeric value."""
 
 
-def _merge(current: object, updates: object, ranges: dict[str, tuple[float, float]], what: str) -> dict[str, float]:
+def _merge(
+    current: object, updates: object, ranges: dict[str, tuple[float, float]], what: str
+) -> dict[str, float]:
     if not isinstance(updates, dict):
         raise ControlError(f"{what} must be a JSON object of numbers")
     values = {f.name: float(getattr(current, f.name)) for f in fields(current)}  # type: ignore[arg-type]
@@ -257,17 +263,18 @@ def _copy_probe_rows(driver: np.ndarray, out: np.ndarray, rows: int) -> np.ndarr
     h_out, w_out = out.shape[:2]
     scale = w_out / driver.shape[1]
     rows_out = min(h_out, max(1, round(rows * scale)))
-    ys = np.minimum((np.arange(rows_out) / scale).astype(int), driver.shape[0] - 1)
-    xs = np.minimum((np.arange(w_out) / scale).astype(int), driver.shape[1] - 1)
+    rows_in = min(driver.shape[0], max(1, round(rows_out / scale)))
     out = out.copy()
-    out[:rows_out] = driver[ys][:, xs]
+    out[:rows_out] = resize(driver[:rows_in], (rows_out, w_out), nearest=True)
     return out
 
 
 class Session:
     """One driver (page or WHIP ingest) with its pipeline state and its players."""
 
-    def __init__(self, kind: str, animator: Animator, limits: SessionLimits, on_closed: Callable[["Session"], None]) -> None:
+    def __init__(
+        self, kind: str, animator: Animator, limits: SessionLimits, on_closed: Callable[[Session], None]
+    ) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.kind = kind  # "page" or "whip"
         self.limits = limits
@@ -286,6 +293,7 @@ class Session:
         self._new_frame = asyncio.Event()
         self._recalibrate = False
         self._tasks: list[asyncio.Future[None]] = []
+        self._closing: asyncio.Future[None] | None = None  # a self-initiated close, kept referenced
         self._worker: asyncio.Future[None] | None = None
         self._last_resize = 0  # frames_out at the last working-size change
         self._on_closed = on_closed
@@ -301,11 +309,17 @@ class Session:
             raise ControlError("control message must be a JSON object")
         unknown = set(payload) - {"edits", "strengths", "recalibrate"}
         if unknown:
-            raise ControlError(f"unknown control keys {sorted(unknown)}; expected edits, strengths, recalibrate")
+            raise ControlError(
+                f"unknown control keys {sorted(unknown)}; expected edits, strengths, recalibrate"
+            )
         # Validate everything before changing anything; the worker hands these to the
         # pipeline before its next frame (whole-object swaps, no torn updates).
         edits = merged_edits(self.edits, payload["edits"]) if "edits" in payload else self.edits
-        strengths = merged_strengths(self.strengths, payload["strengths"]) if "strengths" in payload else self.strengths
+        strengths = (
+            merged_strengths(self.strengths, payload["strengths"])
+            if "strengths" in payload
+            else self.strengths
+        )
         self.edits, self.strengths = edits, strengths
         if payload.get("recalibrate"):
             self._recalibrate = True
@@ -347,6 +361,8 @@ class Session:
         try:
             while True:
                 frame = await track.recv()
+                if not isinstance(frame, VideoFrame):  # a video track only yields video frames
+                    continue
                 now = time.perf_counter()
                 self.stats.frames_in += 1
                 self.stats.rate_in.tick(now)
@@ -356,7 +372,7 @@ class Session:
                 self._new_frame.set()
         except MediaStreamError:
             log.info("session %s: driver track ended", self.id)
-            asyncio.ensure_future(self.close())
+            self._closing = asyncio.ensure_future(self.close())
         except asyncio.CancelledError:
             pass
 
@@ -374,7 +390,7 @@ class Session:
                 try:
                     out, image = await loop.run_in_executor(self._executor, self._process, frame)
                     consecutive_errors = 0
-                except Exception as exc:  # noqa: BLE001 - one bad frame must not end the session
+                except Exception as exc:
                     consecutive_errors += 1
                     self.stats.errors += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -382,7 +398,7 @@ class Session:
                         log.exception("session %s: frame failed", self.id)
                     if consecutive_errors >= self.limits.max_consecutive_errors:
                         log.error("session %s: %d consecutive errors, closing", self.id, consecutive_errors)
-                        asyncio.ensure_future(self.close())
+                        self._closing = asyncio.ensure_future(self.close())
                         return
                     continue
                 if self.closed:
@@ -393,7 +409,9 @@ class Session:
                 self.stats.frames_out += 1
                 self.stats.rate_out.tick(now)
                 age = (now - t_recv) * 1e3
-                self.stats.age_ms = age if self.stats.frames_out == 1 else self.stats.age_ms + 0.2 * (age - self.stats.age_ms)
+                self.stats.age_ms = (
+                    age if self.stats.frames_out == 1 else self.stats.age_ms + 0.2 * (age - self.stats.age_ms)
+                )
         except asyncio.CancelledError:
             pass
 
@@ -416,7 +434,8 @@ class Session:
         t2 = time.perf_counter()
         if self.limits.probe_rows > 0:
             image = _copy_probe_rows(rgb, image, self.limits.probe_rows)
-        out = VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="yuv420p")
+        rgb24 = np.ascontiguousarray(image, dtype=np.uint8)
+        out = VideoFrame.from_ndarray(rgb24, format="rgb24").reformat(format="yuv420p")
         t3 = time.perf_counter()
         st = self.stats
         st.face_found = face
@@ -444,7 +463,11 @@ class Session:
         if total_ms > 0.9 * budget and size - step >= self.limits.min_size:
             new = size - step
             st.degrade_level += 1
-        elif st.degrade_level > 0 and size + step <= self._full_size and total_ms * ((size + step) / size) ** 2 < 0.75 * budget:
+        elif (
+            st.degrade_level > 0
+            and size + step <= self._full_size
+            and total_ms * ((size + step) / size) ** 2 < 0.75 * budget
+        ):
             new = size + step
             st.degrade_level -= 1
         else:
@@ -452,7 +475,14 @@ class Session:
         anim.size = new
         st.stage_ms["server_total"] = total_ms * (new / size) ** 2  # restart the EMA at the prediction
         self._last_resize = st.frames_out
-        log.info("session %s: working size %d -> %d (%.1f ms per frame, budget %.1f)", self.id, size, new, total_ms, budget)
+        log.info(
+            "session %s: working size %d -> %d (%.1f ms per frame, budget %.1f)",
+            self.id,
+            size,
+            new,
+            total_ms,
+            budget,
+        )
 
     # -- reporting and teardown --
     def snapshot(self) -> dict[str, object]:

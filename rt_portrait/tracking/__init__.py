@@ -1,7 +1,7 @@
 """Tracking stage: frames -> 478 face-mesh landmarks in pixels, plus online smoothing."""
-from rt_portrait.tracking.image import ImageError, ImageLimits, check_size, fit_long_side, load_image, to_rgb
+
+from rt_portrait.core.image import ImageError, ImageLimits, check_size, fit_long_side, load_image, to_rgb
 from rt_portrait.tracking.smoothing import (
-    HeadStateSmoother,
     LandmarkSmoother,
     OneEuroConfig,
     OneEuroFilter,
@@ -14,7 +14,6 @@ __all__ = [
     "NUM_LANDMARKS",
     "FaceObservation",
     "FaceTracker",
-    "HeadStateSmoother",
     "ImageError",
     "ImageLimits",
     "LandmarkSmoother",

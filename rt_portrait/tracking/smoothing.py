@@ -1,4 +1,7 @@
-"""Online (causal) temporal smoothing of landmarks and head states: One-Euro filters.
+"""Online (causal) temporal smoothing: One-Euro filters, and the landmark smoother.
+
+The head-state smoother built on the same filters lives with the head state it filters
+(:mod:`rt_portrait.head.smoothing`).
 
 The One-Euro filter (Casiez, Roussel and Vogel, CHI 2012) is an exponential low-pass whose
 cutoff rises with the signal's speed: at rest it removes jitter (cutoff ``min_cutoff`` Hz),
@@ -17,16 +20,13 @@ Timestamps ``t`` are seconds; ``None`` assumes frames arrive at the constructor'
 After a gap in the stream (no face for a while) call ``reset()``, or pass real timestamps:
 a long gap makes the filter jump to the new value, as it should.
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.transform import Rotation
-
-from rt_portrait.head.types import HeadState, Pose
-
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
     return 1.0 / (1.0 + tau / dt)
 
 
-class _Clock:
+class FrameClock:
     """Turns optional timestamps into time steps."""
 
     def __init__(self, fps: float) -> None:
@@ -75,7 +75,7 @@ class _Clock:
         self.last = None
 
 
-class _EuroGain:
+class EuroGain:
     """The adaptive part of the filter, on the innovation ``e = x - previous_output``.
 
     Returns the step to add to the previous output. Working on innovations lets the same
@@ -113,8 +113,8 @@ class OneEuroFilter:
 
     def __init__(self, config: OneEuroConfig, fps: float = 30.0, speed_axis: int | None = None) -> None:
         self.config = config
-        self._clock = _Clock(fps)
-        self._gain = _EuroGain(config, speed_axis)
+        self._clock = FrameClock(fps)
+        self._gain = EuroGain(config, speed_axis)
         self._value: np.ndarray | None = None
 
     def __call__(self, x: np.ndarray, t: float | None = None, *, scale: float = 1.0) -> np.ndarray:
@@ -125,7 +125,9 @@ class OneEuroFilter:
         if not scale > 0:
             raise ValueError(f"OneEuroFilter: scale must be positive, got {scale}")
         if self._value is not None and x.shape != self._value.shape:
-            raise ValueError(f"OneEuroFilter: shape changed from {self._value.shape} to {x.shape}; call reset()")
+            raise ValueError(
+                f"OneEuroFilter: shape changed from {self._value.shape} to {x.shape}; call reset()"
+            )
         dt = self._clock.step(t)
         if self._value is None or dt is None:
             self._value = x.copy()
@@ -182,54 +184,3 @@ class LandmarkSmoother:
 
     def reset(self) -> None:
         self._filter.reset()
-
-
-class HeadStateSmoother:
-    """Smooths a head state's pose and expression separately (identity passes through).
-
-    Rotation is filtered on the rotation group: the innovation is the rotation vector of the
-    new rotation relative to the previous smoothed one, and the smoothed rotation advances
-    by the filter's share of it. Translation is filtered in pixels with its speed measured
-    in head sizes (divided by the pose scale), scale as its logarithm.
-    """
-
-    def __init__(self, config: SmoothingConfig | None = None, fps: float = 30.0) -> None:
-        self.config = config or SmoothingConfig()
-        self._clock = _Clock(fps)
-        self._rotation_gain = _EuroGain(self.config.pose, speed_axis=-1)
-        self._translation_gain = _EuroGain(self.config.pose, speed_axis=-1)
-        self._log_scale_gain = _EuroGain(self.config.pose, speed_axis=None)
-        self._expression_gain = _EuroGain(self.config.expression, speed_axis=-1)
-        self._last: HeadState | None = None
-
-    def __call__(self, state: HeadState, t: float | None = None) -> HeadState:
-        if not self.config.enabled:
-            return state
-        dt = self._clock.step(t)
-        last = self._last
-        if last is None or dt is None or last.expression.shape != state.expression.shape:
-            for gain in (self._rotation_gain, self._translation_gain, self._log_scale_gain, self._expression_gain):
-                gain.reset()
-            self._last = state
-            return state
-        pose, prev = state.pose, last.pose
-        relative = Rotation.from_matrix(prev.rotation.T @ pose.rotation).as_rotvec()
-        step = self._rotation_gain(relative, dt)
-        rotation = prev.rotation @ Rotation.from_rotvec(step).as_matrix()
-        translation = prev.translation + self._translation_gain(
-            np.asarray(pose.translation, dtype=np.float64) - prev.translation, dt, scale=max(pose.scale, 1e-9)
-        )
-        log_prev = math.log(prev.scale)
-        log_scale = log_prev + float(self._log_scale_gain(np.array(math.log(pose.scale) - log_prev), dt))
-        expression = last.expression + self._expression_gain(state.expression - last.expression, dt)
-        smoothed = replace(
-            state,
-            pose=Pose(rotation=rotation, translation=translation, scale=math.exp(log_scale)),
-            expression=expression.astype(state.expression.dtype, copy=False),
-        )
-        self._last = smoothed
-        return smoothed
-
-    def reset(self) -> None:
-        self._clock.reset()
-        self._last = None

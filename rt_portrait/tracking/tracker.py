@@ -18,6 +18,7 @@ exception; a malformed input array, or one beyond ``TrackerConfig.limits`` (too 
 a sensible frame), raises ``ImageError`` (a caller bug). A tracker holds
 mediapipe graphs and per-stream state: use one per stream, from one thread at a time.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,10 +31,9 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
-import cv2
 import numpy as np
 
-from rt_portrait.tracking.image import ImageError, ImageLimits, check_size, to_rgb
+from rt_portrait.core.image import ImageError, ImageLimits, check_size, fit_long_side, resize, to_rgb
 from rt_portrait.tracking.types import NUM_LANDMARKS, FaceObservation, TrackResult
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
@@ -112,16 +112,6 @@ def _filtered_native_stderr(enabled: bool) -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def _downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    height, width = rgb.shape[:2]
-    longest = max(height, width)
-    if longest <= max_side:
-        return rgb
-    factor = max_side / longest
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
-
-
 def _box_of(points: np.ndarray) -> Box:
     x0, y0 = points[:, 0].min(), points[:, 1].min()
     x1, y1 = points[:, 0].max(), points[:, 1].max()
@@ -171,7 +161,9 @@ def _landmark_array(face: Any) -> np.ndarray:
     return np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float64).reshape(-1, 3)
 
 
-def _mesh_points(result: Any, scale_x: float, scale_y: float, offset: tuple[float, float] = (0.0, 0.0)) -> list[np.ndarray]:
+def _mesh_points(
+    result: Any, scale_x: float, scale_y: float, offset: tuple[float, float] = (0.0, 0.0)
+) -> list[np.ndarray]:
     """mediapipe normalised landmarks -> (478, 3) float32 pixel arrays.
 
     x, y are fractions of the processed image; z is relative depth in units of its width.
@@ -245,7 +237,9 @@ class FaceTracker:
     def __enter__(self) -> FaceTracker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def _check_open(self) -> None:
@@ -280,12 +274,16 @@ class FaceTracker:
 
     def _track_video(self, image: np.ndarray) -> TrackResult:
         height, width = image.shape[:2]
-        small = _downscale(image, self.config.max_side)
+        small = fit_long_side(image, self.config.max_side)
         faces = _mesh_points(self._process_mesh(small), float(width), float(height))
         if not faces:
             self._previous_box = None
             return TrackResult(
-                found=False, face=None, image_size=(height, width), num_faces=0, message="no face found in the frame"
+                found=False,
+                face=None,
+                image_size=(height, width),
+                num_faces=0,
+                message="no face found in the frame",
             )
         boxes = [_box_of(f) for f in faces]
         chosen = None
@@ -309,7 +307,12 @@ class FaceTracker:
         found = []
         for det in result.detections or []:
             rel = det.location_data.relative_bounding_box
-            box = (rel.xmin * width, rel.ymin * height, (rel.xmin + rel.width) * width, (rel.ymin + rel.height) * height)
+            box = (
+                rel.xmin * width,
+                rel.ymin * height,
+                (rel.xmin + rel.width) * width,
+                (rel.ymin + rel.height) * height,
+            )
             found.append((box, float(det.score[0]) if det.score else 0.0))
         return found
 
@@ -318,8 +321,8 @@ class FaceTracker:
         height, width = image.shape[:2]
         cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
         side = _CROP_CONTEXT * max(box[2] - box[0], box[3] - box[1])
-        x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
-        n = max(int(round(side)), 16)
+        x0, y0 = round(cx - side / 2.0), round(cy - side / 2.0)
+        n = max(round(side), 16)
         # pad with edge pixels where the crop leaves the image (faces at the border)
         crop = np.empty((n, n, 3), dtype=np.uint8)
         xs = np.clip(np.arange(x0, x0 + n), 0, width - 1)
@@ -328,7 +331,7 @@ class FaceTracker:
         factor = min(1.0, _CROP_MAX_SIDE / n)
         if factor < 1.0:
             m = max(16, round(n * factor))
-            crop = np.ascontiguousarray(cv2.resize(crop, (m, m), interpolation=cv2.INTER_AREA))
+            crop = resize(crop, (m, m))
         faces = _mesh_points(self._process_mesh(crop), float(n), float(n), offset=(float(x0), float(y0)))
         if not faces:
             return None
@@ -338,7 +341,7 @@ class FaceTracker:
 
     def _track_static(self, image: np.ndarray) -> TrackResult:
         height, width = image.shape[:2]
-        small = _downscale(image, self.config.max_side)
+        small = fit_long_side(image, self.config.max_side)
         detections = self._detect(small, width, height)  # all of them: selection must see every face
         boxes = [box for box, _ in detections]
         for index in _selection_order(boxes, self.config.select, (height, width)):
@@ -346,7 +349,11 @@ class FaceTracker:
             if points is not None:
                 face = FaceObservation(landmarks=points, bbox=_box_of(points), score=detections[index][1])
                 return TrackResult(
-                    found=True, face=face, image_size=(height, width), num_faces=len(boxes), boxes=tuple(boxes)
+                    found=True,
+                    face=face,
+                    image_size=(height, width),
+                    num_faces=len(boxes),
+                    boxes=tuple(boxes),
                 )
         # fallback: the mesh graph's short-range detector on the whole image (large, close faces)
         faces = _mesh_points(self._process_mesh(small), float(width), float(height))
@@ -363,9 +370,13 @@ class FaceTracker:
                 boxes=tuple(mesh_boxes),
             )
         message = (
-            f"{len(boxes)} face(s) detected but none could be meshed" if boxes else "no face found in the image"
+            f"{len(boxes)} face(s) detected but none could be meshed"
+            if boxes
+            else "no face found in the image"
         )
-        return TrackResult(found=False, face=None, image_size=(height, width), num_faces=len(boxes), message=message)
+        return TrackResult(
+            found=False, face=None, image_size=(height, width), num_faces=len(boxes), message=message
+        )
 
 
 def track_image(rgb: Any, config: TrackerConfig | None = None) -> TrackResult:

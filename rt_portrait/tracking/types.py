@@ -1,11 +1,14 @@
 """Typed outputs of the tracking stage."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-NUM_LANDMARKS = 478  # mediapipe face mesh with iris refinement
+from rt_portrait.core.types import NUM_LANDMARKS
+
+__all__ = ["NUM_LANDMARKS", "FaceObservation", "TrackResult"]
 
 
 @dataclass(frozen=True)

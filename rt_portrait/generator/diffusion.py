@@ -1,0 +1,220 @@
+"""The diffusion generator: conditioning -> sampler -> face and blend mask.
+
+It implements the :class:`~rt_portrait.generator.types.Generator` protocol with the UNet of
+:mod:`.unet`, the conditioning of :mod:`.conditioning` and the samplers of :mod:`.sampling`.
+
+What the model predicts: the *residual over the warp*, ``x0 = residual_scale * (target -
+warped)`` in [-1, 1] image units, by flow matching. Why the residual rather than the image:
+
+- the warp is already right on most of the face (near-frontal talking scores well); a
+  residual model spends its capacity only on what the warp gets wrong (revealed cheeks and
+  hair, mouth interiors, ghosts), which matters with the tiny, CPU-trained model;
+- a weak or untrained model degrades gracefully to the warp (the UNet's last layer starts at
+  zero, so an untrained one returns exactly the warp), never to noise or a colour shift;
+- the residual is near zero almost everywhere, so one or two sampling steps suffice.
+
+Weights: one safetensors file holding the UNet's tensors, with metadata ``unet_config``
+(JSON of :class:`~rt_portrait.generator.unet.UNetConfig`), ``residual_scale`` and
+``prediction`` (``velocity``: a flow-matching model sampled from noise; ``x0``: a plain
+regression model, one forward from zeros, the ablation of the model card).
+
+Determinism: the starting noise is drawn once per working size from ``seed`` (the same noise
+every frame, which also keeps the output temporally stable).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rt_portrait.core.types import Region
+from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch, drop_groups
+from rt_portrait.generator.sampling import SAMPLERS, fused_model_fn, schedule
+from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
+from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "generator_1step.safetensors"
+WEIGHTS_FORMAT = "rt-portrait-generator-v1"
+
+
+def weights_available(path: str | Path | None = None) -> bool:
+    """Whether the (default) generator weights are installed."""
+    return Path(path or DEFAULT_WEIGHTS).is_file()
+
+
+@dataclass
+class DiffusionConfig:
+    weights: str | Path | None = None  # None: DEFAULT_WEIGHTS
+    steps: int = 1  # sampling steps (1 or 2 for the distilled students, 16+ for the teacher)
+    sampler: str = "euler"  # see sampling.SAMPLERS
+    motion_weight: float = 1.0  # fusion weights (sampling.fused_model_fn); 1 = as trained
+    identity_weight: float = 1.0
+    seed: int = 0  # the fixed starting noise
+    device: str = "cpu"
+    dtype: str = "auto"  # "auto" (bf16 autocast on CPU, fp16 on CUDA), "float32", "bfloat16", "float16"
+    feather: float = 1 / 32  # blend-mask dilation and feather, as a fraction of R
+    history: bool = True  # use GeneratorInput.history when given
+
+
+def load_weights(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[ConditionalUNet, dict[str, str]]:
+    """The UNet and its metadata from a safetensors file written by :func:`save_weights`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generator weights not found: {path}")
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: not rt-portrait generator weights (format {meta.get('format')!r})")
+    model = ConditionalUNet(UNetConfig.from_dict(json.loads(meta["unet_config"])))
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), meta
+
+
+def save_weights(
+    model: ConditionalUNet,
+    path: str | Path,
+    residual_scale: float,
+    prediction: str = "velocity",
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Write the UNet's tensors (float32) with the metadata :func:`load_weights` needs."""
+    from safetensors.torch import save_file
+
+    meta = {
+        "format": WEIGHTS_FORMAT,
+        "unet_config": json.dumps(model.config.to_dict()),
+        "residual_scale": str(residual_scale),
+        "prediction": prediction,
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def face_alpha(labels: torch.Tensor, feather: float = 1 / 32) -> torch.Tensor:
+    """(B, 1, R, R) soft blend mask over the whole head (every label but the background),
+    dilated and feathered by about ``feather * R`` so the generator's corrections at the head's
+    outline (ghosts, revealed hair) land, and no seam shows. Computed on a 4x coarser grid
+    (pooling at full resolution costs ~10 ms on the CPU) and upsampled bilinearly."""
+    r = labels.shape[-1]
+    head = (labels != int(Region.BACKGROUND)).float().reshape(-1, 1, *labels.shape[-2:])
+    coarse = F.avg_pool2d(head, 4) if r % 4 == 0 and r >= 32 else head
+    step = r / coarse.shape[-1]
+    k = max(1, round(feather * r / step)) | 1  # odd
+    dilated = F.max_pool2d((coarse > 0).float(), k, stride=1, padding=k // 2)
+    soft = F.avg_pool2d(dilated, k, stride=1, padding=k // 2, count_include_pad=False)
+    if coarse.shape[-1] != r:
+        soft = F.interpolate(soft, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return soft.clamp(0, 1)
+
+
+class DiffusionGenerator:
+    """Conditioning -> sampler -> face (the warp plus the predicted residual) and alpha."""
+
+    def __init__(self, config: DiffusionConfig | None = None) -> None:
+        self.config = cfg = config or DiffusionConfig()
+        if cfg.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {cfg.sampler!r}; choose from {sorted(SAMPLERS)}")
+        if cfg.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {cfg.steps}")
+        self.device = torch.device(cfg.device)
+        path = Path(cfg.weights) if cfg.weights is not None else DEFAULT_WEIGHTS
+        self.model, self.meta = load_weights(path, self.device)
+        if self.model.config.cond_channels != NUM_CHANNELS:
+            raise ValueError(
+                f"{path}: the model takes {self.model.config.cond_channels} condition channels, "
+                f"the conditioning has {NUM_CHANNELS}"
+            )
+        self.residual_scale = float(self.meta.get("residual_scale", "1"))
+        self.prediction = self.meta.get("prediction", "velocity")
+        self._noise: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        dt = self.config.dtype
+        if dt == "float32":
+            return nullcontext()
+        if dt == "auto":
+            dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        else:
+            dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dt]
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def noise(self, h: int, w: int) -> torch.Tensor:
+        """(1, 3, h, w) starting noise, fixed per size by the seed."""
+        if (h, w) not in self._noise:
+            g = torch.Generator().manual_seed(self.config.seed)
+            self._noise[(h, w)] = torch.randn(1, 3, h, w, generator=g).to(self.device)
+        return self._noise[(h, w)]
+
+    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model(x, t, cond).float()
+
+    @torch.inference_mode()
+    def residual(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) predicted residual (image units in [-1, 1] x residual_scale) for a
+        condition batch."""
+        b, _, h, w = cond.shape
+        cfg = self.config
+        if self.prediction == "x0":  # plain regression (ablation): one forward from zeros
+            x = torch.zeros(b, 3, h, w, device=cond.device)
+            return self._model_fn(x, torch.ones(b, device=cond.device), cond)
+        fn = fused_model_fn(
+            self._model_fn,
+            lambda c, group: drop_groups(c, {group: True}),
+            cfg.motion_weight,
+            cfg.identity_weight,
+        )
+        x_t = self.noise(h, w).expand(b, -1, -1, -1)
+        return SAMPLERS[cfg.sampler](fn, x_t, schedule(cfg.steps, device=cond.device), cond)
+
+    @torch.inference_mode()
+    def generate_batch(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorOutput]:
+        """One batched sampling for several inputs (e.g. several sessions' frames)."""
+        hv = [self.config.history and x.history is not None for x in inputs]
+        cond = build_condition_batch([_to(x, self.device) for x in inputs], hv)
+        res = self.residual(cond)
+        warped = torch.stack([x.warped.to(self.device).float() for x in inputs])
+        face = (warped + res / (2 * self.residual_scale)).clamp(0, 1)
+        labels = torch.stack([x.fields.labels.to(self.device) for x in inputs])
+        alpha = face_alpha(labels, self.config.feather)
+        return [GeneratorOutput(face=face[i], alpha=alpha[i]) for i in range(len(inputs))]
+
+    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
+        return self.generate_batch([inputs])[0]
+
+
+def _to(x: GeneratorInput, device: torch.device) -> GeneratorInput:
+    if x.warped.device == device:
+        return x
+    from dataclasses import replace
+
+    f = x.fields
+    fields = type(f)(
+        flow=f.flow.to(device),
+        visibility=f.visibility.to(device),
+        depth=f.depth.to(device),
+        normal=f.normal.to(device),
+        labels=f.labels.to(device),
+        encoding=f.encoding.to(device),
+    )
+    return replace(
+        x,
+        warped=x.warped.to(device),
+        source=x.source.to(device),
+        fields=fields,
+        history=None if x.history is None else x.history.to(device),
+    )

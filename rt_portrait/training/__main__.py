@@ -1,0 +1,119 @@
+"""``python -m rt_portrait.training {cache,train,distill,regress,evaluate} ...``"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+RUNS = Path.home() / ".cache" / "rt-portrait" / "runs"
+
+
+def _train_args(p: argparse.ArgumentParser, out: str) -> None:
+    from rt_portrait.training.cache import DEFAULT_CACHE
+
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE / "train-256", help="cache folder (split-size)"
+    )
+    p.add_argument("--out", type=Path, default=RUNS / out, help="run folder (ckpt.pt, weights.safetensors)")
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="stop with a checkpoint after this wall time"
+    )
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--channels", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--amp", choices=["none", "bf16"], default="bf16")
+    p.add_argument("--ckpt-minutes", type=float, default=3.0)
+    p.add_argument("--resume", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rt_portrait.training", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("cache", help="build the conditioning cache of a split")
+    c.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    c.add_argument("--out", type=Path, default=None)
+    c.add_argument("--split", default="train")
+    c.add_argument("--size", type=int, default=256)
+    c.add_argument("--pool", type=int, default=80)
+    c.add_argument("--sources", type=int, default=2)
+    c.add_argument("--targets", type=int, default=24)
+    c.add_argument("--max-clips", type=int, default=None)
+
+    t = sub.add_parser("train", help="teacher: flow matching on the residual over the warp")
+    _train_args(t, "teacher")
+    d = sub.add_parser("distill", help="distil the teacher to a 1- or 2-step student")
+    _train_args(d, "student1")
+    d.add_argument("--teacher", type=Path, required=True, help="the teacher's weights.safetensors")
+    d.add_argument("--student-steps", type=int, default=1)
+    d.add_argument("--teacher-steps", type=int, default=8)
+    d.add_argument("--gt-weight", type=float, default=0.5)
+    r = sub.add_parser("regress", help="ablation: the same UNet by plain L1 + SSIM regression")
+    _train_args(r, "regress")
+
+    e = sub.add_parser("evaluate", help="face-region metrics on val clips against the warp")
+    e.add_argument("weights", nargs="*", type=Path, help="weights files; NAME=PATH[:STEPS] to label")
+    e.add_argument("--cache", type=Path, default=None, help="val cache folder (default: <gen-cache>/val-256)")
+    e.add_argument("--max-pairs", type=int, default=120)
+    e.add_argument("--out", type=Path, default=None, help="write a JSON of the table here")
+    e.add_argument("--sheet", type=Path, default=None, help="write a comparison sheet (PNG) here")
+    e.add_argument("--threads", type=int, default=1)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.cmd == "cache":
+        from rt_portrait.training.cache import DEFAULT_CACHE, CacheConfig, build_cache
+
+        build_cache(
+            CacheConfig(
+                data=args.data,
+                out=args.out or DEFAULT_CACHE,
+                split=args.split,
+                size=args.size,
+                pool=args.pool,
+                sources=args.sources,
+                targets=args.targets,
+                max_clips=args.max_clips,
+            )
+        )
+    elif args.cmd in ("train", "distill", "regress"):
+        from rt_portrait.training.dataset import AugmentConfig
+        from rt_portrait.training.train import TrainConfig, run
+
+        cfg = TrainConfig(
+            mode={"train": "teacher"}.get(args.cmd, args.cmd),
+            cache=args.cache,
+            out=args.out,
+            steps=args.steps,
+            max_minutes=args.max_minutes,
+            batch=args.batch,
+            lr=args.lr,
+            channels=args.channels,
+            seed=args.seed,
+            device=args.device,
+            threads=args.threads,
+            amp=args.amp,
+            ckpt_minutes=args.ckpt_minutes,
+            resume=args.resume,
+            aug=AugmentConfig(crop=args.crop),
+        )
+        if args.cmd == "distill":
+            cfg.teacher = args.teacher
+            cfg.student_steps = args.student_steps
+            cfg.teacher_steps = args.teacher_steps
+            cfg.gt_weight = args.gt_weight
+        run(cfg)
+    elif args.cmd == "evaluate":
+        from rt_portrait.training.evaluate import main as evaluate_main
+
+        evaluate_main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Teacher training (flow matching), distillation to 1 and 2 steps, and plain regression.
+
+All three share one loop (:func:`run`): random crops of the cache, condition dropout per
+group, AdamW, an EMA of the weights, a checkpoint every ``ckpt_minutes`` (model, EMA,
+optimiser, step, and the states of the numpy and torch generators that draw batches, noise
+and times, so ``--resume`` continues the same run) and, at each checkpoint, the EMA weights
+exported as safetensors (``<out>/weights.safetensors``) for :class:`DiffusionGenerator`.
+
+Modes:
+
+- ``teacher``: flow matching on the residual over the warp, x0 = residual_scale * (target -
+  warped) (images in [-1, 1]); x_t = (1 - t) x0 + t eps; the model predicts v = eps - x0
+  (MSE, weighted up on the head). t is uniform, with ``p_t1`` of the batch at t = 1 exactly
+  (the one-step start).
+- ``distill``: a student initialised from the teacher learns to reach, in ``student_steps``
+  Euler steps from the same noise, the teacher's ``teacher_steps``-step sample (L1 + SSIM in
+  image space), plus ``gt_weight`` x the same loss to the real frame.
+- ``regress``: the ablation: the same UNet from zeros at t = 1, trained to output the
+  residual directly with L1 + SSIM (no noise), saved with prediction = "x0".
+
+Same command on CUDA: ``--device cuda`` (batches are built on the CPU and moved).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rt_portrait.generator.conditioning import drop_groups
+from rt_portrait.generator.diffusion import load_weights, save_weights
+from rt_portrait.generator.sampling import interpolate, sample_euler, schedule
+from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+from rt_portrait.training.dataset import AugmentConfig, Batch, PairCache, make_batch
+from rt_portrait.training.losses import l1_ssim, weighted_mean
+
+log = logging.getLogger(__name__)
+MODES = ("teacher", "distill", "regress")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "teacher"
+    cache: Path = Path.home() / ".cache" / "rt-portrait" / "gen-cache" / "train-256"
+    out: Path = Path.home() / ".cache" / "rt-portrait" / "runs" / "teacher"
+    steps: int = 100_000
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time in this process
+    batch: int = 8
+    lr: float = 3e-4
+    warmup: int = 100
+    ema: float = 0.995
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    amp: str = "none"  # "none" or "bf16" (autocast) for the forward/backward
+    ckpt_minutes: float = 3.0
+    resume: bool = False
+    residual_scale: float = 2.0
+    channels: int = 24
+    p_t1: float = 0.2
+    drop_motion: float = 0.1
+    drop_identity: float = 0.1
+    drop_history: float = 0.5  # history dropout (in the batch builder)
+    face_weight: float = 4.0  # loss weight added on the head
+    # distillation
+    teacher: Path | None = None  # teacher weights (.safetensors)
+    student_steps: int = 1
+    teacher_steps: int = 8
+    gt_weight: float = 0.5
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    log_every: int = 20
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}, indent=1)
+
+
+class _Run:
+    """Model, EMA, optimiser and generators of one run (everything a checkpoint holds)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        if cfg.mode == "distill":
+            if cfg.teacher is None:
+                raise ValueError("distill needs --teacher (the teacher's .safetensors)")
+            teacher, meta = load_weights(cfg.teacher, self.device)
+            if float(meta["residual_scale"]) != cfg.residual_scale:
+                raise ValueError(f"teacher residual_scale {meta['residual_scale']} != {cfg.residual_scale}")
+            self.teacher: ConditionalUNet | None = teacher.requires_grad_(False)
+            self.model = ConditionalUNet(teacher.config).to(self.device)
+            self.model.load_state_dict(teacher.state_dict())
+        else:
+            self.teacher = None
+            with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
+                torch.manual_seed(cfg.seed)
+                self.model = ConditionalUNet(UNetConfig(channels=cfg.channels)).to(self.device)
+        self.ema = ConditionalUNet(self.model.config).to(self.device).requires_grad_(False)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.elapsed = 0.0  # training wall time over all resumes
+        self.history: list[dict[str, float]] = []
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "gen": self.gen.get_state(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "history": self.history,
+            "config": self.cfg.to_json(),
+        }
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.history = list(state["history"])
+
+
+def _randn(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randn(shape, generator=gen).to(device)
+
+
+def _rand(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=gen).to(device)
+
+
+def _dropout(cond: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    b = cond.shape[0]
+    return drop_groups(
+        cond,
+        {
+            "motion": torch.rand(b, generator=gen) < cfg.drop_motion,
+            "identity": torch.rand(b, generator=gen) < cfg.drop_identity,
+        },
+    )
+
+
+def _weight(batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+    return 1 + cfg.face_weight * batch.face
+
+
+def loss_teacher(run: _Run, batch: Batch) -> torch.Tensor:
+    cfg, dev = run.cfg, run.device
+    b = batch.warped.shape[0]
+    x0 = cfg.residual_scale * 2 * (batch.target - batch.warped)
+    eps = _randn(tuple(x0.shape), run.gen, dev)
+    t = _rand(b, run.gen, dev)
+    t = torch.where(_rand(b, run.gen, dev) < cfg.p_t1, torch.ones_like(t), t)
+    cond = _dropout(batch.cond, cfg, run.gen)
+    with _autocast(cfg):
+        v = run.model(interpolate(x0, eps, t), t, cond).float()
+    return weighted_mean((v - (eps - x0)) ** 2, _weight(batch, cfg))
+
+
+def loss_regress(run: _Run, batch: Batch) -> torch.Tensor:
+    cfg, dev = run.cfg, run.device
+    b = batch.warped.shape[0]
+    cond = _dropout(batch.cond, cfg, run.gen)
+    with _autocast(cfg):
+        res = run.model(torch.zeros_like(batch.warped), torch.ones(b, device=dev), cond).float()
+    face = batch.warped + res / (2 * cfg.residual_scale)
+    return l1_ssim(face, batch.target, _weight(batch, cfg))
+
+
+def loss_distill(run: _Run, batch: Batch) -> torch.Tensor:
+    cfg, dev = run.cfg, run.device
+    assert run.teacher is not None
+    teacher = run.teacher
+    eps = _randn(tuple(batch.warped.shape), run.gen, dev)
+    cond = _dropout(batch.cond, cfg, run.gen)
+
+    def teacher_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        with _autocast(cfg):
+            return teacher(x, t, c).float()
+
+    def student_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        with _autocast(cfg):
+            return run.model(x, t, c).float()
+
+    with torch.no_grad():
+        x0_t = sample_euler(teacher_fn, eps, schedule(cfg.teacher_steps, device=dev), cond)
+    x0_s = sample_euler(student_fn, eps, schedule(cfg.student_steps, device=dev), cond)
+    k = 1 / (2 * cfg.residual_scale)
+    face_s = batch.warped + x0_s * k
+    face_t = (batch.warped + x0_t * k).clamp(0, 1)
+    w = _weight(batch, cfg)
+    return l1_ssim(face_s, face_t, w) + cfg.gt_weight * l1_ssim(face_s, batch.target, w)
+
+
+LOSSES = {"teacher": loss_teacher, "distill": loss_distill, "regress": loss_regress}
+
+
+def _autocast(cfg: TrainConfig):
+    if cfg.amp == "bf16":
+        return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16)
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def _export(run: _Run) -> Path:
+    cfg = run.cfg
+    path = cfg.out / "weights.safetensors"
+    extra = {
+        "mode": cfg.mode,
+        "train_steps": str(run.step),
+        "train_minutes": f"{run.elapsed / 60:.1f}",
+        "student_steps": str(cfg.student_steps) if cfg.mode == "distill" else "",
+    }
+    save_weights(run.ema, path, cfg.residual_scale, "x0" if cfg.mode == "regress" else "velocity", extra)
+    return path
+
+
+def save_checkpoint(run: _Run) -> Path:
+    path = run.cfg.out / "ckpt.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(run.state(), tmp)
+    tmp.replace(path)
+    _export(run)
+    return path
+
+
+def run(cfg: TrainConfig, cache: PairCache | None = None) -> _Run:
+    """Train until ``cfg.steps`` (or ``max_minutes``); returns the run (model, EMA, history)."""
+    from tqdm import tqdm
+
+    if cfg.mode not in MODES:
+        raise ValueError(f"unknown mode {cfg.mode!r}; choose from {MODES}")
+    torch.set_num_threads(cfg.threads)
+    cfg.aug.history_dropout = cfg.drop_history
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    cache = cache or PairCache(cfg.cache)
+    r = _Run(cfg)
+    ckpt = cfg.out / "ckpt.pt"
+    if cfg.resume and ckpt.is_file():
+        r.load(torch.load(ckpt, map_location=r.device, weights_only=False))
+        log.info("resumed %s at step %d", ckpt, r.step)
+    elif not cfg.resume and ckpt.is_file():
+        raise FileExistsError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+    (cfg.out / "config.json").write_text(cfg.to_json())
+    loss_fn = LOSSES[cfg.mode]
+    start = time.time()
+    last_ckpt = start
+    bar = tqdm(total=cfg.steps, initial=r.step, desc=cfg.mode, unit="step", mininterval=5)
+    running = 0.0
+    r.model.train()
+    while r.step < cfg.steps:
+        batch = make_batch(cache, cfg.batch, cfg.aug, r.rng).to(r.device)
+        lr = cfg.lr * min(1.0, (r.step + 1) / max(cfg.warmup, 1))
+        for group in r.opt.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(r, batch)
+        r.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(r.model.parameters(), 1.0)
+        r.opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + r.step) / (10 + r.step))
+            for pe, pm in zip(r.ema.parameters(), r.model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        r.step += 1
+        running += loss.item()
+        bar.update(1)
+        if r.step % cfg.log_every == 0:
+            now = time.time()
+            r.history.append(
+                {"step": r.step, "loss": running / cfg.log_every, "minutes": (r.elapsed + now - start) / 60}
+            )
+            bar.set_postfix(loss=f"{running / cfg.log_every:.4f}")
+            log.info("step %d loss %.5f", r.step, running / cfg.log_every)
+            running = 0.0
+        now = time.time()
+        out_of_time = cfg.max_minutes is not None and now - start > cfg.max_minutes * 60
+        if now - last_ckpt > cfg.ckpt_minutes * 60 or r.step >= cfg.steps or out_of_time:
+            r.elapsed += now - start
+            start = last_ckpt = now
+            save_checkpoint(r)
+            if out_of_time:
+                log.info("max_minutes reached at step %d", r.step)
+                break
+    bar.close()
+    return r

@@ -1,0 +1,344 @@
+"""The diffusion generator's parts: UNet, samplers, conditioning, determinism, training.
+
+Runs without ../shared: the training smoke run uses a synthetic cache with the real layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rt_portrait.core.types import Region
+from rt_portrait.flow.types import FlowFields
+from rt_portrait.generator.conditioning import (
+    CHANNEL_GROUPS,
+    DROPPABLE_GROUPS,
+    FLOW_GAIN,
+    NUM_CHANNELS,
+    REGION_MASKS,
+    build_condition,
+    build_condition_batch,
+    drop_groups,
+    group_channels,
+)
+from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator, face_alpha, save_weights
+from rt_portrait.generator.sampling import fused_model_fn, sample_euler, sample_heun, schedule
+from rt_portrait.generator.types import GeneratorInput
+from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+
+torch.set_num_threads(1)
+SMALL = UNetConfig(channels=8, groups=4, time_dim=16)
+
+
+def _randomised(model: ConditionalUNet, seed: int = 0) -> ConditionalUNet:
+    """The UNet with its zero-initialised output layer randomised (a non-trivial function)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.out.weight.copy_(torch.randn(model.out.weight.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def _inputs(r: int = 32, seed: int = 0, history: bool = True) -> GeneratorInput:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, len(Region), (r, r), generator=g)
+    fields = FlowFields(
+        flow=torch.randn(2, r, r, generator=g),
+        visibility=torch.rand(1, r, r, generator=g),
+        depth=torch.where(labels == 0, float(r), torch.randn(r, r, generator=g))[None],
+        normal=torch.nn.functional.normalize(torch.randn(3, r, r, generator=g), dim=0),
+        labels=labels,
+        encoding=torch.randn(16, r, r, generator=g) * 0.05,
+    )
+    return GeneratorInput(
+        warped=torch.rand(3, r, r, generator=g),
+        source=torch.rand(3, r, r, generator=g),
+        fields=fields,
+        history=torch.rand(3, r, r, generator=g) if history else None,
+    )
+
+
+# ---- UNet -------------------------------------------------------------------------------------
+
+
+def test_unet_shapes_dtypes_and_zero_start() -> None:
+    model = ConditionalUNet(SMALL).eval()
+    x, c, t = torch.randn(2, 3, 32, 48), torch.randn(2, NUM_CHANNELS, 32, 48), torch.rand(2)
+    with torch.no_grad():
+        out = model(x, t, c)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert torch.count_nonzero(out) == 0  # untrained: predicts 0 (the warp, with the residual target)
+    _randomised(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = model(x, t, c)
+    assert out16.shape == x.shape and out16.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(torch.randn(1, 3, 30, 32), torch.rand(1), torch.randn(1, NUM_CHANNELS, 30, 32))
+    with pytest.raises(ValueError, match="channels"):
+        model(x, t, c[:, :5])
+
+
+def test_unet_batch_items_are_independent() -> None:
+    model = _randomised(ConditionalUNet(SMALL))
+    x, c, t = torch.randn(3, 3, 32, 32), torch.randn(3, NUM_CHANNELS, 32, 32), torch.rand(3)
+    with torch.no_grad():
+        batched = model(x, t, c)
+        single = torch.cat([model(x[i : i + 1], t[i : i + 1], c[i : i + 1]) for i in range(3)])
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert not torch.allclose(batched[0], batched[1])  # the time and the input matter
+
+
+# ---- samplers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", [sample_euler, sample_heun])
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_constant_velocity_reaches_the_exact_endpoint(sampler, steps: int) -> None:
+    v = torch.randn(2, 3, 8, 8)
+    x_T = torch.randn(2, 3, 8, 8)
+    x0 = sampler(lambda x, t, c: v, x_T, schedule(steps), None)
+    assert torch.allclose(x0, x_T - v, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_true_velocity_model_is_exact(steps: int) -> None:
+    """A model that knows x0 predicts v = (x_t - x0) / t: Euler lands on x0, in 1 step too."""
+    x0 = torch.randn(2, 3, 8, 8)
+    x_T = torch.randn(2, 3, 8, 8)
+    out = sample_euler(
+        lambda x, t, c: (x - x0) / t[:, None, None, None], x_T, schedule(steps, shift=3.0), None
+    )
+    assert torch.allclose(out, x0, atol=1e-5)
+
+
+def test_schedule_runs_from_one_to_zero() -> None:
+    for shift in (1.0, 3.0):
+        s = schedule(4, shift)
+        assert s[0] == 1 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+    with pytest.raises(ValueError):
+        schedule(0)
+
+
+def test_fusion_formula() -> None:
+    """v + (w_m - 1)(v - v_m) + (w_i - 1)(v - v_i), the dropped predictions from the same batch."""
+
+    def model(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return c.sum(dim=1, keepdim=True).expand_as(x)
+
+    def drop(c: torch.Tensor, group: str) -> torch.Tensor:
+        return c * (0.5 if group == "motion" else 0.25)
+
+    x, t, c = torch.zeros(1, 3, 4, 4), torch.ones(1), torch.ones(1, 2, 4, 4)
+    v, v_m, v_i = 2.0, 1.0, 0.5
+    fused = fused_model_fn(model, drop, motion_weight=1.5, identity_weight=3.0)(x, t, c)
+    assert torch.allclose(fused, torch.full_like(x, v + 0.5 * (v - v_m) + 2.0 * (v - v_i)))
+    assert fused_model_fn(model, drop) is model  # both weights 1: one plain forward
+
+
+# ---- conditioning -----------------------------------------------------------------------------
+
+
+def test_channel_table_is_contiguous_and_complete() -> None:
+    covered = [c for g in CHANNEL_GROUPS for c in range(g.channels.start, g.channels.stop)]
+    assert covered == list(range(NUM_CHANNELS))
+    assert {g.group for g in CHANNEL_GROUPS} == {"warp", *DROPPABLE_GROUPS}
+    names = [g.name for g in CHANNEL_GROUPS]
+    assert names == [
+        "warped",
+        "source",
+        "visibility",
+        "encoding",
+        "depth",
+        "normal",
+        "regions",
+        "history",
+        "history_ok",
+    ]
+    assert len(group_channels("motion")) == 1 + 16 + 1 + 3 + 9
+    regions = next(g for g in CHANNEL_GROUPS if g.name == "regions")
+    assert regions.channels.stop - regions.channels.start == len(REGION_MASKS) == 9
+
+
+def test_condition_layout_matches_the_table() -> None:
+    inp = _inputs()
+    cond = build_condition(inp)
+    assert cond.shape == (NUM_CHANNELS, 32, 32) and cond.dtype == torch.float32
+    ch = {g.name: cond[g.channels] for g in CHANNEL_GROUPS}
+    for g in CHANNEL_GROUPS:
+        lo, hi = g.value_range
+        assert float(ch[g.name].min()) >= lo and float(ch[g.name].max()) <= hi, g.name
+    assert torch.allclose(ch["warped"], inp.warped * 2 - 1)
+    assert torch.allclose(ch["source"], inp.source * 2 - 1)
+    assert torch.allclose(ch["history"], inp.history * 2 - 1)
+    assert bool((ch["history_ok"] == 1).all())
+    enc = inp.fields.encoding.view(4, 4, 32, 32)
+    assert torch.allclose(ch["encoding"].view(4, 4, 32, 32)[:, :3], (enc[:, :3] * FLOW_GAIN).clamp(-1, 1))
+    labels = inp.fields.labels
+    for i, (_, regions) in enumerate(REGION_MASKS):
+        assert torch.equal(ch["regions"][i].bool(), labels == int(regions[0]))
+    assert torch.equal(ch["depth"][0][labels == 0], torch.ones(int((labels == 0).sum())))
+    # without history (or invalid): zeros and validity 0
+    for c in (build_condition(replace(inp, history=None)), build_condition(inp, history_valid=False)):
+        assert torch.count_nonzero(c[36:40]) == 0
+        assert torch.equal(c[:36], cond[:36])
+    batch = build_condition_batch([inp, _inputs(seed=1, history=False)])
+    assert torch.equal(batch[0], cond) and torch.count_nonzero(batch[1, 36:]) == 0
+
+
+def test_drop_groups() -> None:
+    cond = build_condition_batch([_inputs(seed=0), _inputs(seed=1)])
+    out = drop_groups(cond, {"motion": torch.tensor([True, False]), "identity": True})
+    motion, ident = group_channels("motion"), group_channels("identity")
+    assert torch.count_nonzero(out[0, motion]) == 0 and torch.equal(out[1, motion], cond[1, motion])
+    assert torch.count_nonzero(out[:, ident]) == 0
+    assert torch.equal(out[:, group_channels("warp")], cond[:, group_channels("warp")])
+    with pytest.raises(ValueError, match="unknown channel group"):
+        drop_groups(cond, {"nope": True})
+
+
+# ---- the generator ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("w") / "gen.safetensors"
+    save_weights(_randomised(ConditionalUNet(SMALL), seed=3), path, residual_scale=2.0)
+    return path
+
+
+def test_generator_is_deterministic_per_seed(weights: Path) -> None:
+    inp = _inputs()
+    a = DiffusionGenerator(DiffusionConfig(weights=weights, seed=1, dtype="float32"))(inp)
+    b = DiffusionGenerator(DiffusionConfig(weights=weights, seed=1, dtype="float32"))(inp)
+    c = DiffusionGenerator(DiffusionConfig(weights=weights, seed=2, dtype="float32"))(inp)
+    assert torch.equal(a.face, b.face) and torch.equal(a.alpha, b.alpha)
+    assert not torch.equal(a.face, c.face)
+    assert a.face.shape == (3, 32, 32) and a.alpha.shape == (1, 32, 32)
+    assert float(a.face.min()) >= 0 and float(a.face.max()) <= 1
+
+
+def test_generator_batch_matches_single_and_fusion_runs(weights: Path) -> None:
+    gen = DiffusionGenerator(DiffusionConfig(weights=weights, steps=2, dtype="float32"))
+    inps = [_inputs(seed=0), _inputs(seed=1, history=False)]
+    batch = gen.generate_batch(inps)
+    for inp, out in zip(inps, batch, strict=True):
+        assert torch.allclose(gen(inp).face, out.face, atol=1e-5)
+    fused = DiffusionGenerator(
+        DiffusionConfig(weights=weights, steps=2, dtype="float32", motion_weight=1.5, identity_weight=0.5)
+    )(inps[0])
+    assert not torch.allclose(fused.face, batch[0].face)
+
+
+def test_untrained_generator_returns_the_warp(tmp_path: Path) -> None:
+    path = tmp_path / "zero.safetensors"
+    save_weights(ConditionalUNet(SMALL), path, residual_scale=2.0)
+    inp = _inputs()
+    out = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32"))(inp)
+    # zero velocity: x0 = noise, so check the x0 model; the velocity model returns noise + warp
+    path_x0 = tmp_path / "zero_x0.safetensors"
+    save_weights(ConditionalUNet(SMALL), path_x0, residual_scale=2.0, prediction="x0")
+    out_x0 = DiffusionGenerator(DiffusionConfig(weights=path_x0, dtype="float32"))(inp)
+    assert torch.allclose(out_x0.face, inp.warped)
+    assert out.face.shape == inp.warped.shape
+
+
+def test_face_alpha_covers_the_head_softly() -> None:
+    labels = torch.zeros(1, 64, 64, dtype=torch.long)
+    labels[0, 16:48, 20:44] = int(Region.SKIN)
+    alpha = face_alpha(labels)
+    assert alpha.shape == (1, 1, 64, 64)
+    assert bool((alpha[0, 0, 20:44, 24:40] > 0.99).all())  # inside the head: the generator's face
+    assert float(alpha[0, 0, 0, 0]) == 0  # far background: the warp
+    edge = alpha[0, 0, 32, 40:52]
+    assert bool(((edge > 0) & (edge < 1)).any())  # feathered, no hard edge
+
+
+def test_missing_weights_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
+        DiffusionGenerator(DiffusionConfig(weights=tmp_path / "nope.safetensors"))
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+def _train_cfg(tmp: Path, mode: str, steps: int, resume: bool = False):
+    from rt_portrait.training.dataset import AugmentConfig
+    from rt_portrait.training.train import TrainConfig
+
+    return TrainConfig(
+        mode=mode,
+        cache=tmp / "cache",
+        out=tmp / f"run-{mode}",
+        steps=steps,
+        batch=4,
+        lr=2e-3,
+        warmup=1,
+        channels=8,
+        ckpt_minutes=100.0,
+        resume=resume,
+        log_every=1,
+        aug=AugmentConfig(crop=32),
+    )
+
+
+@pytest.fixture(scope="module")
+def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rt_portrait.training.dataset import write_synthetic_cache
+
+    root = tmp_path_factory.mktemp("train")
+    write_synthetic_cache(root / "cache", pairs=4, size=48)
+    return root
+
+
+@pytest.mark.parametrize("mode", ["regress", "teacher"])
+def test_training_loss_falls(synthetic_cache: Path, mode: str, tmp_path: Path) -> None:
+    from rt_portrait.training.train import run
+
+    cfg = _train_cfg(tmp_path, mode, steps=40)
+    cfg.cache = synthetic_cache / "cache"
+    r = run(cfg)
+    losses = [h["loss"] for h in r.history]
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:4]), losses
+    assert (cfg.out / "weights.safetensors").is_file()
+    DiffusionGenerator(DiffusionConfig(weights=cfg.out / "weights.safetensors"))(_inputs())
+
+
+def test_resume_reproduces_the_same_state(synthetic_cache: Path, tmp_path: Path) -> None:
+    from rt_portrait.training.train import run
+
+    straight = _train_cfg(tmp_path / "a", "teacher", steps=6)
+    straight.cache = synthetic_cache / "cache"
+    full = run(straight)
+    half = _train_cfg(tmp_path / "b", "teacher", steps=3)
+    half.cache = synthetic_cache / "cache"
+    run(half)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(half)
+    rest = _train_cfg(tmp_path / "b", "teacher", steps=6, resume=True)
+    rest.cache = synthetic_cache / "cache"
+    resumed = run(rest)
+    assert resumed.step == full.step == 6
+    for (name, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6), name
+    for a, b in zip(full.ema.parameters(), resumed.ema.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_distill_runs_from_a_teacher(synthetic_cache: Path, tmp_path: Path) -> None:
+    from rt_portrait.training.train import run
+
+    teacher = _train_cfg(tmp_path, "teacher", steps=3)
+    teacher.cache = synthetic_cache / "cache"
+    run(teacher)
+    for k in (1, 2):
+        cfg = _train_cfg(tmp_path / f"s{k}", "distill", steps=3)
+        cfg.cache = synthetic_cache / "cache"
+        cfg.teacher = teacher.out / "weights.safetensors"
+        cfg.student_steps, cfg.teacher_steps = k, 4
+        r = run(cfg)
+        assert r.step == 3 and all(np.isfinite(h["loss"]) for h in r.history)

@@ -127,6 +127,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cam(args: argparse.Namespace) -> int:
+    from rt_portrait.cam import CamConfig, CamError, run_cam
+
+    config = CamConfig(
+        source=args.source,
+        camera=args.camera,
+        output=args.output,
+        fps=args.fps,
+        animator=_config(args),
+        output_size=args.output_size,
+        virtual_device=args.virtual_device,
+        max_frames=args.max_frames,
+        status=not args.quiet,
+        hotkeys=not args.no_hotkeys,
+    )
+    try:
+        report = run_cam(config)
+    except CamError as e:  # devices, files, portrait: one line that names the fix
+        print(f"rt-portrait cam: error: {e}", file=sys.stderr)
+        return 1
+    print(report.output)
+    print(
+        f"{report.frames_in} frames animated ({report.fps:.1f} fps, {report.dropped} stale dropped, "
+        f"face in {report.face_frames}), {report.frames_out} {report.width}x{report.height} frames out; "
+        f"stopped: {report.stopped}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rt-portrait", description="Real-time portrait animation.")
     parser.add_argument(
@@ -170,6 +200,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_motion_args(p)
     _add_edit_args(p)
     p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser(
+        "cam",
+        help="the avatar as a virtual camera for call apps (Zoom, Meet, Teams, Discord, OBS), or recorded",
+        description="Animate a portrait with your webcam and send it to a virtual camera (v4l2loopback on "
+        "Linux, OBS Virtual Camera on Windows and macOS) or record it. Keys while it runs: r recalibrate "
+        "neutral, g toggle the generator, q quit.",
+    )
+    p.add_argument("--source", required=True, help="the portrait image")
+    p.add_argument(
+        "--camera",
+        default="0",
+        help="webcam index or device (0, /dev/videoN; 'video=Name' on Windows), or a video file "
+        "(the run ends at its end); default 0",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="virtual",
+        help="'virtual' (default): the virtual camera; or FILE.mp4 to record the avatar "
+        "(a video-file camera keeps its audio and fps)",
+    )
+    p.add_argument("--fps", type=float, default=30.0, help="output frame rate (default 30)")
+    p.add_argument(
+        "--output-size", type=int, default=None, help="long side of the output frames (default: --size)"
+    )
+    p.add_argument(
+        "--virtual-device",
+        default=None,
+        help="the virtual camera device, e.g. /dev/video10 (default: the first)",
+    )
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many camera frames")
+    p.add_argument("--quiet", action="store_true", help="no live status line")
+    p.add_argument("--no-hotkeys", action="store_true", help="do not read keys from the terminal")
+    _add_motion_args(p)
+    _add_edit_args(p)
+    p.set_defaults(func=cmd_cam)
 
     p = sub.add_parser("bench", help="median milliseconds per stage on a real face video")
     p.add_argument("--size", type=int, default=256)

@@ -1,5 +1,6 @@
-"""ONNX export (installed as ``rt_portrait.export``).
+"""ONNX and TensorRT export of the generator (installed as ``rt_portrait.export``).
 
-Reserved for exporting the generator UNet to ONNX for ONNX Runtime and TensorRT; the
-learning-free path exports nothing yet.
+The command-line layer of ``rt-portrait export onnx`` and ``rt-portrait export tensorrt``
+(:mod:`.cli`); the graph, the exporter and the builder live in ``rt_portrait.engines`` (the
+generator stage), so that the runtime's resolver can export and build at start-up too.
 """

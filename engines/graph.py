@@ -1,0 +1,140 @@
+"""The generator as one graph: ``(cond, noise) -> face``, the sampler's steps folded in.
+
+Every backend runs this same module (eager as is, ``torch.compile`` compiled, ONNX Runtime and
+TensorRT from its ONNX export), so they differ only in how they execute it, never in what
+they compute. It reproduces :meth:`DiffusionGenerator.generate_batch`'s face exactly:
+
+- ``cond`` (B, NUM_CHANNELS, R, R) float32: the conditioning stack
+  (:mod:`rt_portrait.generator.conditioning`); channels 0-2 are the warp in [-1, 1];
+- ``noise`` (B, 3, R, R) float32: the fixed starting noise (an input rather than a constant,
+  so one graph serves every seed and the caller owns the randomness);
+- ``face`` (B, 3, R, R) float32 in [0, 1]: the warp plus the predicted residual.
+
+The sampler loop is a Python loop over a fixed schedule, so tracing unrolls it: ``steps``
+forwards in a row, no control flow left at run time. Fusion weights other than 1 are folded
+in the same way (condition groups dropped by a constant channel mask).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rt_portrait.generator.conditioning import NUM_CHANNELS, group_channels
+from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, load_weights
+from rt_portrait.generator.sampling import SAMPLERS, fused_model_fn, schedule
+from rt_portrait.generator.unet import ConditionalUNet
+
+# The channel layout an exported graph declares in its metadata (the conditioning's groups).
+CHANNEL_LAYOUT = "rt-portrait-cond-v1"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What is folded into a graph besides the weights."""
+
+    steps: int = 1
+    sampler: str = "euler"
+    motion_weight: float = 1.0
+    identity_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(SAMPLERS)}")
+
+
+class GeneratorGraph(nn.Module):
+    """``(cond, noise) -> face`` for one UNet, sampler, step count and pair of fusion weights.
+
+    ``compute_dtype``: the dtype the UNet runs in (float32; float16/bfloat16 for the reduced
+    precision ONNX files TensorRT builds from). Inputs and output stay float32.
+    """
+
+    def __init__(
+        self,
+        unet: ConditionalUNet,
+        spec: GraphSpec | None = None,
+        residual_scale: float = 1.0,
+        prediction: str = "velocity",
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if prediction not in ("velocity", "x0"):
+            raise ValueError(f"unknown prediction {prediction!r} (velocity or x0)")
+        if unet.config.cond_channels != NUM_CHANNELS:
+            raise ValueError(
+                f"the UNet takes {unet.config.cond_channels} condition channels, the conditioning has {NUM_CHANNELS}"
+            )
+        self.unet = unet.to(compute_dtype)
+        self.spec = spec or GraphSpec()
+        self.residual_scale = float(residual_scale)
+        self.prediction = prediction
+        self.compute_dtype = compute_dtype
+        # constant masks that drop one condition group (the fusion's extra predictions)
+        for group in ("motion", "identity"):
+            mask = torch.ones(1, NUM_CHANNELS, 1, 1)
+            mask[:, group_channels(group)] = 0
+            self.register_buffer(f"keep_{group}", mask, persistent=False)
+
+    def _drop(self, cond: torch.Tensor, group: str) -> torch.Tensor:
+        mask: torch.Tensor = getattr(self, f"keep_{group}")
+        return cond * mask.to(cond.dtype)
+
+    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        dt = self.compute_dtype
+        return self.unet(x.to(dt), t, cond.to(dt)).float()
+
+    def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        if self.prediction == "x0":  # plain regression (ablation): one forward from zeros
+            t = torch.ones_like(noise[:, 0, 0, 0])
+            res = self._model_fn(noise * 0, t, cond)
+        else:
+            fn = fused_model_fn(self._model_fn, self._drop, spec.motion_weight, spec.identity_weight)
+            res = SAMPLERS[spec.sampler](fn, noise, schedule(spec.steps, device=cond.device), cond)
+        warped = (cond[:, 0:3] + 1) * 0.5
+        return (warped + res * (0.5 / self.residual_scale)).clamp(0, 1)
+
+
+def file_hash(path: str | Path, length: int = 16) -> str:
+    """Hex SHA-256 prefix of a file (weights and ONNX files are keyed by content, not name)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class LoadedGraph:
+    """A graph with where it came from (what export metadata and engine caches key on)."""
+
+    graph: GeneratorGraph
+    weights: Path
+    weights_hash: str
+    meta: dict[str, str]
+
+
+def load_graph(
+    weights: str | Path | None = None,
+    spec: GraphSpec | None = None,
+    device: torch.device | str = "cpu",
+    compute_dtype: torch.dtype = torch.float32,
+) -> LoadedGraph:
+    """The graph of a generator weights file (None: the shipped default)."""
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    unet, meta = load_weights(path, "cpu")
+    graph = GeneratorGraph(
+        unet,
+        spec,
+        residual_scale=float(meta.get("residual_scale", "1")),
+        prediction=meta.get("prediction", "velocity"),
+        compute_dtype=compute_dtype,
+    )
+    return LoadedGraph(graph.to(device).eval(), path, file_hash(path), meta)

@@ -1,0 +1,94 @@
+"""The torch backends: eager, and ``torch.compile`` (inductor; CUDA graphs on CUDA)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+import torch
+
+from rt_portrait.engines.base import BackendUnavailable, Precision, check_batch
+from rt_portrait.engines.graph import GeneratorGraph
+
+
+class EagerEngine:
+    """The graph as is, under the generator's autocast (what DiffusionGenerator itself runs)."""
+
+    name = "eager"
+
+    def __init__(self, graph: GeneratorGraph, precision: Precision) -> None:
+        self.graph = graph.eval()
+        self.device = next(graph.parameters()).device
+        self._precision = precision
+        self.precision = precision.name
+
+    @torch.inference_mode()
+    def __call__(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        check_batch(cond, noise)
+        with self._precision.autocast(self.device):
+            return self.graph(cond, noise).float()
+
+    def prepare(self, size: int) -> None:
+        pass  # nothing to build
+
+    def describe(self) -> str:
+        return f"eager ({self.precision}, {self.device.type})"
+
+
+def compiler_available() -> bool:
+    """Inductor's CPU backend needs a C++ compiler on PATH."""
+    return (
+        shutil.which("g++") is not None
+        or shutil.which("clang++") is not None
+        or shutil.which("c++") is not None
+    )
+
+
+class CompileEngine:
+    """``torch.compile`` of the graph: inductor, and on CUDA ``mode="reduce-overhead"`` (CUDA
+    graphs: one replay per call instead of a launch per kernel).
+
+    ``prepare`` compiles for a size at start-up (batch 1); other batch sizes compile on first
+    use (``dynamic=False``: a specialised graph per shape is faster than a symbolic one, and a
+    session only ever sees a handful of batch sizes).
+    """
+
+    name = "compile"
+
+    def __init__(self, graph: GeneratorGraph, precision: Precision, mode: str | None = None) -> None:
+        self.graph = graph.eval()
+        self.device = next(graph.parameters()).device
+        self._precision = precision
+        self.precision = precision.name
+        if self.device.type == "cpu" and not compiler_available():
+            raise BackendUnavailable(
+                "compile", "package missing", "no C++ compiler on PATH (inductor's CPU backend)"
+            )
+        self.mode = (
+            mode if mode is not None else ("reduce-overhead" if self.device.type == "cuda" else "default")
+        )
+        try:
+            self._fn: Callable[..., torch.Tensor] = torch.compile(self.graph, mode=self.mode, dynamic=False)
+        except Exception as e:  # e.g. an unsupported Python for dynamo
+            raise BackendUnavailable("compile", "build failed", f"{type(e).__name__}: {e}") from e
+
+    @torch.inference_mode()
+    def __call__(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        check_batch(cond, noise)
+        with self._precision.autocast(self.device):
+            out = self._fn(cond, noise).float()
+        # CUDA graphs reuse their output buffers on the next replay: hand out a copy
+        return out.clone() if self.mode == "reduce-overhead" else out
+
+    def prepare(self, size: int) -> None:
+        nc = self.graph.unet.config.cond_channels
+        cond = torch.zeros(1, nc, size, size, device=self.device)
+        noise = torch.zeros(1, 3, size, size, device=self.device)
+        try:
+            for _ in range(2 if self.mode == "reduce-overhead" else 1):  # CUDA graphs record on a later call
+                self(cond, noise)
+        except Exception as e:
+            raise BackendUnavailable("compile", "build failed", f"{type(e).__name__}: {e}") from e
+
+    def describe(self) -> str:
+        return f"compile (inductor, mode {self.mode}, {self.precision}, {self.device.type})"

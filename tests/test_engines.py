@@ -1,0 +1,401 @@
+"""Engines: the folded graph, ONNX export and parity, the backends, the resolver and its fallbacks.
+
+Weights: the shipped generator when installed, and always a randomly initialised UNet saved
+in the same format (its zero-initialised last layer re-drawn, so the residual is not zero and
+parity means something).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rt_portrait.engines.base import BackendUnavailable, Precision
+from rt_portrait.engines.graph import GeneratorGraph, GraphSpec, LoadedGraph, load_graph
+from rt_portrait.engines.resolver import (
+    CPU_CANDIDATES,
+    EngineConfig,
+    parity_stats,
+    resolve,
+    resolve_engine,
+)
+from rt_portrait.engines.torch_engines import EagerEngine
+from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch
+from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, DiffusionConfig, DiffusionGenerator, save_weights
+from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
+from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+from rt_portrait.generator.warp_fill import WarpFillGenerator
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    unet = ConditionalUNet(UNetConfig())
+    torch.nn.init.normal_(unet.out.weight, std=0.05)
+    torch.nn.init.normal_(unet.out.bias, std=0.05)
+    path = tmp_path_factory.mktemp("weights") / "random.safetensors"
+    save_weights(unet, path, residual_scale=2.0, extra={"note": "random init for engine tests"})
+    return path
+
+
+WEIGHTS = ["random"] + (["shipped"] if DEFAULT_WEIGHTS.is_file() else [])
+
+
+@pytest.fixture(scope="module", params=WEIGHTS)
+def weights(request, random_weights) -> Path:
+    return random_weights if request.param == "random" else DEFAULT_WEIGHTS
+
+
+class _Capture:
+    """A generator that records its inputs and answers like the warp fill."""
+
+    def __init__(self) -> None:
+        self.inputs: list[GeneratorInput] = []
+        self.warp = WarpFillGenerator()
+
+    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
+        self.inputs.append(inputs)
+        return self.warp(inputs)
+
+
+@pytest.fixture(scope="module")
+def real_inputs(astronaut) -> list[GeneratorInput]:
+    """Generator inputs from the runtime itself: the registry portrait, turned and smiling."""
+    from rt_portrait.head.types import Edits
+    from rt_portrait.pipeline import Animator, AnimatorConfig
+
+    cap = _Capture()
+    animator = Animator(astronaut, AnimatorConfig(size=128), generator=cap)
+    animator.render_edits(Edits(yaw=20.0, smile=0.6, jaw_open=0.4))
+    animator.render_edits(Edits(pitch=-10.0, blink_left=1.0))
+    assert len(cap.inputs) == 2
+    return cap.inputs
+
+
+@pytest.fixture(scope="module")
+def real_cond(real_inputs) -> torch.Tensor:
+    cond = build_condition_batch(real_inputs)
+    assert cond.shape == (2, NUM_CHANNELS, 128, 128)
+    return cond
+
+
+def _noise(n: int, size: int) -> torch.Tensor:
+    return (
+        torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        .expand(n, -1, -1, -1)
+        .contiguous()
+    )
+
+
+def test_graph_matches_the_diffusion_generator(random_weights, real_inputs) -> None:
+    """The folded graph computes the diffusion generator's face exactly (float32), for 1 and 2
+    steps and with fusion weights."""
+    for steps, mw in ((1, 1.0), (2, 1.0), (1, 1.5)):
+        gen = DiffusionGenerator(
+            DiffusionConfig(weights=random_weights, steps=steps, motion_weight=mw, dtype="float32")
+        )
+        want = torch.stack([o.face for o in gen.generate_batch(real_inputs)])
+        loaded = load_graph(random_weights, GraphSpec(steps=steps, motion_weight=mw))
+        with torch.inference_mode():
+            cond = build_condition_batch(real_inputs)
+            got = loaded.graph(cond, gen.noise(128, 128).expand(len(real_inputs), -1, -1, -1))
+        assert torch.allclose(got, want, atol=1e-5), (steps, mw, float((got - want).abs().max()))
+        # and the residual is really there: the face is not the warp
+        warped = torch.stack([x.warped for x in real_inputs])
+        assert float((got - warped).abs().mean()) > 1e-3
+
+
+def test_onnx_export_checks_and_metadata(random_weights, tmp_path) -> None:
+    from rt_portrait.engines.graph import file_hash
+    from rt_portrait.engines.onnx_export import export_onnx, read_onnx_info
+
+    loaded = load_graph(random_weights, GraphSpec(steps=2))
+    info = export_onnx(loaded, tmp_path / "g.onnx", 64)
+    model = onnx.load(str(info.path))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    assert [i.name for i in model.graph.input] == ["cond", "noise"]
+    assert [o.name for o in model.graph.output] == ["face"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [NUM_CHANNELS, 64, 64]
+    assert info.size == 64 and info.steps == 2 and info.precision == "float32"
+    assert info.weights_hash == file_hash(random_weights)
+    assert info.channel_layout == "rt-portrait-cond-v1" and info.cond_channels == NUM_CHANNELS
+    # the sampler loop is unrolled: no Loop/If nodes, two UNet passes (two stems)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Loop" not in ops and "If" not in ops
+    assert sum(1 for n in model.graph.node if "stem_x" in n.name and n.op_type == "Conv") == 2
+    assert read_onnx_info(info.path) == info
+
+
+def test_onnx_export_rejects_bad_sizes_and_files(random_weights, tmp_path) -> None:
+    from rt_portrait.engines.onnx_export import export_onnx, read_onnx_info
+
+    loaded = load_graph(random_weights)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        export_onnx(loaded, tmp_path / "g.onnx", 60)
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(loaded, tmp_path / "g.onnx", 64, opset=13)
+    bare = tmp_path / "bare.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(bare))
+    with pytest.raises(ValueError, match="not an rt-portrait generator"):
+        read_onnx_info(bare)
+
+
+def test_onnxruntime_cpu_parity_on_real_conditioning(weights, real_cond, tmp_path) -> None:
+    """The issue's bar: ONNX Runtime CPU vs torch on real conditioning tensors, fp32:
+    max abs diff <= 2e-3 and PSNR >= 45 dB, for a batch of 2 and a batch of 1."""
+    from rt_portrait.engines.onnx_export import export_onnx
+    from rt_portrait.engines.ort import OrtEngine
+
+    for steps in (1, 2):
+        loaded = load_graph(weights, GraphSpec(steps=steps))
+        info = export_onnx(loaded, tmp_path / f"g{steps}.onnx", 128)
+        engine = OrtEngine.from_files([info.path], threads=1)
+        for n in (2, 1):
+            cond, noise = real_cond[:n], _noise(n, 128)
+            with torch.inference_mode():
+                want = loaded.graph(cond, noise)
+            got = engine(cond, noise)
+            assert got.shape == (n, 3, 128, 128) and got.dtype == torch.float32
+            stats = parity_stats(got, want)
+            assert stats["max_abs"] <= 2e-3, stats
+            assert stats["psnr"] >= 45.0, stats
+
+
+def test_every_cpu_backend_takes_a_batch(random_weights, real_cond, tmp_path) -> None:
+    """N conditions in, N faces out, each face that of its own condition."""
+    loaded = load_graph(random_weights)
+    res = resolve_engine(loaded, 128, EngineConfig(backend="onnxruntime", cache_dir=tmp_path, threads=1))
+    eager = EagerEngine(loaded.graph, Precision("float32"))
+    cond = torch.cat([real_cond, real_cond.flip(0)])
+    noise = _noise(4, 128)
+    for engine in (eager, res.engine):
+        out = engine(cond, noise)
+        assert out.shape == (4, 3, 128, 128)
+        assert torch.allclose(out[0], out[3], atol=1e-5) and torch.allclose(out[1], out[2], atol=1e-5)
+        single = engine(cond[1:2], noise[1:2])
+        assert torch.allclose(out[1:2], single, atol=1e-4)
+        assert float((out[0] - out[1]).abs().mean()) > 1e-3
+
+
+def test_engine_generator_matches_the_diffusion_generator(random_weights, real_inputs, tmp_path) -> None:
+    from rt_portrait.engines.generator import EngineGenerator, with_backend
+
+    gen = DiffusionGenerator(DiffusionConfig(weights=random_weights, dtype="float32"))
+    want = gen.generate_batch(real_inputs)
+    for backend in ("eager", "onnxruntime"):
+        eg = with_backend(gen, 128, EngineConfig(backend=backend, cache_dir=tmp_path, threads=1))
+        assert isinstance(eg, EngineGenerator) and eg.engine.name == backend
+        got = eg.generate_batch(real_inputs)
+        for g, w in zip(got, want, strict=True):
+            assert torch.allclose(g.face, w.face, atol=2e-3)
+            assert torch.equal(g.alpha, w.alpha)
+        one = eg(real_inputs[0])
+        assert torch.allclose(one.face, got[0].face, atol=1e-4)
+        assert eg.summary()["backend"] == backend
+
+
+def test_onnx_cache_is_reused_and_keyed_by_weights(random_weights, tmp_path) -> None:
+    from rt_portrait.engines.onnx_export import cached_onnx
+
+    loaded = load_graph(random_weights)
+    a = cached_onnx(loaded, 64, tmp_path)
+    mtime = a.path.stat().st_mtime_ns
+    b = cached_onnx(loaded, 64, tmp_path)
+    assert b.path == a.path and b.path.stat().st_mtime_ns == mtime  # not exported again
+    c = cached_onnx(load_graph(random_weights, GraphSpec(steps=2)), 64, tmp_path)
+    assert c.path != a.path and c.steps == 2
+    a.path.write_bytes(b"truncated")  # an interrupted export is redone, not trusted
+    assert cached_onnx(loaded, 64, tmp_path).onnx_hash == a.onnx_hash
+
+
+# ---------------------------------------------------------------- the resolver
+
+
+class _Fake:
+    """An engine that runs the reference graph, optionally wrong or broken."""
+
+    def __init__(self, name: str, graph: GeneratorGraph, offset: float = 0.0, broken: bool = False) -> None:
+        self.name = name
+        self.graph = graph
+        self.device = torch.device("cpu")
+        self.precision = "float32"
+        self.offset = offset
+        self.broken = broken
+
+    def __call__(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.graph(cond, noise) + self.offset
+
+    def prepare(self, size: int) -> None:
+        if self.broken:
+            raise RuntimeError("simulated build error")
+
+    def describe(self) -> str:
+        return f"fake {self.name}"
+
+
+def _unavailable(name: str, reason: str):
+    def make():
+        raise BackendUnavailable(name, reason, "simulated")
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def small_graph(random_weights) -> GeneratorGraph:
+    return load_graph(random_weights).graph
+
+
+def test_auto_on_a_gpu_takes_the_first_that_works_in_order(small_graph, caplog) -> None:
+    """TensorRT, then compile, then ONNX Runtime CUDA, then eager; each skip logged with its reason."""
+    g = small_graph
+    factories = {
+        "tensorrt": _unavailable("tensorrt", "package missing"),
+        "compile": lambda: _Fake("compile", g, broken=True),
+        "onnxruntime": lambda: _Fake("onnxruntime", g, offset=0.1),
+        "eager": lambda: _Fake("eager", g),
+    }
+    with caplog.at_level(logging.WARNING, logger="rt_portrait.engines.resolver"):
+        res = resolve("auto", torch.device("cuda"), factories, g, 32)
+    assert res.backend == "eager"
+    assert [(f.backend, f.reason) for f in res.fallbacks] == [
+        ("tensorrt", "package missing"),
+        ("compile", "build failed"),
+        ("onnxruntime", "parity failed"),
+    ]
+    for name in ("tensorrt", "compile", "onnxruntime"):
+        assert any(name in r.getMessage() for r in caplog.records)
+    summary = res.summary()
+    assert summary["backend"] == "eager" and len(summary["fallbacks"]) == 3  # type: ignore[arg-type]
+
+    factories["tensorrt"] = lambda: _Fake("tensorrt", g)
+    assert resolve("auto", torch.device("cuda"), factories, g, 32).backend == "tensorrt"
+
+
+def test_auto_on_the_cpu_takes_the_faster(small_graph) -> None:
+    import time as _time
+
+    g = small_graph
+
+    class Slow(_Fake):
+        def __call__(self, cond, noise):
+            _time.sleep(0.02)
+            return super().__call__(cond, noise)
+
+    factories = {
+        "eager": lambda: Slow("eager", g),
+        "onnxruntime": lambda: _Fake("onnxruntime", g),
+        "compile": _unavailable("compile", "build failed"),
+        "tensorrt": _unavailable("tensorrt", "package missing"),
+    }
+    res = resolve("auto", torch.device("cpu"), factories, g, 32, probe_runs=3)
+    assert res.backend == "onnxruntime"
+    assert set(res.probe_ms) == set(CPU_CANDIDATES)
+    assert [(f.backend, f.reason) for f in res.fallbacks] == [("eager", "slower")]
+    # the probe runs only the CPU candidates (compile is not one by default)
+    res = resolve(
+        "auto", torch.device("cpu"), factories, g, 32, cpu_candidates=("eager", "compile"), probe_runs=1
+    )
+    assert res.backend == "eager" and res.fallbacks[0].reason == "build failed"
+
+
+def test_an_explicit_backend_that_fails_is_an_error_naming_the_reason(small_graph) -> None:
+    g = small_graph
+    factories = {
+        "eager": lambda: _Fake("eager", g),
+        "onnxruntime": lambda: _Fake("onnxruntime", g, offset=0.5),
+    }
+    with pytest.raises(ValueError, match="onnxruntime: parity failed"):
+        resolve("onnxruntime", torch.device("cpu"), factories, g, 32)
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve("fastest", torch.device("cpu"), factories, g, 32)
+    with pytest.raises(ValueError, match="unknown backend"):
+        EngineConfig(backend="triton")
+
+
+def _hide(monkeypatch, *names: str) -> None:
+    """Make ``import name`` fail as it does when the package is not installed."""
+    for name in names:
+        for mod in list(sys.modules):
+            if mod == name or mod.startswith(name + "."):
+                monkeypatch.delitem(sys.modules, mod)
+    real_import = builtins.__import__
+
+    def fake_import(name_, *args, **kwargs):
+        if name_.split(".")[0] in names:
+            raise ImportError(f"No module named {name_!r} (hidden by the test)")
+        return real_import(name_, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_auto_without_onnxruntime_falls_back_to_eager(random_weights, tmp_path, monkeypatch, caplog) -> None:
+    _hide(monkeypatch, "onnxruntime")
+    loaded = load_graph(random_weights)
+    with caplog.at_level(logging.WARNING, logger="rt_portrait.engines.resolver"):
+        res = resolve_engine(loaded, 32, EngineConfig(cache_dir=tmp_path, probe_runs=1))
+    assert res.backend == "eager"
+    assert [(f.backend, f.reason) for f in res.fallbacks] == [("onnxruntime", "package missing")]
+    assert "onnxruntime" in caplog.text and "package missing" in caplog.text
+    assert not list(tmp_path.glob("*.onnx"))  # nothing exported for a backend that cannot run
+    with pytest.raises(ValueError, match="onnxruntime: package missing"):
+        resolve_engine(loaded, 32, EngineConfig(backend="onnxruntime", cache_dir=tmp_path))
+
+
+def test_tensorrt_missing_or_without_a_gpu_is_reported(random_weights, tmp_path, monkeypatch) -> None:
+    loaded = load_graph(random_weights)
+    _hide(monkeypatch, "tensorrt")
+    with pytest.raises(ValueError, match="tensorrt: package missing"):
+        resolve_engine(loaded, 32, EngineConfig(backend="tensorrt", cache_dir=tmp_path))
+    monkeypatch.undo()
+    # with a (fake) tensorrt module importable, a CPU device is "no device"
+    monkeypatch.setitem(sys.modules, "tensorrt", type(sys)("tensorrt"))
+    with pytest.raises(ValueError, match="tensorrt: no device"):
+        resolve_engine(loaded, 32, EngineConfig(backend="tensorrt", cache_dir=tmp_path))
+
+
+def test_compile_without_a_compiler_is_package_missing(small_graph, monkeypatch) -> None:
+    from rt_portrait.engines import torch_engines
+
+    monkeypatch.setattr(torch_engines.shutil, "which", lambda name: None)
+    with pytest.raises(BackendUnavailable) as err:
+        torch_engines.CompileEngine(small_graph, Precision("float32"))
+    assert err.value.reason == "package missing"
+
+
+def test_auto_on_the_cpu_with_real_backends(random_weights, tmp_path) -> None:
+    """The real resolver on this CPU: eager and ONNX Runtime both build, ORT passes parity,
+    the faster one is chosen and the other is reported as slower."""
+    loaded = load_graph(random_weights)
+    res = resolve_engine(loaded, 64, EngineConfig(cache_dir=tmp_path, probe_runs=2, threads=1))
+    assert res.backend in CPU_CANDIDATES
+    assert set(res.probe_ms) == set(CPU_CANDIDATES)
+    assert res.parity["onnxruntime"]["max_abs"] <= 2e-3
+    assert [f.reason for f in res.fallbacks] == ["slower"]
+    assert np.isfinite(res.probe_ms[res.backend])
+
+
+def test_precision_names() -> None:
+    assert Precision.resolve("auto", torch.device("cpu")).name == "bfloat16"
+    assert Precision.resolve("auto", torch.device("cuda")).name == "float16"
+    with pytest.raises(ValueError, match="unknown dtype"):
+        Precision.resolve("int8", torch.device("cpu"))
+    spec = GraphSpec()
+    assert replace(spec, steps=2).steps == 2
+    with pytest.raises(ValueError, match="steps"):
+        GraphSpec(steps=0)
+    with pytest.raises(ValueError, match="sampler"):
+        GraphSpec(sampler="ddim")
+    assert isinstance(LoadedGraph, type)

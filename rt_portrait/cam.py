@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import sys
 import threading
 import time
@@ -91,7 +92,7 @@ class CamReport:
     dropped: int  # camera frames never animated (stale: a newer one was there)
     face_frames: int  # animated frames in which the driver's face was found
     seconds: float
-    stopped: str  # "end" (of the camera file), "quit", "interrupt" or "max_frames"
+    stopped: str  # "end" (of the camera file), "quit", "interrupt", "terminated" or "max_frames"
     stage_ms: dict[str, float]  # median milliseconds per stage
     generator_on: bool = True
 
@@ -600,6 +601,28 @@ class _Loop:
                     self.status.update(self.status_text(now), now)
         except KeyboardInterrupt:
             self.stopped = "interrupt"  # ends the output cleanly: a recording is kept
+        except Terminated:
+            self.stopped = "terminated"
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the run stops like ``q`` (a recording is finished, devices released)."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_file_output(output: str) -> bool:
@@ -657,6 +680,7 @@ def run_cam(
     loop: _Loop | None = None
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_sigterm_stops())
             if keys is None:
                 terminal = stack.enter_context(TerminalKeys()) if config.hotkeys else None
                 keys = terminal.read if terminal is not None else (lambda: "")
@@ -682,6 +706,8 @@ def run_cam(
                     vcam.send(frame)
             if status is not None:
                 status.update(loop.status_text(time.monotonic()), time.monotonic(), force=True)
+    except Terminated:  # outside the frame loop (while encoding or sending): nothing half-written stays
+        raise CamError("stopped by SIGTERM" + (f"; {out_path} was not written" if out_path else "")) from None
     finally:
         if status is not None:
             status.close()

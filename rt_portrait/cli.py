@@ -147,6 +147,9 @@ def cmd_cam(args: argparse.Namespace) -> int:
     except CamError as e:  # devices, files, portrait: one line that names the fix
         print(f"rt-portrait cam: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside the frame loop (the loop itself stops cleanly)
+        print("rt-portrait cam: interrupted", file=sys.stderr)
+        return 130
     print(report.output)
     print(
         f"{report.frames_in} frames animated ({report.fps:.1f} fps, {report.dropped} stale dropped, "

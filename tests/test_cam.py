@@ -334,11 +334,13 @@ def test_no_tty_means_no_hotkeys_and_plain_status(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs pty.fork")
-def test_cli_on_a_terminal_shows_status_and_quits_on_q(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["q", "SIGTERM"])
+def test_cli_on_a_terminal_shows_status_and_stops_cleanly(tmp_path: Path, stop: str) -> None:
     """The real command on a pseudo-terminal: the status line is rewritten in place, and
-    pressing q ends the run early with the recording kept."""
+    pressing q (or a SIGTERM) ends the run early with the recording finished and kept."""
     import pty
     import select
+    import signal
 
     portrait = tmp_path / "portrait.png"
     Image.fromarray(default_portrait("astronaut")).save(portrait)
@@ -363,7 +365,10 @@ def test_cli_on_a_terminal_shows_status_and_quits_on_q(tmp_path: Path) -> None:
                     break
                 text += chunk
             if not sent and text.count(b" fps |") >= 3:
-                os.write(fd, b"q")
+                if stop == "q":
+                    os.write(fd, b"q")
+                else:
+                    os.kill(pid, signal.SIGTERM)
                 sent = True
         _, status = os.waitpid(pid, 0)
     finally:
@@ -372,6 +377,8 @@ def test_cli_on_a_terminal_shows_status_and_quits_on_q(tmp_path: Path) -> None:
     assert sent, f"no live status line appeared: {shown[-2000:]}"
     assert os.waitstatus_to_exitcode(status) == 0, shown[-2000:]
     assert "\r\x1b[K" in shown  # rewritten in place
-    assert "face yes" in shown and "stopped: quit" in shown, shown[-2000:]
+    stopped = "quit" if stop == "q" else "terminated"
+    assert "face yes" in shown and f"stopped: {stopped}" in shown, shown[-2000:]
     n = count_frames(out)
     assert 0 < n < count_frames(clip)
+    assert not list(tmp_path.glob(".*part*")), "a partial file was left behind"

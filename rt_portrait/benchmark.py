@@ -7,27 +7,39 @@ so the output frame is at most size x size. Video decode and encode are excluded
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from rt_portrait.core.assets import default_portrait, pyfeat_file
 from rt_portrait.core.video import read_frames
+from rt_portrait.generator.select import generator_kind, generator_steps
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import fit_long_side
 
-STAGES = ("track", "fit", "flow", "warp", "total")
+STAGES = ("track", "fit", "flow", "history", "generator", "warp", "total")
 LABELS = {
     "track": "track",
     "fit": "fit + retarget + edits",
     "flow": "flow + encoding",
+    "history": "history warp",
+    "generator": "generator",
     "warp": "warp + compose",
     "total": "total",
 }
 
 
 def run_stage_benchmark(
-    size: int = 256, device: str = "cpu", frames: int = 120, backend: str = "auto", warmup: int = 10
+    size: int = 256,
+    device: str = "cpu",
+    frames: int = 120,
+    backend: str = "auto",
+    warmup: int = 10,
+    generator: dict[str, Any] | None = None,
 ) -> dict:
+    """Median and p90 ms per stage; ``generator``: ``AnimatorConfig`` generator options
+    (``generator``, ``steps``, fusion weights; see ``generator.select.generator_options``)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
     driver = [
@@ -36,8 +48,12 @@ def run_stage_benchmark(
     ]
     source = fit_long_side(default_portrait("astronaut"), size)
     animator = Animator(
-        source, AnimatorConfig(size=size, device=device, flow_backend=backend), name="astronaut"
+        source,
+        AnimatorConfig(size=size, device=device, flow_backend=backend, **(generator or {})),
+        name="astronaut",
     )
+    gen_name = generator_kind(animator.generator)
+    steps = generator_steps(animator.generator)
     session = animator.session(fps=24.0)
     samples: dict[str, list[float]] = {k: [] for k in STAGES}
     for i, frame in enumerate(driver):
@@ -50,8 +66,9 @@ def run_stage_benchmark(
     session.close()
     medians = {k: float(np.median(v)) for k, v in samples.items()}
     p90 = {k: float(np.percentile(v, 90)) for k, v in samples.items()}
+    gen_label = gen_name + (f" ({steps} step{'s' if steps != 1 else ''})" if steps is not None else "")
     lines = [
-        f"rt-portrait bench: size {size}, device {device}, backend {backend}, {len(samples['total'])} frames, torch threads {torch.get_num_threads()}",
+        f"rt-portrait bench: size {size}, device {device}, backend {backend}, generator {gen_label}, {len(samples['total'])} frames, torch threads {torch.get_num_threads()}",
         f"{'stage':<26}{'median ms':>10}{'p90 ms':>10}",
     ]
     for k in STAGES:
@@ -61,6 +78,8 @@ def run_stage_benchmark(
         "size": size,
         "device": device,
         "backend": backend,
+        "generator": gen_name,
+        "steps": steps,
         "frames": len(samples["total"]),
         "median_ms": medians,
         "p90_ms": p90,

@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from rt_portrait.generator.select import add_generator_arguments, generator_options
 from rt_portrait.head.types import Edits, Strengths
 
 EDIT_HELP = {
@@ -48,8 +49,15 @@ def _add_motion_args(p: argparse.ArgumentParser) -> None:
             default=1.0,
             help=f"gain of the driver's {f.name} motion",
         )
+    g.add_argument(
+        "--reference",
+        choices=["first", "frontal"],
+        default="first",
+        help="relative mode's neutral driver frame: the first, or the most frontal of the first second",
+    )
     p.add_argument("--size", type=int, default=256, help="working resolution of the flow (default 256)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    add_generator_arguments(p)
 
 
 def _edits(args: argparse.Namespace) -> Edits:
@@ -62,14 +70,24 @@ def _config(args: argparse.Namespace):
 
     strengths = Strengths(**{f.name: getattr(args, f"strength_{f.name}") for f in fields(Strengths)})
     return AnimatorConfig(
-        size=args.size, retarget=RetargetConfig(args.mode, strengths), edits=_edits(args), device=args.device
+        size=args.size,
+        retarget=RetargetConfig(args.mode, strengths, reference=args.reference),
+        edits=_edits(args),
+        device=args.device,
+        **generator_options(args),
     )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from rt_portrait.demo import run_demo
 
-    paths = run_demo(Path(args.output), portrait=args.portrait, size=args.size, seconds=args.seconds)
+    paths = run_demo(
+        Path(args.output),
+        portrait=args.portrait,
+        size=args.size,
+        seconds=args.seconds,
+        generator=generator_options(args),
+    )
     for p in paths:
         print(p)
     return 0
@@ -119,7 +137,13 @@ def cmd_animate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rt_portrait.benchmark import run_stage_benchmark
 
-    report = run_stage_benchmark(size=args.size, device=args.device, frames=args.frames, backend=args.backend)
+    report = run_stage_benchmark(
+        size=args.size,
+        device=args.device,
+        frames=args.frames,
+        backend=args.backend,
+        generator=generator_options(args),
+    )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -178,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--portrait", default="astronaut", choices=["astronaut", "grace_hopper"])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seconds", type=float, default=6.0)
+    add_generator_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("track", help="track faces in an image or video and print the head pose per frame")
@@ -247,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--frames", type=int, default=120)
     p.add_argument("--json", action="store_true")
+    add_generator_arguments(p)
     p.set_defaults(func=cmd_bench)
 
     from rt_portrait.eval import harness

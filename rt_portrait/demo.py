@@ -7,12 +7,16 @@ head meshes drawn over the portrait above the rendered results.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from rt_portrait.core.assets import default_portrait
 from rt_portrait.core.video import atomic_output, write_video
+from rt_portrait.generator.select import generator_kind
 from rt_portrait.head.types import Edits
 from rt_portrait.pipeline import Animator, AnimatorConfig
 
@@ -74,8 +78,9 @@ def write_sheet(animator: Animator, path: Path) -> Path:
     axes[0, 0].text(
         0, -0.08, "edited head mesh over the source", transform=axes[0, 0].transAxes, fontsize=8, va="top"
     )
+    label = "3D-flow warp" if generator_kind(animator.generator) == "warp" else "3D-flow warp + generator"
     axes[1, 0].text(
-        0, -0.08, "rendered by the 3D-flow warp", transform=axes[1, 0].transAxes, fontsize=8, va="top"
+        0, -0.08, f"rendered by the {label}", transform=axes[1, 0].transAxes, fontsize=8, va="top"
     )
     fig.tight_layout()
     with atomic_output(path) as tmp:
@@ -85,15 +90,29 @@ def write_sheet(animator: Animator, path: Path) -> Path:
 
 
 def run_demo(
-    output: Path, portrait: str = "astronaut", size: int = 256, seconds: float = 6.0, progress: bool = True
+    output: Path,
+    portrait: str = "astronaut",
+    size: int = 256,
+    seconds: float = 6.0,
+    progress: bool = True,
+    generator: dict[str, Any] | None = None,
 ) -> list[Path]:
-    animator = Animator(default_portrait(portrait), AnimatorConfig(size=size), name=portrait)
+    """``generator``: ``AnimatorConfig`` generator options (default: ``auto``)."""
+    animator = Animator(
+        default_portrait(portrait), AnimatorConfig(size=size, **(generator or {})), name=portrait
+    )
     output.mkdir(parents=True, exist_ok=True)
     sheet = write_sheet(animator, output / "edits.png")
     n = round(seconds * FPS)
-    frames = (
-        animator.render_edits(scripted_edits(i / FPS, seconds)).image
-        for i in tqdm(range(n), desc="demo", unit="frame", disable=not progress)
-    )
-    video = write_video(output / "demo.mp4", frames, FPS)
+
+    def frames() -> Iterator[np.ndarray]:
+        history = None  # each frame's output is the next one's history, as in a live session
+        for i in tqdm(range(n), desc="demo", unit="frame", disable=not progress):
+            r = animator.render_frame(
+                animator.target_state(scripted_edits(i / FPS, seconds)), history=history
+            )
+            history = r.history
+            yield r.image
+
+    video = write_video(output / "demo.mp4", frames(), FPS)
     return [video, sheet]

@@ -5,6 +5,15 @@ point cloud per working size, its tensors). ``AnimatorSession`` holds the per-dr
 that must persist across frames: the tracker, the smoothing filters, the driver reference
 frame and the hold/ease state for frames without a face. The offline CLI, the benchmark
 and the live server all drive this same object.
+
+History: the session keeps its last output on the working grid; the next frame's history
+(a generator input) is that output warped by the flow between the two target head states,
+with a validity mask. ``AnimatorConfig.history`` says how that flow is computed:
+``"compose"`` (default) composes the two frames' flows to the source (current -> source ->
+previous, inverting the previous one by a few fixed-point steps; about 1 ms, valid where the
+inversion is consistent); ``"exact"`` runs the flow stage between the two head states' scene
+points, as the training cache does (a second flow per frame, valid where the previous head
+shows the point). The first frame, a working-size change or a recalibration has none.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
 from rt_portrait.compose import (
@@ -32,6 +42,7 @@ from rt_portrait.flow.elastic import elastic_background
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
+from rt_portrait.generator.select import GeneratorSpec, build_generator, uses_history
 from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
 from rt_portrait.tracking import (
@@ -61,6 +72,24 @@ class AnimatorConfig:
     ease_frames: int = 20  # then frames over which the head eases back to neutral
     limits: ImageLimits = field(default_factory=ImageLimits)
     max_output_side: int | None = None  # downscale the source (and so the output) to this long side
+    # The generator: "auto" (diffusion when its weights are installed, else warp), "diffusion"
+    # or "warp" (the learning-free warp fill); sampling steps and fusion weights of diffusion.
+    generator: str = "auto"
+    steps: int = 1
+    motion_weight: float = 1.0
+    identity_weight: float = 1.0
+    generator_weights: str | None = None  # None: the shipped weights
+    history: str = "compose"  # history flow: "compose", "exact" or "off" (see the module doc)
+
+    def generator_spec(self) -> GeneratorSpec:
+        return GeneratorSpec(
+            generator=self.generator,
+            steps=self.steps,
+            motion_weight=self.motion_weight,
+            identity_weight=self.identity_weight,
+            weights=self.generator_weights,
+            device=self.device,
+        )
 
 
 @dataclass
@@ -70,6 +99,61 @@ class AnimatedFrame:
     timings_ms: dict[str, float]  # per stage: track, fit, flow, warp, total
     head: HeadState | None = None  # the target head state that was rendered
     fields: FlowFields | None = None
+
+
+@dataclass
+class History:
+    """The session's last output on the working grid, to be warped to the next frame."""
+
+    image: torch.Tensor  # (3, R, R) the output's working-grid image (warp with the face blended)
+    points: PointCloud  # the target head state's scene points it was rendered from
+    flow: torch.Tensor  # (2, R, R) its flow to the source (working px)
+    size: int
+
+
+HISTORY_MODES = ("compose", "exact", "off")
+
+
+def compose_history_flow(
+    flow: torch.Tensor, previous_flow: torch.Tensor, iterations: int = 3, tolerance: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2, R, R) flow from the current frame to the previous one, and its (R, R) validity.
+
+    Both frames' backward flows lead to the source: pixel p of now samples the source at
+    p + flow(p), pixel q of the previous frame at q + previous_flow(q). The history flow d
+    solves d + previous_flow(p + d) = flow(p) (the previous pixel that saw the same source
+    point), by fixed-point steps from d = flow - previous_flow. Valid where the solution is
+    consistent to ``tolerance`` working px and lands inside the grid; pixels the previous
+    frame did not show (disocclusions) do not converge and are invalid. Solved on a 2x
+    coarser grid (the flows are smooth; it costs a quarter) and upsampled."""
+    r = flow.shape[-1]
+    half = r % 2 == 0 and r >= 64
+    f, g = (
+        (F.avg_pool2d(torch.stack((flow, previous_flow)), 2) / 2).unbind(0) if half else (flow, previous_flow)
+    )
+    d = f - g
+    for _ in range(iterations):
+        d = f - warp_working(g, d)
+    residual = (d + warp_working(g, d) - f).norm(dim=0)
+    n = f.shape[-1]
+    base = torch.arange(n, device=flow.device, dtype=torch.float32) + 0.5
+    qx, qy = base[None, :] + d[0], base[:, None] + d[1]
+    valid = (residual < tolerance * n / r) & (qx >= 0) & (qx <= n) & (qy >= 0) & (qy <= n)
+    if half:
+        d = F.interpolate(d[None] * 2, size=(r, r), mode="bilinear", align_corners=False)[0]
+        valid = F.interpolate(valid[None, None].float(), size=(r, r), mode="nearest")[0, 0] > 0.5
+    return d, valid
+
+
+@dataclass
+class Rendered:
+    """Everything one render produced (``Animator.render_frame``)."""
+
+    image: np.ndarray  # (H, W, 3) uint8, the source's resolution
+    fields: FlowFields
+    timings_ms: dict[str, float]  # flow, generator, warp (+ history when warped)
+    history: History  # this frame's output, for the next frame's history
+    history_valid: torch.Tensor | None  # (R, R) bool where this frame's history was valid; None: none
 
 
 @dataclass
@@ -148,8 +232,21 @@ class Animator:
         self.source_state = fit_head(track.landmarks, self.image_size, template=self.template)
         self.device = torch.device(self.config.device)
         self.source_tensor = to_tensor(rgb, self.device)
-        self.generator: Generator = generator or WarpFillGenerator()
+        # an explicit generator wins over the config's choice
+        self.generator: Generator = generator or build_generator(self.config.generator_spec())
+        self._warp_generator: Generator | None = (
+            generator if isinstance(generator, WarpFillGenerator) else None
+        )
         self._scenes: dict[int, _Scene] = {}
+
+    @property
+    def warp_generator(self) -> Generator:
+        """The learning-free generator (the fallback a degrading session switches to)."""
+        if self._warp_generator is None:
+            self._warp_generator = (
+                self.generator if isinstance(self.generator, WarpFillGenerator) else WarpFillGenerator()
+            )
+        return self._warp_generator
 
     def scene(self, size: int) -> _Scene:
         if size not in self._scenes:
@@ -200,8 +297,31 @@ class Animator:
     def render(
         self, target: HeadState, size: int | None = None
     ) -> tuple[np.ndarray, FlowFields, dict[str, float]]:
-        """Flow, generator and compose for one target head state."""
+        """Flow, generator and compose for one target head state (no history)."""
+        r = self.render_frame(target, size)
+        return r.image, r.fields, r.timings_ms
+
+    def history_flow(self, scene: _Scene, target_points: PointCloud, previous: History) -> FlowFields:
+        """Flow fields from the current target head state to the previous one (the flow that
+        warps the previous output to now); built exactly as the training cache builds it."""
+        fields = compute_flow(target_points, previous.points, scene.flow_config)
+        return replace(fields, flow=elastic_background(fields) * scene.taper)
+
+    @torch.inference_mode()
+    def render_frame(
+        self,
+        target: HeadState,
+        size: int | None = None,
+        history: History | None = None,
+        generator: Generator | None = None,
+    ) -> Rendered:
+        """Flow, generator and compose for one target head state.
+
+        ``history``: the previous frame's output (``Rendered.history``), warped here to this
+        frame when the generator reads history; ``generator`` overrides the animator's (a
+        degrading session's cheaper one)."""
         size = size or self.config.size
+        gen = generator or self.generator
         scene = self.scene(size)
         t0 = time.perf_counter()
         target_points = scene.builder(target)
@@ -215,21 +335,42 @@ class Animator:
         fields = replace(fields, flow=elastic_background(fields) * scene.taper)
         t1 = time.perf_counter()
         warped = warp_working(scene.source_working, fields.flow)
+        timings: dict[str, float] = {"flow": (t1 - t0) * 1e3}
+        hist_image, hist_valid = None, None
+        mode = self.config.history
+        if mode not in HISTORY_MODES:
+            raise ValueError(f"history must be one of {HISTORY_MODES}, got {mode!r}")
+        if history is not None and history.size == size and mode != "off" and uses_history(gen):
+            if mode == "exact":
+                h_fields = self.history_flow(scene, target_points, history)
+                h_flow, hist_valid = h_fields.flow, h_fields.visibility[0] > 0.5
+            else:
+                h_flow, hist_valid = compose_history_flow(fields.flow, history.flow)
+            hist_image = warp_working(history.image, h_flow)
+            t_h = time.perf_counter()
+            timings["history"] = (t_h - t1) * 1e3
+            t1 = t_h
         landmarks = self._working_landmarks(target, scene.window)
-        out = self.generator(
+        out = gen(
             GeneratorInput(
                 warped=warped,
                 source=scene.source_working,
                 fields=fields,
-                history=None,
+                history=hist_image,
                 source_labels=scene.source_labels,
                 landmarks=landmarks,
             )
         )
+        t2 = time.perf_counter()
         frame = compose(self.source_tensor, fields, scene.frame_warp, out.face, out.alpha)
         image = to_image(frame)
-        t2 = time.perf_counter()
-        return image, fields, {"flow": (t1 - t0) * 1e3, "warp": (t2 - t1) * 1e3}
+        t3 = time.perf_counter()
+        timings["generator"] = (t2 - t1) * 1e3
+        timings["warp"] = (t3 - t2) * 1e3
+        working = torch.lerp(warped, out.face, out.alpha)  # the output as the working grid sees it
+        return Rendered(
+            image, fields, timings, History(working, target_points, fields.flow, size), hist_valid
+        )
 
     def render_edits(self, edits: Edits, size: int | None = None) -> AnimatedFrame:
         t0 = time.perf_counter()
@@ -251,7 +392,7 @@ class AnimatorSession:
         self.animator = animator
         self.fps = fps
         self.edits = replace(cfg.edits)
-        self.retarget = RetargetConfig(cfg.retarget.mode, replace(cfg.retarget.strengths))
+        self.retarget = replace(cfg.retarget, strengths=replace(cfg.retarget.strengths))
         self.size = cfg.size
         self.tracker = FaceTracker(
             TrackerConfig(static_image=False, max_faces=1)
@@ -261,11 +402,15 @@ class AnimatorSession:
         self._driven: HeadState | None = None  # last retargeted state, before edits
         self._missing = 0
         self._frame_index = 0
+        self.generator: Generator = animator.generator  # a degrading server may swap in a cheaper one
+        self.history: History | None = None  # the last output, for the next frame's history
+        self.history_valid: torch.Tensor | None = None  # (R, R) validity of the last frame's history
 
     def recalibrate(self) -> None:
         """Make the next driver frame with a face the neutral reference (relative mode)."""
         self.retargeter.set_reference(None)
         self.smoother.reset()
+        self.history = None
 
     def drive(self, frame: np.ndarray, t: float | None = None) -> tuple[HeadState, bool, dict[str, float]]:
         """Track and retarget one driver frame; returns the target head state (edits applied)."""
@@ -287,7 +432,7 @@ class AnimatorSession:
             driver = fit_head(track.landmarks, track.image_size, template=self.animator.template)
             driver = self.smoother(driver, t)
             self.retargeter.config = self.retarget  # strengths and mode may change live
-            self._driven = self.retargeter(driver)
+            self._driven = self.retargeter(driver, t)
             self._missing = 0
             driven = self._driven
         else:
@@ -316,10 +461,11 @@ class AnimatorSession:
         return self._render(target, found, {"track": 0.0, **timings}, t0)
 
     def _render(self, target: HeadState, found: bool, timings: dict[str, float], t0: float) -> AnimatedFrame:
-        image, fields, render_timings = self.animator.render(target, self.size)
-        timings.update(render_timings)
+        r = self.animator.render_frame(target, self.size, self.history, self.generator)
+        self.history, self.history_valid = r.history, r.history_valid
+        timings.update(r.timings_ms)
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        return AnimatedFrame(image, found, timings, target, fields)
+        return AnimatedFrame(r.image, found, timings, target, r.fields)
 
     def close(self) -> None:
         self.tracker.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,38 @@ def test_crop_window_of_the_whole_frame_is_a_resize(source: torch.Tensor) -> Non
     crop = crop_window(source, Window(0.0, 0.0, float(w), w))
     assert crop.shape == source.shape
     assert torch.allclose(crop, source, atol=1e-5)
+
+
+def test_full_face_soft_mask_lands_the_correction_without_a_seam() -> None:
+    """The learned generator's face is blended over the whole head by a feathered mask
+    (``face_alpha``): its correction lands everywhere under the mask, and across the mask's
+    edge the output ramps over several pixels instead of stepping; a hard mask would step."""
+    from rt_portrait.generator.diffusion import face_alpha
+
+    h = w = 512
+    y, x = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
+    smooth = 0.5 + 0.2 * torch.sin(x / 40) * torch.cos(y / 50)  # detail the working grid keeps
+    source = torch.stack([smooth, smooth * 0.9, smooth * 0.8])
+    r = 256
+    window = Window(x0=64.0, y0=48.0, side=384.0, size=r)
+    fields = _fields(torch.zeros(2, r, r))
+    v, u = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
+    head = ((u - 128) ** 2 + (v - 120) ** 2) < 70**2
+    labels = head.long()  # 1 (skin) inside the head, 0 (background) around it
+    correction = 0.08
+    face = crop_window(source, window) + correction
+    soft = face_alpha(labels[None])[0]
+    assert soft.shape == (1, r, r) and float(soft.max()) == 1.0 and float(soft.min()) == 0.0
+    out = compose(source, replace(fields, labels=labels), FrameWarp(window, (h, w)), face, soft)
+    d = (out - source).mean(0)
+    cy, cx = round(48 + 120 * 1.5), round(64 + 128 * 1.5)  # the head's centre in the frame
+    assert float(d[cy - 40 : cy + 40, cx - 40 : cx + 40].mean()) == pytest.approx(correction, abs=0.005)
+    assert float(d[:40].abs().max()) < 1e-4  # far outside: the warp (here the source) itself
+    row = d[cy, :]
+    steps = (row[1:] - row[:-1]).abs()
+    assert float(steps.max()) < correction / 4, float(steps.max())  # a ramp of 4+ px, no step
+    hard = compose(source, fields, FrameWarp(window, (h, w)), face, head[None].float())
+    hard_steps = ((hard - source).mean(0)[cy, 1:] - (hard - source).mean(0)[cy, :-1]).abs()
+    assert float(hard_steps.max()) > correction / 2  # a hard mask would show a seam: the test can tell

@@ -11,7 +11,13 @@ evaluated driver frame, in order. The output has the driver frame's size.
   image-border points (corners and edge midpoints), so every output pixel is defined and
   the frame border stays put. One dense backward map per frame (barycentric coordinates
   from scipy's Delaunay), then bilinear sampling; no Python loop over pixels.
-* ``flow3d``: :class:`rt_portrait.pipeline.Animator` (one Animator and one session per clip).
+* ``flow3d``: :class:`rt_portrait.pipeline.Animator` (one Animator and one session per clip)
+  with the learning-free warp-fill generator (always: its figures stay comparable across
+  versions).
+* ``refined`` / ``refined2``: the same animator with the learned diffusion generator, 1 and 2
+  sampling steps (the 2-step student when installed); ``teacher``: the teacher's weights in its
+  N steps; ``animator``: the generator options given to the harness (``--generator``,
+  ``--steps``), i.e. what ``rt-portrait animate`` would run.
   The session is first primed with the source frame itself so that, in the default
   relative retargeting mode, the driver's reference is the source: the motion it applies
   is then the driver's motion away from the source frame, which is what self-reenactment
@@ -154,10 +160,15 @@ class Flow3D:
     ``smoothing=True`` evaluates the live configuration (One-Euro filtered motion).
     """
 
-    def __init__(self, size: int = 256, smoothing: bool = False) -> None:
+    def __init__(
+        self, size: int = 256, smoothing: bool = False, generator: dict[str, Any] | None = None
+    ) -> None:
+        """``generator``: ``AnimatorConfig`` generator options (default: the warp fill)."""
         self.size = size
         self.smoothing = smoothing
+        self.generator = dict(generator or {"generator": "warp"})
         self._session: Any = None  # rt_portrait.pipeline.AnimatorSession
+        self._generator_obj: Any = None  # built once, shared by the clips' animators
 
     def start_clip(self, source_rgb: np.ndarray, source_track: TrackResult, fps: float = 30.0) -> None:
         """``fps``: the clip's frame rate (skipped frames arrive through :meth:`observe`)."""
@@ -165,9 +176,16 @@ class Flow3D:
         from rt_portrait.tracking import SmoothingConfig
 
         self.close()
-        config = AnimatorConfig(size=self.size, smoothing=SmoothingConfig(enabled=self.smoothing))
+        config = AnimatorConfig(
+            size=self.size, smoothing=SmoothingConfig(enabled=self.smoothing), **self.generator
+        )
+        if self._generator_obj is None:
+            from rt_portrait.generator.select import build_generator
+
+            self._generator_obj = build_generator(config.generator_spec())
         track = source_track if source_track.found else None
-        session = Animator(source_rgb, config, source_track=track).session(fps=fps)
+        animator = Animator(source_rgb, config, source_track=track, generator=self._generator_obj)
+        session = animator.session(fps=fps)
         session.animate_track(source_track)  # prime: the source frame becomes the driver reference
         self._session = session
 
@@ -196,14 +214,49 @@ class Flow3D:
 
 
 METHOD_NAMES: tuple[str, ...] = ("static", "warp2d", "flow3d")
+GENERATOR_METHODS: tuple[str, ...] = ("refined", "refined2", "teacher", "animator")
 
 
-def make_method(name: str, size: int = 256, smoothing: bool = False) -> Method:
-    """A fresh method object by name (``static``, ``warp2d``, ``flow3d``)."""
+def generator_method_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``AnimatorConfig`` generator options of a method (``options``: the harness's generator
+    flags: the fusion weights apply to every diffusion method, ``generator`` and ``steps``
+    define ``animator``)."""
+    from rt_portrait.generator.select import TEACHER_STEPS, teacher_weights, weights_metadata
+
+    opts = dict(options or {})
+    fusion: dict[str, Any] = {k: opts[k] for k in ("motion_weight", "identity_weight") if k in opts}
+    weights = opts.get("generator_weights")
+    if name == "flow3d":
+        return {"generator": "warp"}
+    if name == "refined":
+        return {"generator": "diffusion", "steps": 1, "generator_weights": weights, **fusion}
+    if name == "refined2":
+        return {"generator": "diffusion", "steps": 2, "generator_weights": weights, **fusion}
+    if name == "teacher":
+        path = teacher_weights()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"method 'teacher' needs the teacher's weights, and {path} does not exist"
+            )
+        steps = int(weights_metadata(path).get("steps", TEACHER_STEPS))
+        return {"generator": "diffusion", "steps": steps, "generator_weights": str(path), **fusion}
+    if name == "animator":
+        chosen: dict[str, Any] = {
+            k: opts[k] for k in ("generator", "steps", "generator_weights") if k in opts
+        }
+        return chosen | fusion
+    raise ValueError(f"{name!r} is not a generator method")
+
+
+def make_method(
+    name: str, size: int = 256, smoothing: bool = False, generator: dict[str, Any] | None = None
+) -> Method:
+    """A fresh method object by name (``static``, ``warp2d``, ``flow3d``, ``refined``,
+    ``refined2``, ``teacher``, ``animator``); ``generator``: the harness's generator options."""
     if name == "static":
         return Stateless(static)
     if name == "warp2d":
         return Stateless(warp2d)
-    if name == "flow3d":
-        return Flow3D(size=size, smoothing=smoothing)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
+    if name in ("flow3d", *GENERATOR_METHODS):
+        return Flow3D(size=size, smoothing=smoothing, generator=generator_method_options(name, generator))
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES + GENERATOR_METHODS)}")

@@ -39,7 +39,7 @@ import numpy as np
 
 from rt_portrait.core import video
 from rt_portrait.eval import metrics as M
-from rt_portrait.eval.baselines import METHOD_NAMES, Method, make_method
+from rt_portrait.eval.baselines import GENERATOR_METHODS, METHOD_NAMES, Method, make_method
 from rt_portrait.tracking.types import TrackResult
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
@@ -79,6 +79,22 @@ class EvalConfig:
     size: int = 256  # working resolution of the flow3d animator
     split: str | None = None  # with a folder holding MANIFEST.tsv: keep rows of this split
     smoothing: bool = False  # flow3d with the live One-Euro smoothing (off: same raw motion as warp2d)
+    # generator options: the fusion weights (and weights file) of the diffusion methods, and the
+    # generator and steps of the ``animator`` method (flow3d is always the warp fill)
+    generator: str = "auto"
+    steps: int = 1
+    motion_weight: float = 1.0
+    identity_weight: float = 1.0
+    generator_weights: str | None = None
+
+    def generator_options(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator,
+            "steps": self.steps,
+            "motion_weight": self.motion_weight,
+            "identity_weight": self.identity_weight,
+            "generator_weights": self.generator_weights,
+        }
 
     def __post_init__(self) -> None:
         if isinstance(self.videos, (str, os.PathLike)):
@@ -443,9 +459,13 @@ def evaluate(
     say = log or (lambda msg: print(msg, file=sys.stderr))
     t_start = time.perf_counter()
     extra = dict(methods or {})
+    known = (*METHOD_NAMES, *GENERATOR_METHODS)
     for name in config.methods:
-        if name not in extra and name not in METHOD_NAMES:
-            raise ValueError(f"unknown method {name!r}; choose from {', '.join((*METHOD_NAMES, *extra))}")
+        if name not in extra and name not in known:
+            raise ValueError(f"unknown method {name!r}; choose from {', '.join((*known, *extra))}")
+    for name in config.methods:  # a missing weights file fails now, not after an hour of work
+        if name not in extra and name in GENERATOR_METHODS:
+            make_method(name, size=config.size, generator=config.generator_options())
     paths = discover_videos(config.videos, config.split)
     probes = [probe_video(p) for p in paths]  # every file readable before any long work
     own_tracker = tracker is None
@@ -470,7 +490,12 @@ def evaluate(
                 method = (
                     extra[name]()
                     if name in extra
-                    else make_method(name, size=config.size, smoothing=config.smoothing)
+                    else make_method(
+                        name,
+                        size=config.size,
+                        smoothing=config.smoothing,
+                        generator=config.generator_options(),
+                    )
                 )
                 t0 = time.perf_counter()
                 clips.append(
@@ -577,8 +602,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(METHOD_NAMES),
-        help=f"comma-separated methods (default {','.join(METHOD_NAMES)})",
+        default=None,
+        help=f"comma-separated methods (default {','.join(METHOD_NAMES)}; with --cross flow3d,refined); also "
+        f"{', '.join(GENERATOR_METHODS)} (the learned generator: 1 step, 2 steps, the teacher, "
+        "and --generator/--steps)",
     )
     parser.add_argument(
         "--every", type=int, default=1, help="evaluate every N-th frame after the source (default 1)"
@@ -594,16 +621,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default=None, help="with a folder holding MANIFEST.tsv: only this split (e.g. val)"
     )
+    from rt_portrait.generator.select import add_generator_arguments
+
+    add_generator_arguments(
+        parser, steps_help="sampling steps of the 'animator' method (refined: 1, refined2: 2)"
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
     parser.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of per-clip metrics")
     parser.add_argument("--per-clip", action="store_true", help="also print the per-clip table")
+    g = parser.add_argument_group("cross-reenactment (--cross: FOLDER's portraits driven by its val clips)")
+    g.add_argument(
+        "--cross",
+        action="store_true",
+        help="cross-reenactment: identity distance (dlib), rotation error, mouth/eye correlation",
+    )
+    g.add_argument("--sheets", default=None, metavar="DIR", help="write one contact sheet (PNG) per pair")
+    g.add_argument("--portraits", type=int, default=8, help="portraits to drive (default 8)")
+    g.add_argument("--drivers", type=int, default=2, help="val clips per portrait (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``rt-portrait eval``; returns the exit status (2 on a user-facing error)."""
+    from rt_portrait.generator.select import generator_options
+
+    if args.cross:
+        return _run_cross(args)
     try:
-        methods = tuple(m.strip() for m in str(args.methods).split(",") if m.strip())
+        methods = tuple(
+            m.strip() for m in str(args.methods or ",".join(METHOD_NAMES)).split(",") if m.strip()
+        )
         config = EvalConfig(
             videos=[Path(p) for p in args.inputs],
             methods=methods,
@@ -613,6 +660,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             size=args.size,
             split=args.split,
             smoothing=args.smoothing,
+            **generator_options(args),
         )
         report = evaluate(config, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as e:
@@ -629,6 +677,41 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"wrote {report.write_json(Path(args.json))}")
     if args.plot:
         print(f"wrote {write_plot(report, Path(args.plot))}")
+    return 0
+
+
+def _run_cross(args: argparse.Namespace) -> int:
+    from rt_portrait.eval.cross import DEFAULT_METHODS, CrossConfig, evaluate_cross, write_json
+    from rt_portrait.generator.select import generator_options
+
+    try:
+        if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
+            raise ValueError("--cross takes one folder holding MANIFEST.tsv (portrait and val rows)")
+        methods = tuple(
+            m.strip() for m in str(args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip()
+        )
+        config = CrossConfig(
+            data=Path(args.inputs[0]),
+            methods=methods,
+            portraits=args.portraits,
+            drivers=args.drivers,
+            every=args.every if args.every > 1 else 4,
+            max_frames=args.max_frames or 30,
+            size=args.size,
+            generator=generator_options(args),
+            sheets=Path(args.sheets) if args.sheets else None,
+        )
+        report = evaluate_cross(config, progress=not args.quiet)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"rt-portrait eval --cross: error: {e}", file=sys.stderr)
+        return 2
+    for s in report.skipped:
+        print(f"skipped {s['pair']}: {s['reason']}")
+    print(report.table())
+    if args.json:
+        print(f"wrote {write_json(report, Path(args.json))}")
+    for sheet in report.sheets:
+        print(f"wrote {sheet}")
     return 0
 
 

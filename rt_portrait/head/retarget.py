@@ -12,6 +12,12 @@ driver frame unless ``set_reference`` chose one) is applied to the source:
   scale_ref) ** s``);
 * expression: ``source expression + gain * (driver canonical - reference canonical)``.
 
+The reference is the first driver frame (``config.reference = "first"``) or the most frontal
+frame of the first ``reference_window_s`` seconds (``"frontal"``: until the window closes the
+reference moves to each more frontal frame). The relative placement is bounded
+(``max_shift``, ``max_zoom``, ``frame_margin``) so that a driver whose first frame is not
+neutral, or who walks toward the camera, keeps the avatar in the frame.
+
 Absolute mode: the driver's rotation (slerped from the source's by the pose strength),
 the source's placement (translation and scale, so the head stays where the portrait's is),
 and the driver's own expression offsets (driver canonical - driver neutral) on the source
@@ -35,6 +41,12 @@ from .template import Template, load_template
 from .types import HeadState, Pose, RetargetConfig, Strengths
 
 MODES = ("relative", "absolute")
+REFERENCES = ("first", "frontal")
+
+
+def off_axis_deg(rotation: np.ndarray) -> float:
+    """Degrees between the face's forward axis and the camera's (0 = frontal; roll ignored)."""
+    return float(np.degrees(np.arccos(np.clip(rotation[2, 2], -1.0, 1.0))))
 
 
 class Retargeter:
@@ -54,6 +66,8 @@ class Retargeter:
             None if driver_identity is None else np.asarray(driver_identity, dtype=np.float64)
         )
         self._reference: HeadState | None = None
+        self._reference_t0: float | None = None  # time of the first driver frame seen
+        self._frames = 0  # frames seen since the reference was reset (time without ``t``)
         tpl = self.template
         self._eye_mask = tpl.regions == int(Region.EYES)
         mouth = np.asarray(tpl.groups["jaw_weights"], dtype=np.float64).copy()
@@ -67,8 +81,52 @@ class Retargeter:
         return self._reference
 
     def set_reference(self, driver: HeadState | None) -> None:
-        """Use ``driver`` as the neutral reference; None: the next driver frame becomes it."""
+        """Use ``driver`` as the neutral reference; None: the reference is chosen again from the
+        next driver frames (the first one, or the most frontal of the first second)."""
         self._reference = driver
+        self._reference_t0 = None if driver is None else float("-inf")  # a given one is final
+        self._frames = 0
+
+    def _update_reference(self, driver: HeadState, t: float | None) -> None:
+        cfg = self.config
+        if cfg.reference not in REFERENCES:
+            raise ValueError(f"retarget reference must be one of {REFERENCES}, got {cfg.reference!r}")
+        now = self._frames / 30.0 if t is None else float(t)
+        self._frames += 1
+        if self._reference is None:
+            self._reference, self._reference_t0 = driver, now
+            return
+        if cfg.reference != "frontal" or self._reference_t0 is None:
+            return
+        if now - self._reference_t0 <= cfg.reference_window_s and off_axis_deg(
+            driver.pose.rotation
+        ) < off_axis_deg(self._reference.pose.rotation):
+            self._reference = driver
+
+    def _bounded_placement(
+        self, ref: HeadState, driver: HeadState, s_pose: float
+    ) -> tuple[np.ndarray, float]:
+        """Relative translation and scale of the source, bounded (see ``RetargetConfig``)."""
+        cfg, src = self.config, self.source
+        zoom = (driver.pose.scale / ref.pose.scale) ** s_pose
+        if cfg.max_zoom is not None:
+            zoom = float(np.clip(zoom, 1.0 / cfg.max_zoom, cfg.max_zoom))
+        scale = src.pose.scale * zoom
+        shift = s_pose * (src.pose.scale / ref.pose.scale) * (driver.pose.translation - ref.pose.translation)
+        if cfg.max_shift is not None:
+            limit = cfg.max_shift * src.pose.scale
+            norm = float(np.linalg.norm(shift))
+            if norm > limit:
+                shift = shift * (limit / norm)
+        translation = src.pose.translation + shift
+        if cfg.frame_margin is not None:
+            h, w = src.image_size
+            m = cfg.frame_margin * scale
+            for axis, extent in ((0, w), (1, h)):
+                # keep the head centre inside (never further out than the source's own)
+                c = float(src.pose.translation[axis])
+                translation[axis] = float(np.clip(translation[axis], min(m, c), max(extent - m, c)))
+        return translation, float(scale)
 
     def _vertex_gain(self, st: Strengths) -> np.ndarray:
         key = (float(st.expression), float(st.eyes), float(st.mouth))
@@ -80,13 +138,15 @@ class Retargeter:
             self._gain_key = key
         return self._gain
 
-    def __call__(self, driver: HeadState) -> HeadState:
+    def __call__(self, driver: HeadState, t: float | None = None) -> HeadState:
+        """The target head state for one driver frame; ``t`` (seconds) times the choice of a
+        frontal reference (without it frames count at 30 fps)."""
         mode = self.config.mode
         if mode not in MODES:
             raise ValueError(f"retarget mode must be one of {MODES}, got {mode!r}")
         st = self.config.strengths
-        if self._reference is None:
-            self._reference = driver
+        self._update_reference(driver, t)
+        assert self._reference is not None
         src = self.source
         gain = self._vertex_gain(st)
         s_pose = float(st.pose)
@@ -95,13 +155,8 @@ class Retargeter:
             r_rel = driver.pose.rotation @ ref.pose.rotation.T
             if s_pose != 1.0:
                 r_rel = slerp_to_identity(r_rel, s_pose)
-            ratio = src.pose.scale / ref.pose.scale
-            pose = Pose(
-                rotation=r_rel @ src.pose.rotation,
-                translation=src.pose.translation
-                + s_pose * ratio * (driver.pose.translation - ref.pose.translation),
-                scale=src.pose.scale * (driver.pose.scale / ref.pose.scale) ** s_pose,
-            )
+            translation, scale = self._bounded_placement(ref, driver, s_pose)
+            pose = Pose(rotation=r_rel @ src.pose.rotation, translation=translation, scale=scale)
             offsets = driver.canonical() - ref.canonical()
         else:
             r_rel = driver.pose.rotation @ src.pose.rotation.T

@@ -84,3 +84,15 @@ class Strengths:
 class RetargetConfig:
     mode: str = "relative"  # "relative" (to the driver reference frame) or "absolute"
     strengths: Strengths = field(default_factory=Strengths)
+    # Relative mode: which driver frame is the neutral reference. "first": the first frame;
+    # "frontal": the most frontal frame of the first ``reference_window_s`` seconds (a driver
+    # that starts looking down or away then does not tilt the avatar for the whole stream).
+    reference: str = "first"
+    reference_window_s: float = 1.0
+    # Bounds on the relative placement (so a driver moving toward the camera or across the
+    # frame keeps the avatar in frame): the translation change is at most ``max_shift`` head
+    # radii (pose.scale), the scale change within [1 / max_zoom, max_zoom], and the head centre
+    # stays at least ``frame_margin`` head radii inside the frame. None disables a bound.
+    max_shift: float | None = 1.0
+    max_zoom: float | None = 1.25
+    frame_margin: float | None = 0.5

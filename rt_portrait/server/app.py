@@ -3,6 +3,8 @@
 Endpoints
 ---------
 GET  /                          the page (upload a source, camera, sliders, stats)
+GET  /view/<viewer>             one session's avatar alone, full-window (an OBS Browser Source),
+                                played over POST /whep/<viewer>; ?clean=1 hides the URL box
 POST /offer                     the page's offer/answer (JSON {sdp, type}) -> {sdp, type, session}
 POST /whip                      WHIP ingest (RFC 9725): application/sdp offer -> 201 + answer,
                                 Location: /whip/<session>
@@ -23,6 +25,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -33,6 +36,8 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from rt_portrait.generator import Generator
+from rt_portrait.generator.select import add_generator_arguments, build_generator, generator_options
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.server.session import (
     ControlError,
@@ -66,6 +71,12 @@ class ServerConfig:
     connect_timeout_s: float = 30.0  # a session that never connects is reclaimed
     echo: bool = False  # transport baseline: send the driver back unprocessed
     probe_rows: int = 0  # copy the driver's top rows onto the output (latency probes)
+    # generator options (AnimatorConfig's): "auto", "diffusion" or "warp", steps, fusion weights
+    generator: str = "auto"
+    steps: int = 1
+    motion_weight: float = 1.0
+    identity_weight: float = 1.0
+    generator_weights: str | None = None
 
 
 class BadInput(web.HTTPException):
@@ -127,6 +138,7 @@ class ServerState:
         self.config = config
         self.sessions: dict[str, Session] = {}
         self.default_animator: Animator | None = None
+        self._generator: Generator | None = None
         # Source analysis (face tracking of an upload) is CPU work: keep it off the loop and
         # off the sessions' own executors.
         self.build_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-build")
@@ -139,14 +151,29 @@ class ServerState:
         )
 
     def animator_config(self) -> AnimatorConfig:
+        c = self.config
         return AnimatorConfig(
-            size=self.config.size, max_output_side=self.config.output_size or self.config.size
+            size=c.size,
+            max_output_side=c.output_size or c.size,
+            generator=c.generator,
+            steps=c.steps,
+            motion_weight=c.motion_weight,
+            identity_weight=c.identity_weight,
+            generator_weights=c.generator_weights,
         )
+
+    @property
+    def generator(self) -> Generator:
+        """One generator (one set of weights) shared by every portrait's animator."""
+        if self._generator is None:
+            self._generator = build_generator(self.animator_config().generator_spec())
+        return self._generator
 
     async def build_animator(self, image: np.ndarray, name: str) -> Animator:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self.build_executor, lambda: Animator(image, self.animator_config(), name=name)
+            self.build_executor,
+            lambda: Animator(image, self.animator_config(), name=name, generator=self.generator),
         )
 
     def _forget(self, session: Session) -> None:
@@ -309,6 +336,18 @@ def json_error_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
+
+
+VIEWER_LINK = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+async def view_page(request: web.Request) -> web.FileResponse:
+    """The bare player page of one session. Served for any well-formed link (the page itself
+    waits and retries until that session plays), so it reveals nothing about live sessions."""
+    if not VIEWER_LINK.fullmatch(request.match_info["viewer"]):
+        raise BadInput(404, "not a playback link: expected /view/<viewer>")
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}  # the URL is a secret
+    return web.FileResponse(STATIC_DIR / "view.html", headers=headers)
 
 
 async def post_offer(request: web.Request) -> web.Response:
@@ -505,6 +544,7 @@ def build_app(config: ServerConfig) -> web.Application:
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
     app.router.add_get("/", index)
+    app.router.add_get("/view/{viewer}", view_page)
     app.router.add_static("/static/", STATIC_DIR)
     app.router.add_post("/offer", post_offer)
     app.router.add_post("/whip", post_whip)
@@ -554,6 +594,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="copy the driver's top rows onto the output (latency probes)",
     )
+    add_generator_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -571,6 +612,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ice_loopback_only=args.ice_loopback_only,
         echo=args.echo,
         probe_rows=args.probe_rows,
+        **generator_options(args),
     )
 
 

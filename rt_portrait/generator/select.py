@@ -1,0 +1,180 @@
+"""Choosing and building the generator from a configuration (one place for every app).
+
+``generator``: ``"diffusion"`` (the distilled UNet of :mod:`.diffusion`), ``"warp"`` (the
+learning-free :class:`~rt_portrait.generator.warp_fill.WarpFillGenerator`) or ``"auto"``:
+diffusion when its weights are installed, the warp otherwise (so a checkout without the
+weights file still runs, and says which it chose). An explicit ``"diffusion"`` without
+weights is an error that names the missing file.
+
+The diffusion module is imported lazily: the warp path never loads safetensors or the UNet.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rt_portrait.generator.types import Generator
+from rt_portrait.generator.warp_fill import WarpFillGenerator
+
+GENERATORS = ("auto", "diffusion", "warp")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What :func:`build_generator` builds (the generator part of ``AnimatorConfig``)."""
+
+    generator: str = "auto"  # "auto", "diffusion" or "warp"
+    steps: int = 1  # sampling steps of the diffusion generator
+    motion_weight: float = 1.0  # fusion weights (1 = as trained; see generator.sampling)
+    identity_weight: float = 1.0
+    weights: str | Path | None = None  # None: the shipped weights (diffusion.DEFAULT_WEIGHTS)
+    device: str = "cpu"
+
+
+def default_weights(steps: int = 1) -> Path:
+    """The shipped student for ``steps`` sampling steps: ``generator_2step`` for 2 steps when it
+    is installed, the 1-step student otherwise (sampled in ``steps`` steps)."""
+    from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, WEIGHTS_DIR
+
+    two = Path(WEIGHTS_DIR) / "generator_2step.safetensors"
+    return two if steps == 2 and two.is_file() else Path(DEFAULT_WEIGHTS)
+
+
+def teacher_weights() -> Path:
+    """Where the shipped teacher's weights are (they may be absent)."""
+    from rt_portrait.generator.diffusion import WEIGHTS_DIR
+
+    return Path(WEIGHTS_DIR) / "teacher.safetensors"
+
+
+TEACHER_STEPS = 16  # the teacher's sampling steps when its weights do not say
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a weights file, without loading its tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def resolve_generator(name: str, weights: str | Path | None = None, steps: int = 1) -> str:
+    """``"diffusion"`` or ``"warp"`` for a requested name (see the module doc)."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; choose from {', '.join(GENERATORS)}")
+    if name == "warp":
+        return "warp"
+    path = Path(weights) if weights is not None else default_weights(steps)
+    if path.is_file():
+        return "diffusion"
+    if name == "diffusion":
+        raise FileNotFoundError(
+            f"generator 'diffusion' needs its weights, and {path} does not exist "
+            "(install the package with its weights, pass the weights path, or use --generator warp)"
+        )
+    return "warp"
+
+
+def build_generator(spec: GeneratorSpec) -> Generator:
+    """The generator ``spec`` asks for (``"auto"`` resolved by :func:`resolve_generator`)."""
+    if spec.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {spec.steps}")
+    if resolve_generator(spec.generator, spec.weights, spec.steps) == "warp":
+        return WarpFillGenerator()
+    from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator
+
+    return DiffusionGenerator(
+        DiffusionConfig(
+            weights=spec.weights if spec.weights is not None else default_weights(spec.steps),
+            steps=spec.steps,
+            motion_weight=spec.motion_weight,
+            identity_weight=spec.identity_weight,
+            device=spec.device,
+        )
+    )
+
+
+def generator_kind(generator: Any) -> str:
+    """``"diffusion"``, ``"warp"`` or the class name of another generator (for stats, logs)."""
+    if isinstance(generator, WarpFillGenerator):
+        return "warp"
+    if type(generator).__name__ == "DiffusionGenerator":
+        return "diffusion"
+    return type(generator).__name__
+
+
+def uses_history(generator: Any) -> bool:
+    """Whether ``generator`` reads ``GeneratorInput.history`` (so the session should warp its
+    previous output forward; the warp fill does not look at it). A generator may say so with a
+    ``reads_history`` attribute; the diffusion generator does when ``config.history`` is on."""
+    flag = getattr(generator, "reads_history", None)
+    if flag is not None:
+        return bool(flag)
+    cfg = getattr(generator, "config", None)
+    return generator_kind(generator) == "diffusion" and bool(getattr(cfg, "history", False))
+
+
+def generator_steps(generator: Any) -> int | None:
+    """The sampling steps of a diffusion generator, None for others."""
+    cfg = getattr(generator, "config", None)
+    return int(cfg.steps) if generator_kind(generator) == "diffusion" and cfg is not None else None
+
+
+def with_steps(generator: Any, steps: int) -> Any:
+    """A view of a diffusion generator that samples in ``steps`` steps, sharing its model and
+    noise (no weights reloaded; the original is left as it is). Others come back unchanged."""
+    if generator_kind(generator) != "diffusion" or generator.config.steps == steps:
+        return generator
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    view = copy.copy(generator)  # shallow: the UNet and the noise cache are shared
+    view.config = replace(generator.config, steps=steps)
+    return view
+
+
+def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
+    """``--generator``, ``--steps``, ``--motion-weight``, ``--identity-weight`` and
+    ``--generator-weights`` on an argparse parser (every command that renders takes them)."""
+    g = parser.add_argument_group("generator")
+    g.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="auto",
+        help="auto: the learned diffusion generator when its weights are installed, else the warp "
+        "fill; diffusion; warp (learning-free, fastest)",
+    )
+    g.add_argument("--steps", type=int, default=1, help=steps_help or "diffusion sampling steps (default 1)")
+    g.add_argument(
+        "--motion-weight",
+        type=float,
+        default=1.0,
+        help="fusion weight of the motion condition (1 = as trained; >1 follows the driver harder)",
+    )
+    g.add_argument(
+        "--identity-weight",
+        type=float,
+        default=1.0,
+        help="fusion weight of the source (identity) condition (1 = as trained; >1 keeps likeness)",
+    )
+    g.add_argument(
+        "--generator-weights",
+        default=None,
+        metavar="FILE",
+        help="diffusion weights (default: the shipped ones)",
+    )
+
+
+def generator_options(args: Any) -> dict[str, Any]:
+    """``AnimatorConfig`` keyword arguments from :func:`add_generator_arguments`'s options."""
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    return {
+        "generator": args.generator,
+        "steps": args.steps,
+        "motion_weight": args.motion_weight,
+        "identity_weight": args.identity_weight,
+        "generator_weights": args.generator_weights,
+    }

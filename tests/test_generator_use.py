@@ -1,0 +1,264 @@
+"""The generator on every path: config and CLI flags, history, eval methods, shipped weights."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rt_portrait.core.types import Region
+from rt_portrait.core.video import read_frames
+from rt_portrait.generator import GeneratorInput, GeneratorOutput, WarpFillGenerator
+from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, DiffusionGenerator, save_weights
+from rt_portrait.generator.select import GeneratorSpec, build_generator, resolve_generator, uses_history
+from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+from rt_portrait.head.types import Edits
+from rt_portrait.pipeline import Animator, AnimatorConfig, compose_history_flow
+from rt_portrait.tracking import SmoothingConfig, fit_long_side
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained (small) UNet saved as generator weights: the real loading path."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(ConditionalUNet(UNetConfig(channels=8, time_dim=16)), path, residual_scale=4.0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_source(astronaut: np.ndarray) -> np.ndarray:
+    return fit_long_side(astronaut, 256)
+
+
+class Spy:
+    """A generator that records its inputs and returns the warp (history read on request)."""
+
+    def __init__(self, reads_history: bool = True) -> None:
+        self.reads_history = reads_history
+        self.inputs: list[GeneratorInput] = []
+
+    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
+        self.inputs.append(inputs)
+        return GeneratorOutput(face=inputs.warped, alpha=torch.zeros_like(inputs.warped[:1]))
+
+
+# --------------------------------------------------------------------------- choice
+
+
+def test_auto_resolves_by_weights_and_explicit_diffusion_names_the_file(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    missing = tmp_path / "none.safetensors"
+    assert resolve_generator("auto", missing) == "warp"
+    assert resolve_generator("auto", tiny_weights) == "diffusion"
+    assert resolve_generator("warp", tiny_weights) == "warp"
+    with pytest.raises(FileNotFoundError, match=r"none\.safetensors"):
+        resolve_generator("diffusion", missing)
+    with pytest.raises(ValueError, match="unknown generator"):
+        resolve_generator("gan")
+    # the default is the shipped file: auto picks diffusion exactly when it is installed
+    assert resolve_generator("auto") == ("diffusion" if DEFAULT_WEIGHTS.is_file() else "warp")
+    with pytest.raises(ValueError, match="steps"):
+        build_generator(GeneratorSpec(generator="warp", steps=0))
+
+
+def test_animator_builds_the_configured_generator(small_source: np.ndarray, tiny_weights: Path) -> None:
+    warp = Animator(small_source, AnimatorConfig(size=128, generator="warp"))
+    assert isinstance(warp.generator, WarpFillGenerator)
+    cfg = AnimatorConfig(
+        size=128,
+        generator="diffusion",
+        steps=2,
+        motion_weight=1.5,
+        identity_weight=0.5,
+        generator_weights=str(tiny_weights),
+    )
+    diff = Animator(small_source, cfg)
+    assert isinstance(diff.generator, DiffusionGenerator)
+    assert (diff.generator.config.steps, diff.generator.config.motion_weight) == (2, 1.5)
+    assert diff.generator.config.identity_weight == 0.5
+    assert diff.render_edits(Edits(yaw=10)).image.shape == small_source.shape
+    # an explicit generator wins over the config
+    spy = Spy()
+    assert Animator(small_source, cfg, generator=spy).generator is spy
+    with pytest.raises(FileNotFoundError, match="weights"):
+        Animator(small_source, replace(cfg, generator_weights=str(tiny_weights) + ".gone"))
+
+
+def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> None:
+    from rt_portrait.cli import _config, build_parser
+
+    parser = build_parser()
+    flags = ["--generator", "warp", "--steps", "2", "--motion-weight", "1.5", "--identity-weight", "0.8"]
+    commands = {
+        "animate": ["animate", "--source", "a.png", "--driver", "d.mp4", "-o", "o.mp4"],
+        "edit": ["edit", "--source", "a.png", "-o", "o.png"],
+        "demo": ["demo"],
+        "bench": ["bench"],
+        "eval": ["eval", "clips"],
+        "serve": ["serve"],
+    }
+    for name, argv in commands.items():
+        args = parser.parse_args([*argv, *flags])
+        assert (args.generator, args.steps, args.motion_weight, args.identity_weight) == (
+            "warp",
+            2,
+            1.5,
+            0.8,
+        ), name
+    cfg = _config(parser.parse_args([*commands["animate"], *flags, "--reference", "frontal"]))
+    assert (cfg.generator, cfg.steps, cfg.motion_weight, cfg.identity_weight) == ("warp", 2, 1.5, 0.8)
+    assert cfg.retarget.reference == "frontal"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["edit", "--source", "a.png", "-o", "o.png", "--generator", "gan"])
+    from rt_portrait.server.app import config_from_args
+
+    server = config_from_args(parser.parse_args(["serve", *flags]))
+    assert (server.generator, server.steps, server.motion_weight) == ("warp", 2, 1.5)
+
+
+def test_bench_reports_a_generator_stage() -> None:
+    from rt_portrait.benchmark import run_stage_benchmark
+
+    report = run_stage_benchmark(size=128, frames=3, warmup=1, generator={"generator": "warp"})
+    assert report["generator"] == "warp"
+    assert "generator" in report["median_ms"] and report["median_ms"]["generator"] > 0
+    assert "generator" in report["table"]
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_history_flow_of_a_static_head_is_zero_and_valid() -> None:
+    g = torch.Generator().manual_seed(0)
+    flow = torch.nn.functional.interpolate(
+        torch.randn(1, 2, 8, 8, generator=g) * 3, size=(64, 64), mode="bilinear"
+    )[0]
+    d, valid = compose_history_flow(flow, flow)
+    assert float(d.abs().max()) < 1e-5
+    assert bool(valid.all())
+
+
+def test_history_flow_of_a_shift_and_its_validity() -> None:
+    r = 64
+    previous = torch.zeros(2, r, r)
+    now = torch.zeros(2, r, r)
+    now[0] = 6.0  # every pixel now samples the source 6 px to its right: the previous frame's pixel there
+    d, valid = compose_history_flow(now, previous)
+    torch.testing.assert_close(d[:, :, : r - 8], now[:, :, : r - 8], atol=1e-4, rtol=0)
+    assert bool(valid[:, : r - 8].all())
+    assert not bool(valid[:, r - 4 :].any())  # these would read beyond the previous frame
+
+
+def test_static_head_history_is_the_previous_output(small_source: np.ndarray) -> None:
+    spy = Spy()
+    animator = Animator(small_source, AnimatorConfig(size=128), generator=spy)
+    target = animator.target_state(Edits(yaw=8, jaw_open=0.5))
+    first = animator.render_frame(target)
+    assert spy.inputs[-1].history is None and first.history_valid is None  # first frame: none
+    second = animator.render_frame(target, history=first.history)
+    hist = spy.inputs[-1].history
+    assert hist is not None and second.history_valid is not None
+    torch.testing.assert_close(hist, first.history.image, atol=1e-4, rtol=0)
+    assert bool(second.history_valid.all())
+
+
+def test_session_keeps_and_forgets_its_history(small_source: np.ndarray, talking_video: Path) -> None:
+    spy = Spy()
+    session = Animator(small_source, AnimatorConfig(size=128), generator=spy).session()
+    frames = list(read_frames(talking_video, max_frames=3))
+    session(frames[0])
+    assert spy.inputs[-1].history is None and session.history_valid is None  # first frame: none
+    assert session.history is not None
+    session(frames[1])
+    assert spy.inputs[-1].history is not None and session.history_valid is not None
+    assert float(session.history_valid.float().mean()) > 0.9  # consecutive frames barely move
+    session.recalibrate()  # forgets it
+    session(frames[2])
+    assert spy.inputs[-1].history is None
+    session.size = 96  # a working-size change (a degrading server): no history across it
+    session(frames[2])
+    assert spy.inputs[-1].history is None
+    quiet = Spy(reads_history=False)  # a generator that does not read history never gets one
+    s2 = Animator(small_source, AnimatorConfig(size=128), generator=quiet).session()
+    s2(frames[0])
+    s2(frames[1])
+    assert quiet.inputs[-1].history is None
+    assert uses_history(spy) and not uses_history(quiet) and not uses_history(WarpFillGenerator())
+
+
+def test_history_follows_the_head(small_source: np.ndarray) -> None:
+    """A turning head: the history is the previous output moved with the head, so it matches
+    the new warp far better than the unwarped previous output does."""
+    spy = Spy()
+    animator = Animator(small_source, AnimatorConfig(size=128), generator=spy)
+    a = animator.render_frame(animator.target_state(Edits(yaw=-12)))
+    b = animator.render_frame(animator.target_state(Edits(yaw=12)), history=a.history)
+    hist = spy.inputs[-1].history
+    assert hist is not None and b.history_valid is not None
+    warped = spy.inputs[-1].warped
+    head = (spy.inputs[-1].fields.labels != int(Region.BACKGROUND)) & b.history_valid
+    moved = (hist - warped).abs().mean(0)[head].mean()
+    still = (a.history.image - warped).abs().mean(0)[head].mean()
+    assert float(moved) < 0.5 * float(still)
+    assert float(b.history_valid.float().mean()) < 1.0  # something was revealed by the turn
+
+
+# --------------------------------------------------------------------------- eval methods
+
+
+def test_eval_generator_methods(tiny_weights: Path) -> None:
+    from rt_portrait.eval.baselines import Flow3D, generator_method_options, make_method
+
+    opts = {
+        "generator": "diffusion",
+        "steps": 3,
+        "motion_weight": 2.0,
+        "generator_weights": str(tiny_weights),
+    }
+    assert generator_method_options("flow3d", opts) == {"generator": "warp"}  # stays warp-only
+    refined = generator_method_options("refined", opts)
+    assert (refined["generator"], refined["steps"], refined["motion_weight"]) == ("diffusion", 1, 2.0)
+    assert generator_method_options("refined2", opts)["steps"] == 2
+    assert generator_method_options("animator", opts)["steps"] == 3
+    method = make_method("refined", size=128, generator=opts)
+    assert isinstance(method, Flow3D) and method.generator["generator"] == "diffusion"
+    with pytest.raises(ValueError, match="unknown method"):
+        make_method("gan")
+
+
+# --------------------------------------------------------------------------- shipped weights
+
+
+def test_shipped_weights_beat_the_warp_on_a_talking_face() -> None:
+    """On a registry talking-face clip (not in the training data), the 1-step refined output is
+    closer to the real frames than the warp alone, in the face (self-reenactment)."""
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip(f"the generator weights are not installed ({DEFAULT_WEIGHTS} is absent)")
+    from rt_portrait.core.assets import pyfeat_file
+    from rt_portrait.eval.metrics import face_mask, l1
+    from rt_portrait.tracking import FaceTracker, TrackerConfig
+
+    frames = [
+        fit_long_side(f, 256) for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=60)
+    ]
+    targets = frames[8::8][:6]
+    with FaceTracker(TrackerConfig(static_image=True)) as tracker:
+        source_track = tracker.track(frames[0])
+        target_tracks = [tracker.track(t) for t in targets]
+    errors: dict[str, list[float]] = {}
+    for name in ("warp", "diffusion"):
+        config = AnimatorConfig(size=256, generator=name, smoothing=SmoothingConfig(enabled=False))
+        animator = Animator(frames[0], config, source_track=source_track)
+        session = animator.session(fps=24.0)
+        session.animate_track(source_track)  # the source frame is the driver's reference
+        errs = []
+        for target, track in zip(targets, target_tracks, strict=True):
+            out = session.animate_track(track).image
+            errs.append(l1(out, target, face_mask(track.landmarks, target.shape[:2])))
+        errors[name] = errs
+    assert np.mean(errors["diffusion"]) < np.mean(errors["warp"]), errors

@@ -293,6 +293,22 @@ class ServerThread:
         self._thread.join(timeout)
 
 
+@dataclass(frozen=True)
+class Usage:
+    rss_mb: float
+    threads: int
+
+
+def process_usage(pid: int | str = "self") -> Usage:
+    """Resident memory and native thread count of a process (Linux /proc)."""
+    fields: dict[str, str] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return Usage(rss_mb=int(fields["VmRSS"].split()[0]) / 1024, threads=int(fields["Threads"]))
+
+
 def free_port() -> int:
     import socket
 

@@ -297,6 +297,7 @@ class Session:
         self._worker: asyncio.Future[None] | None = None
         self._last_resize = 0  # frames_out at the last working-size change
         self._on_closed = on_closed
+        self._close_task: asyncio.Future[None] | None = None
         self.closed = False
 
     # -- controls (called from the event loop; swaps are atomic attribute assignments) --
@@ -330,9 +331,15 @@ class Session:
     def set_animator(self, animator: Animator) -> None:
         """Switch the source portrait, keeping the user's edits and strengths."""
         new = animator.session()
+        if self.closed:
+            new.close()
+            return
+        old, self._anim = self._anim, new
         self._full_size = new.size
-        self._anim = new
         self._source_name = animator.name
+        # The old pipeline state (its tracker graph) is released in the session's own thread,
+        # after any frame that is using it: the executor runs its jobs in order.
+        self._executor.submit(_release, old)
         self.stats.degrade_level = 0
         self._last_resize = self.stats.frames_out
         self.bus.image = np.ascontiguousarray(animator.source)
@@ -520,19 +527,58 @@ class Session:
         return True
 
     async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.bus.close()
-        self._new_frame.set()
-        for task in self._tasks:
-            task.cancel()
-        for viewer_id in list(self.viewers):
+        """End the session and release everything it holds (peers, tasks, the tracker graph,
+        the worker thread). Idempotent, and safe to call from the session's own tasks (a
+        deadline or a reader): the teardown runs in a task of its own, so cancelling the
+        caller cannot interrupt it."""
+        if self._close_task is None:
+            self.closed = True
+            self._close_task = asyncio.ensure_future(self._teardown())
+        await asyncio.shield(self._close_task)
+
+    async def _teardown(self) -> None:
+        try:
+            self.bus.close()
+            self._new_frame.set()
+            for task in self._tasks:
+                task.cancel()
+            for viewer_id in list(self.viewers):
+                with contextlib.suppress(Exception):
+                    await self.close_viewer(viewer_id)
+            if self.pc is not None:
+                with contextlib.suppress(Exception):
+                    await self.pc.close()
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=5.0)
+            # after the frame in flight (if any), in the thread that ran the pipeline
+            loop = asyncio.get_running_loop()
             with contextlib.suppress(Exception):
-                await self.close_viewer(viewer_id)
-        if self.pc is not None:
-            with contextlib.suppress(Exception):
-                await self.pc.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._on_closed(self)
-        log.info("session %s closed", self.id)
+                await asyncio.wait_for(loop.run_in_executor(self._executor, _release, self._anim), 10.0)
+        finally:
+            self._tasks.clear()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._on_closed(self)
+            log.info("session %s closed", self.id)
+            # A session frees tens of MB in many small native blocks (tracker graphs, codec
+            # contexts); hand them back so RSS tracks what is live, not the high-water mark.
+            trim_native_heap()
+
+
+def trim_native_heap() -> None:
+    """glibc's malloc_trim(0): return freed heap pages to the OS (no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)
+
+
+def _release(anim: object) -> None:
+    """Close a pipeline session (its tracker graph and threads); a broken one is only logged."""
+    try:
+        anim.close()  # type: ignore[attr-defined]
+    except Exception:
+        log.exception("releasing a pipeline session failed")

@@ -45,6 +45,8 @@ SIZES = (128, 256, 512)
 
 
 def import_tensorrt() -> Any:
+    """The tensorrt module, or BackendUnavailable naming the fix. (Callers then ``import
+    tensorrt as trt`` themselves, so that type checkers with ``tensorrt-stubs`` see its types.)"""
     try:
         import tensorrt
     except ImportError as e:
@@ -98,24 +100,23 @@ def export_for_tensorrt(loaded_fp32: LoadedGraph, size: int, precision: str, cac
     return cached_onnx(low, size, cache_dir)
 
 
-class _Logger:
-    """TensorRT logger that forwards to :mod:`logging`."""
+def _logger() -> Any:
+    """A TensorRT logger that forwards to :mod:`logging`."""
+    import tensorrt as trt
 
-    @staticmethod
-    def make(trt: Any) -> Any:
-        class Forward(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
+    class Forward(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
 
-            def log(self, severity: Any, msg: str) -> None:
-                level = {
-                    trt.ILogger.INTERNAL_ERROR: logging.ERROR,
-                    trt.ILogger.ERROR: logging.ERROR,
-                    trt.ILogger.WARNING: logging.WARNING,
-                }.get(severity, logging.DEBUG)
-                log.log(level, "TensorRT: %s", msg)
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            level = {
+                trt.ILogger.INTERNAL_ERROR: logging.ERROR,
+                trt.ILogger.ERROR: logging.ERROR,
+                trt.ILogger.WARNING: logging.WARNING,
+            }.get(severity, logging.DEBUG)
+            log.log(level, "TensorRT: %s", msg)
 
-        return Forward()
+    return Forward()
 
 
 def build_engine(
@@ -127,7 +128,9 @@ def build_engine(
     force: bool = False,
 ) -> Path:
     """Build (or find in ``cache_dir``) the engine for one exported ONNX file; returns its path."""
-    trt = import_tensorrt()
+    import_tensorrt()
+    import tensorrt as trt
+
     if not torch.cuda.is_available():
         raise BackendUnavailable("tensorrt", "no device", "TensorRT needs a CUDA GPU")
     info = read_onnx_info(onnx_path)
@@ -137,7 +140,7 @@ def build_engine(
     if plan.is_file() and not force:
         log.info("TensorRT engine from cache: %s", plan)
         return plan
-    logger = _Logger.make(trt)
+    logger = _logger()
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -155,7 +158,9 @@ def build_engine(
     profile = builder.create_optimization_profile()
     r = info.size
     for name, c in (("cond", info.cond_channels), ("noise", 3)):
-        profile.set_shape(name, (1, c, r, r), (opt_batch, c, r, r), (max_batch, c, r, r))
+        profile.set_shape(
+            name, trt.Dims([1, c, r, r]), trt.Dims([opt_batch, c, r, r]), trt.Dims([max_batch, c, r, r])
+        )
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -191,13 +196,16 @@ class TrtEngine:
     def __init__(
         self, plan_for_size: Callable[[int], Path], device: torch.device | str, precision: str
     ) -> None:
-        self.trt = import_tensorrt()
+        import_tensorrt()
+        import tensorrt as trt
+
+        self.version = trt.__version__
         self.device = torch.device(device)
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise BackendUnavailable("tensorrt", "no device", "TensorRT needs a CUDA device")
         self.precision = precision_name(precision)
         self._plan_for_size = plan_for_size
-        self._runtime = self.trt.Runtime(_Logger.make(self.trt))
+        self._runtime = trt.Runtime(_logger())
         self._engines: dict[int, _Loaded] = {}
 
     def _load(self, size: int) -> _Loaded:
@@ -239,7 +247,7 @@ class TrtEngine:
         return out.float()
 
     def describe(self) -> str:
-        return f"tensorrt {self.trt.__version__} ({self.precision}, {gpu_name(self.device)})"
+        return f"tensorrt {self.version} ({self.precision}, {gpu_name(self.device)})"
 
 
 def tensorrt_engine(

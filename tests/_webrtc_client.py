@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import fractions
 import functools
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -21,7 +23,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from rt_portrait.server.app import ServerConfig, build_app
+from rt_portrait.server.app import AccessLogger, ServerConfig, build_app
 from rt_portrait.server.session import loopback_ice, new_peer_connection
 
 TIME_BASE = fractions.Fraction(1, 90000)
@@ -178,30 +180,60 @@ async def _offer(pc: RTCPeerConnection) -> str:
     return pc.localDescription.sdp
 
 
-async def _post_offer(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, kind: str) -> str:
-    """WHIP/WHEP exchange: POST the SDP offer, expect 201, apply the answer; returns Location."""
+async def _post_offer(
+    http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, kind: str, token: str | None = None
+) -> tuple[str, str]:
+    """WHIP/WHEP exchange: POST the SDP offer, expect 201, apply the answer; returns the
+    Location and Link headers."""
     sdp = await _offer(pc)
-    async with http.post(url, data=sdp, headers={"Content-Type": "application/sdp"}) as resp:
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with http.post(url, data=sdp, headers=headers) as resp:
         body = await resp.text()
         if resp.status != 201:
             await pc.close()
             raise RuntimeError(f"{kind} failed: {resp.status} {body}")
-        location = resp.headers["Location"]
+        location, link = resp.headers["Location"], resp.headers.get("Link", "")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-    return location
+    return location, link
+
+
+_WHEP_LINK = re.compile(r'<([^>]*/whep/[^>]+)>\s*;\s*rel="?whep"?')
+
+
+@dataclass
+class WhipCall:
+    pc: RTCPeerConnection
+    location: str  # /whip/<session>: the owner's capability
+    whep: str  # /whep/<viewer>: the playback URL from the Link header
+
+    @property
+    def session(self) -> str:
+        return self.location.rsplit("/", 1)[1]
+
+
+async def whip_start(
+    http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, token: str | None = None
+) -> WhipCall:
+    pc = new_peer_connection()
+    pc.addTransceiver(track, direction="sendonly")
+    location, link = await _post_offer(http, f"{base}/whip", pc, "WHIP", token)
+    m = _WHEP_LINK.search(link)
+    return WhipCall(pc, location, m.group(1) if m else "")
 
 
 async def whip_publish(
-    http: aiohttp.ClientSession, base: str, track: MediaStreamTrack
+    http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, token: str | None = None
 ) -> tuple[RTCPeerConnection, str]:
-    pc = new_peer_connection()
-    pc.addTransceiver(track, direction="sendonly")
-    return pc, await _post_offer(http, f"{base}/whip", pc, "WHIP")
+    call = await whip_start(http, base, track, token)
+    return call.pc, call.location
 
 
 async def whep_play(
-    http: aiohttp.ClientSession, base: str, session_id: str, sink: Sink
+    http: aiohttp.ClientSession, base: str, whep: str, sink: Sink
 ) -> tuple[RTCPeerConnection, str]:
+    """Play ``whep`` (a /whep/<viewer> path, or the bare viewer capability) into ``sink``."""
     pc = new_peer_connection()
     pc.addTransceiver("video", direction="recvonly")
 
@@ -209,13 +241,16 @@ async def whep_play(
     def _on_track(track: MediaStreamTrack) -> None:
         sink.start(track)
 
-    return pc, await _post_offer(http, f"{base}/whep/{session_id}", pc, "WHEP")
+    path = whep if whep.startswith("/whep/") else f"/whep/{whep}"
+    location, _link = await _post_offer(http, f"{base}{path}", pc, "WHEP")
+    return pc, location
 
 
-async def page_call(
-    http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, sink: Sink
-) -> tuple[RTCPeerConnection, str]:
-    """What the page does: one sendrecv transceiver, the camera up and the avatar down."""
+async def page_start(
+    http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, sink: Sink, token: str | None = None
+) -> tuple[RTCPeerConnection, dict[str, Any]]:
+    """What the page does: one sendrecv transceiver, the camera up and the avatar down.
+    Returns the peer and the /offer answer (session and viewer capabilities)."""
     pc = new_peer_connection()
     pc.addTransceiver(track, direction="sendrecv")
 
@@ -224,12 +259,21 @@ async def page_call(
         sink.start(remote)
 
     sdp = await _offer(pc)
-    async with http.post(f"{base}/offer", json={"sdp": sdp, "type": "offer"}) as resp:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.post(f"{base}/offer", json={"sdp": sdp, "type": "offer"}, headers=headers) as resp:
         body = await resp.json()
         if resp.status != 200:
             await pc.close()
             raise RuntimeError(f"offer failed: {resp.status} {body}")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
+    return pc, body
+
+
+async def page_call(
+    http: aiohttp.ClientSession, base: str, track: MediaStreamTrack, sink: Sink
+) -> tuple[RTCPeerConnection, str]:
+    """``page_start`` returning the session's owner capability only."""
+    pc, body = await page_start(http, base, track, sink)
     return pc, body["session"]
 
 
@@ -237,7 +281,7 @@ async def page_call(
 async def running_server(config: ServerConfig) -> AsyncIterator[tuple[str, web.Application]]:
     """The server on 127.0.0.1 with a free port, in this event loop."""
     app = build_app(config)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

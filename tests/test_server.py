@@ -30,6 +30,7 @@ from _webrtc_client import (
     running_server,
     whep_play,
     whip_publish,
+    whip_start,
 )
 
 from rt_portrait.core.assets import default_portrait, pyfeat_file
@@ -92,8 +93,9 @@ def test_whip_ingest_whep_playback_and_delete() -> None:
         driver = face_frames(256, 48)
         async with running_server(config()) as (base, _app), aiohttp.ClientSession() as http:
             track = FaceVideoTrack(driver, max_frames=600)
-            pub, location = await whip_publish(http, base, track)
-            assert location.startswith("/whip/")
+            call = await whip_start(http, base, track)
+            pub, location = call.pc, call.location
+            assert location.startswith("/whip/") and call.whep.startswith("/whep/")
             # ICE stays on loopback: the answer offers only 127.0.0.1
             answer_candidates = [
                 ln for ln in pub.remoteDescription.sdp.splitlines() if ln.startswith("a=candidate:")
@@ -103,8 +105,8 @@ def test_whip_ingest_whep_playback_and_delete() -> None:
             )
             sid = location.rsplit("/", 1)[1]
             sink = Sink(keep_every=10)
-            player, play_location = await whep_play(http, base, sid, sink)
-            assert play_location.startswith(f"/whep/{sid}/")
+            player, play_location = await whep_play(http, base, call.whep, sink)
+            assert play_location.startswith(f"{call.whep}/")
             assert await sink.wait_for(45, 40), f"only {sink.count} avatar frames arrived"
             # the avatar is the source portrait (its size and its content), not the driver
             side = config().output_size or config().size  # streamed at the working size by default
@@ -112,7 +114,7 @@ def test_whip_ingest_whep_playback_and_delete() -> None:
             last = sink.kept[-1]
             assert corr(last, source) > 0.8 > corr(last, driver[0])
             st = (await stats(http, base))["sessions"][0]
-            assert st["id"] == sid and st["kind"] == "whip" and st["viewers"] == 1
+            assert "id" not in st and st["kind"] == "whip" and st["viewers"] == 1
             assert st["frames_in"] >= 30 and st["frames_out"] >= 30
             assert {"decode", "total", "server_total"} <= set(st["stage_ms"])
             # ending playback keeps the session; ending the session frees everything
@@ -188,7 +190,7 @@ def test_two_sessions_are_isolated() -> None:
             assert await sinks[1].wait_for(before_b + 20, 20), "session B stalled when A failed"
             # A gives up after repeated failures; B keeps running
             assert await wait_sessions(http, base, 1, 15) == 1
-            assert (await stats(http, base))["sessions"][0]["id"] == sid_b
+            assert list(app[STATE].sessions) == [sid_b]
             for pc in (pc_a, pc_b):
                 await pc.close()
             for sink in sinks:
@@ -236,7 +238,7 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving() -> None:
     small_limits = dict(max_upload_bytes=200_000, max_image_side=1024, max_sdp_bytes=16_000)
 
     async def scenario() -> None:
-        async with running_server(config(**small_limits)) as (base, _app), aiohttp.ClientSession() as http:
+        async with running_server(config(**small_limits)) as (base, app), aiohttp.ClientSession() as http:
             # a healthy session runs through all of it
             sink = Sink()
             pc, sid = await page_call(http, base, FaceVideoTrack(face_frames(256, 24), max_frames=2000), sink)
@@ -336,7 +338,7 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving() -> None:
             before = sink.count
             assert await sink.wait_for(before + 10, 20)
             st = await stats(http, base)
-            assert [s["id"] for s in st["sessions"]] == [sid]
+            assert list(app[STATE].sessions) == [sid] and st["active"] == 1
             assert st["sessions"][0]["errors"] == 0
             pc2, loc2 = await whip_publish(http, base, FaceVideoTrack(face_frames(256, 24), max_frames=600))
             async with http.delete(f"{base}{loc2}") as resp:

@@ -5,16 +5,24 @@ Endpoints
 GET  /                          the page (upload a source, camera, sliders, stats)
 GET  /view/<viewer>             one session's avatar alone, full-window (an OBS Browser Source),
                                 played over POST /whep/<viewer>; ?clean=1 hides the URL box
-POST /offer                     the page's offer/answer (JSON {sdp, type}) -> {sdp, type, session}
+POST /offer                     the page's offer/answer (JSON {sdp, type}) -> {sdp, type, session,
+                                viewer, whep}
 POST /whip                      WHIP ingest (RFC 9725): application/sdp offer -> 201 + answer,
-                                Location: /whip/<session>
+                                Location: /whip/<session>, Link: </whep/<viewer>>; rel="whep"
 DELETE /whip/<session>          end that session (also DELETE /session/<session>)
-POST /whep/<session>            WHEP playback of that session's avatar -> 201 + answer,
-                                Location: /whep/<session>/<viewer>
-DELETE /whep/<session>/<viewer> end that playback
-POST /session/<id>/control      JSON {"edits": {...}, "strengths": {...}, "recalibrate": true}
-POST /session/<id>/source       a new source portrait (image bytes or multipart field "image")
-GET  /session/<id>/stats        one session's stats;  GET /stats: the server and every session
+POST /whep/<viewer>             WHEP playback of that session's avatar -> 201 + answer,
+                                Location: /whep/<viewer>/<player>
+DELETE /whep/<viewer>/<player>  end that playback
+POST /session/<session>/control JSON {"edits": {...}, "strengths": {...}, "recalibrate": true}
+POST /session/<session>/source  a new source portrait (image bytes or multipart field "image")
+GET  /session/<session>/stats   one session's stats
+GET  /stats                     counts and timings; every session's details with the admin token
+
+Capabilities: ``<session>`` is the owner's secret (192 random bits) for DELETE, PATCH,
+control, source and its stats; it is also accepted as ``Authorization: Bearer <session>`` on
+``/session/control``, ``/session/source``, ``/session/stats`` and ``DELETE /session``.
+``<viewer>`` is a separate secret that grants playback only. ``--token`` (optional) must come
+as ``Authorization: Bearer`` on ``POST /whip`` and ``POST /offer`` and is the admin token.
 """
 
 from __future__ import annotations
@@ -22,18 +30,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import io
 import json
 import logging
 import re
+import secrets
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from aiohttp import BodyPartReader, web
+from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from rt_portrait.generator import Generator
@@ -71,6 +84,8 @@ class ServerConfig:
     connect_timeout_s: float = 30.0  # a session that never connects is reclaimed
     echo: bool = False  # transport baseline: send the driver back unprocessed
     probe_rows: int = 0  # copy the driver's top rows onto the output (latency probes)
+    token: str | None = None  # Bearer needed on POST /whip and /offer; also the admin token
+    max_sessions_per_minute: int = 30  # new sessions per client address (0: no limit)
     # generator options (AnimatorConfig's): "auto", "diffusion" or "warp", steps, fusion weights
     generator: str = "auto"
     steps: int = 1
@@ -136,7 +151,9 @@ def load_source_file(path: str, max_side: int) -> np.ndarray:
 class ServerState:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Session] = {}  # by the owner's capability
+        self._by_viewer: dict[str, Session] = {}  # by the playback capability
+        self._created: dict[str, deque[float]] = {}  # client address -> recent session starts
         self.default_animator: Animator | None = None
         self._generator: Generator | None = None
         # Source analysis (face tracking of an upload) is CPU work: keep it off the loop and
@@ -178,6 +195,28 @@ class ServerState:
 
     def _forget(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        self._by_viewer.pop(session.viewer_id, None)
+
+    def admit(self, address: str) -> None:
+        """Count one new session for ``address``: 429 beyond the per-minute limit."""
+        limit = self.config.max_sessions_per_minute
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        if len(self._created) > 4096:  # bounded: forget addresses idle for a minute
+            for addr in [a for a, q in self._created.items() if not q or q[-1] <= now - 60]:
+                del self._created[addr]
+        stamps = self._created.setdefault(address, deque())
+        while stamps and stamps[0] <= now - 60:
+            stamps.popleft()
+        if len(stamps) >= limit:
+            retry = max(1, int(stamps[0] + 60 - now) + 1)
+            raise BadInput(
+                429,
+                f"too many new sessions: at most {limit} per minute per address",
+                {"Retry-After": str(retry)},
+            )
+        stamps.append(now)
 
     def new_session(self, kind: str) -> Session:
         if len(self.sessions) >= self.config.max_sessions:
@@ -187,13 +226,48 @@ class ServerState:
         assert self.default_animator is not None
         session = Session(kind, self.default_animator, self.limits, on_closed=self._forget)
         self.sessions[session.id] = session
+        self._by_viewer[session.viewer_id] = session
         return session
 
-    def get(self, session_id: str) -> Session:
-        session = self.sessions.get(session_id)
-        if session is None:
-            raise BadInput(404, f"no session {session_id!r} (ended, or never existed)")
-        return session
+    def session_for_owner(self, token: str | None) -> Session | None:
+        """The live session whose owner capability is ``token``, or None."""
+        return self.sessions.get(token) if token else None
+
+    def session_for_viewer(self, viewer_token: str | None) -> Session | None:
+        """The live session whose playback capability is ``viewer_token``, or None. Playback
+        only: never hand the result's owner capability (``session.id``) to the caller."""
+        return self._by_viewer.get(viewer_token) if viewer_token else None
+
+    def is_admin(self, request: web.Request) -> bool:
+        """Whether the request carries the server's token (never true without --token)."""
+        token, given = self.config.token, bearer_token(request)
+        return token is not None and given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+    def require_token(self, request: web.Request) -> None:
+        """POST /whip and /offer: with --token set, the Bearer token must match it."""
+        if self.config.token is not None and not self.is_admin(request):
+            raise BadInput(
+                401,
+                "this server needs its token: send Authorization: Bearer <token>",
+                {"WWW-Authenticate": 'Bearer realm="rt-portrait"'},
+            )
+
+
+def bearer_token(request: web.Request) -> str | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    credentials = credentials.strip()
+    return credentials if scheme.lower() == "bearer" and credentials else None
+
+
+def owned_session(request: web.Request) -> Session:
+    """The session named by the owner capability in the path, or (routes without one) in an
+    ``Authorization: Bearer`` header. 404 for anything else: nothing says whether it existed."""
+    state = request.app[STATE]
+    token = request.match_info.get("session") or bearer_token(request)
+    session = state.session_for_owner(token)
+    if session is None:
+        raise BadInput(404, "no such session (it ended, or the URL or token is wrong)")
+    return session
 
 
 STATE = web.AppKey("rt_portrait_state", ServerState)
@@ -285,8 +359,9 @@ def watch_connection(session: Session, pc: RTCPeerConnection, timeout_s: float) 
     session._tasks.append(asyncio.ensure_future(_deadline()))
 
 
-async def start_session(state: ServerState, kind: str, offer: str) -> Session:
+async def start_session(state: ServerState, kind: str, offer: str, address: str) -> Session:
     """A new ingest session; for the page, the avatar returns on the same transceiver."""
+    state.admit(address)
     session = state.new_session(kind)
 
     def setup(pc: RTCPeerConnection) -> None:
@@ -303,6 +378,40 @@ async def start_session(state: ServerState, kind: str, offer: str) -> Session:
         raise
     watch_connection(session, session.pc, state.config.connect_timeout_s)
     return session
+
+
+# ---------------------------------------------------------------------------------------
+# Access log
+# ---------------------------------------------------------------------------------------
+_CAPABILITY_IN_PATH = re.compile(r"^/(whip|whep|session|view)/([^/]+)(/[^/]+)?")
+
+
+def redact_path(path: str) -> str:
+    """A request path with its capabilities cut to 4 characters: logs must not grant access."""
+
+    def cut(m: re.Match[str]) -> str:
+        tail = f"/{m.group(3)[1:5]}…" if m.group(3) and m.group(1) == "whep" else (m.group(3) or "")
+        return f"/{m.group(1)}/{m.group(2)[:4]}…{tail}"
+
+    return _CAPABILITY_IN_PATH.sub(cut, path[:200])
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, capabilities redacted; stats polls (twice a second per open
+    page) at DEBUG."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = request.path
+        polling = request.method == "GET" and path.endswith("/stats")
+        self.logger.log(
+            logging.DEBUG if polling else logging.INFO,
+            '%s "%s %s" %d %.1f ms',
+            request.remote,
+            request.method,
+            redact_path(path),
+            response.status,
+            time * 1e3,
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,6 +461,7 @@ async def view_page(request: web.Request) -> web.FileResponse:
 
 async def post_offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.require_token(request)
     if request.content_type != "application/json":
         raise BadInput(415, "expected Content-Type application/json with {sdp, type}")
     if request.content_length is not None and request.content_length > 2 * state.config.max_sdp_bytes:
@@ -363,26 +473,37 @@ async def post_offer(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
         raise BadInput(400, 'expected {"type": "offer", "sdp": "v=0..."}')
     offer = check_sdp(body["sdp"], state.config.max_sdp_bytes)
-    session = await start_session(state, "page", offer)
+    session = await start_session(state, "page", offer, request.remote or "")
     assert session.pc is not None
     answer = session.pc.localDescription.sdp
     return web.json_response(
-        {"sdp": answer, "type": "answer", "session": session.id, "location": f"/session/{session.id}"}
+        {
+            "sdp": answer,
+            "type": "answer",
+            "session": session.id,
+            "location": f"/session/{session.id}",
+            "viewer": session.viewer_id,
+            "whep": f"/whep/{session.viewer_id}",
+        }
     )
 
 
 async def post_whip(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.require_token(request)
     offer = await read_sdp_body(request, state.config.max_sdp_bytes)
-    session = await start_session(state, "whip", offer)
+    session = await start_session(state, "whip", offer, request.remote or "")
     assert session.pc is not None
     answer = session.pc.localDescription.sdp
-    location = f"/whip/{session.id}"
     return web.Response(
         status=201,
         text=answer,
         content_type="application/sdp",
-        headers={"Location": location, "ETag": f'"{session.id}"'},
+        headers={
+            "Location": f"/whip/{session.id}",
+            "Link": f'</whep/{session.viewer_id}>; rel="whep"',
+            "ETag": f'"{session.label}"',
+        },
     )
 
 
@@ -391,13 +512,13 @@ async def options_whip(request: web.Request) -> web.Response:
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    session = request.app[STATE].get(request.match_info["session"])
+    session = owned_session(request)
     await session.close()
     return web.Response(status=200, text="session ended\n")
 
 
 async def patch_whip(request: web.Request) -> web.Response:
-    request.app[STATE].get(request.match_info["session"])
+    owned_session(request)
     # aiortc gathers every candidate before answering: there is nothing to trickle.
     raise BadInput(
         405,
@@ -408,7 +529,9 @@ async def patch_whip(request: web.Request) -> web.Response:
 
 async def post_whep(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    session = state.get(request.match_info["session"])
+    session = state.session_for_viewer(request.match_info["viewer"])
+    if session is None:
+        raise BadInput(404, "no such session to play (it ended, or the URL is wrong)")
     offer = await read_sdp_body(request, state.config.max_sdp_bytes)
     if len(session.viewers) >= state.config.max_viewers_per_session:
         raise BadInput(
@@ -416,18 +539,18 @@ async def post_whep(request: web.Request) -> web.Response:
         )
     track = session.new_viewer_track()
     pc = await negotiate(state, offer, lambda pc: None, need="send", player=track)
-    viewer_id = track.id.replace("-", "")[:16]
+    player_id = secrets.token_urlsafe(16)
     if session.closed:
         await pc.close()
         raise BadInput(404, "session ended during negotiation")
-    session.viewers[viewer_id] = pc
+    session.viewers[player_id] = pc
 
     @pc.on("connectionstatechange")
     async def _changed() -> None:
         if pc.connectionState in ("failed", "closed"):
-            await session.close_viewer(viewer_id)
+            await session.close_viewer(player_id)
 
-    location = f"/whep/{session.id}/{viewer_id}"
+    location = f"/whep/{session.viewer_id}/{player_id}"
     return web.Response(
         status=201,
         text=pc.localDescription.sdp,
@@ -437,14 +560,14 @@ async def post_whep(request: web.Request) -> web.Response:
 
 
 async def delete_whep(request: web.Request) -> web.Response:
-    session = request.app[STATE].get(request.match_info["session"])
-    if not await session.close_viewer(request.match_info["viewer"]):
-        raise BadInput(404, f"no player {request.match_info['viewer']!r} on session {session.id}")
+    session = request.app[STATE].session_for_viewer(request.match_info["viewer"])
+    if session is None or not await session.close_viewer(request.match_info["player"]):
+        raise BadInput(404, "no such player (it ended, or the URL is wrong)")
     return web.Response(status=200, text="playback ended\n")
 
 
 async def post_control(request: web.Request) -> web.Response:
-    session = request.app[STATE].get(request.match_info["session"])
+    session = owned_session(request)
     try:
         payload = json.loads((await request.content.read(16 * 1024 + 1)).decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
@@ -458,7 +581,7 @@ async def post_control(request: web.Request) -> web.Response:
 
 async def post_source(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    session = state.get(request.match_info["session"])
+    session = owned_session(request)
     limit = state.config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise BadInput(413, f"upload is larger than {limit} bytes")
@@ -489,25 +612,34 @@ async def post_source(request: web.Request) -> web.Response:
     if session.closed:
         raise BadInput(404, "session ended during the upload")
     session.set_animator(animator)
-    return web.json_response(
-        {"session": session.id, "source": name, "width": int(image.shape[1]), "height": int(image.shape[0])}
-    )
+    return web.json_response({"source": name, "width": int(image.shape[1]), "height": int(image.shape[0])})
 
 
 async def get_session_stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].get(request.match_info["session"]).snapshot())
+    return web.json_response(owned_session(request).snapshot())
 
 
 async def get_stats(request: web.Request) -> web.Response:
+    """Anonymous: counts and timings only. With the admin token: every session's details,
+    capabilities included."""
     state = request.app[STATE]
-    cfg = asdict(state.config)
+    admin = state.is_admin(request)
+    if bearer_token(request) is not None and not admin:
+        raise BadInput(
+            401, "wrong token for the server-wide view", {"WWW-Authenticate": 'Bearer realm="rt-portrait"'}
+        )
+    cfg = state.config
+    sessions = list(state.sessions.values())
     return web.json_response(
         {
-            "sessions": [s.snapshot() for s in list(state.sessions.values())],
-            "max_sessions": cfg["max_sessions"],
-            "size": cfg["size"],
-            "fps": cfg["fps"],
-            "echo": cfg["echo"],
+            "view": "admin" if admin else "public",
+            "active": len(sessions),
+            "viewers": sum(len(s.viewers) for s in sessions),
+            "sessions": [s.snapshot(private=admin) for s in sessions],
+            "max_sessions": cfg.max_sessions,
+            "size": cfg.size,
+            "fps": cfg.fps,
+            "echo": cfg.echo,
         }
     )
 
@@ -552,11 +684,16 @@ def build_app(config: ServerConfig) -> web.Application:
     app.router.add_delete("/whip/{session}", delete_session)
     app.router.add_patch("/whip/{session}", patch_whip)
     app.router.add_delete("/session/{session}", delete_session)
-    app.router.add_post("/whep/{session}", post_whep)
-    app.router.add_delete("/whep/{session}/{viewer}", delete_whep)
+    app.router.add_post("/whep/{viewer}", post_whep)
+    app.router.add_delete("/whep/{viewer}/{player}", delete_whep)
     app.router.add_post("/session/{session}/control", post_control)
     app.router.add_post("/session/{session}/source", post_source)
     app.router.add_get("/session/{session}/stats", get_session_stats)
+    # the owner capability as a Bearer token instead of in the path
+    app.router.add_delete("/session", delete_session)
+    app.router.add_post("/session/control", post_control)
+    app.router.add_post("/session/source", post_source)
+    app.router.add_get("/session/stats", get_session_stats)
     app.router.add_get("/stats", get_stats)
     return app
 
@@ -576,12 +713,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="long side of the streamed avatar (default: the working size)",
     )
     parser.add_argument("--fps", type=float, default=d.fps, help="frame budget for degradation (default 30)")
-    parser.add_argument("--max-sessions", type=int, default=d.max_sessions)
     parser.add_argument(
-        "--max-viewers", type=int, default=d.max_viewers_per_session, help="WHEP players per session"
+        "--max-sessions",
+        type=int,
+        default=d.max_sessions,
+        help=f"sessions at once (default {d.max_sessions})",
     )
-    parser.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
-    parser.add_argument("--max-image-side", type=int, default=d.max_image_side)
+    parser.add_argument(
+        "--max-viewers",
+        type=int,
+        default=d.max_viewers_per_session,
+        help=f"WHEP players per session (default {d.max_viewers_per_session})",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=d.max_upload_bytes / 2**20,
+        help=f"largest source upload in MiB (default {d.max_upload_bytes / 2**20:g})",
+    )
+    parser.add_argument(
+        "--max-image-side",
+        type=int,
+        default=d.max_image_side,
+        help=f"largest side of an uploaded portrait in px (default {d.max_image_side})",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="server secret: required as 'Authorization: Bearer <token>' on POST /whip and /offer "
+        "(what OBS's WHIP output sends), and the admin token for the full GET /stats",
+    )
+    parser.add_argument(
+        "--max-sessions-per-minute",
+        type=int,
+        default=d.max_sessions_per_minute,
+        help=f"new sessions per client address per minute, 0 = no limit (default {d.max_sessions_per_minute})",
+    )
     parser.add_argument(
         "--ice-loopback-only", action="store_true", help="offer and accept only 127.0.0.1 ICE candidates"
     )
@@ -612,6 +779,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ice_loopback_only=args.ice_loopback_only,
         echo=args.echo,
         probe_rows=args.probe_rows,
+        token=args.token or None,
+        max_sessions_per_minute=args.max_sessions_per_minute,
         **generator_options(args),
     )
 
@@ -624,7 +793,9 @@ def run_from_args(args: argparse.Namespace) -> None:
     # sessions run in parallel threads: one intra-op thread each avoids oversubscribing the cores
     torch.set_num_threads(getattr(args, "threads", 1))
     print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)
-    web.run_app(build_app(config), host=config.host, port=config.port, print=None)
+    web.run_app(
+        build_app(config), host=config.host, port=config.port, print=None, access_log_class=AccessLogger
+    )
 
 
 if __name__ == "__main__":

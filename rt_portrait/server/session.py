@@ -16,6 +16,7 @@ import contextvars
 import fractions
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -275,7 +276,12 @@ class Session:
     def __init__(
         self, kind: str, animator: Animator, limits: SessionLimits, on_closed: Callable[[Session], None]
     ) -> None:
-        self.id = uuid.uuid4().hex[:16]
+        # Capabilities (secrets.token_urlsafe(24): 192 random bits). ``id`` is the owner's:
+        # DELETE, control, source, its own stats. ``viewer_id`` grants playback only.
+        # ``label`` names the session in logs and public stats without granting anything.
+        self.id = secrets.token_urlsafe(24)
+        self.viewer_id = secrets.token_urlsafe(24)
+        self.label = uuid.uuid4().hex[:8]
         self.kind = kind  # "page" or "whip"
         self.limits = limits
         self.created = time.time()
@@ -288,7 +294,7 @@ class Session:
         self.strengths: Strengths = Strengths(**vars(self._anim.retarget.strengths))
         self._full_size = self._anim.size
         self._source_name = animator.name
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{self.id}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{self.label}")
         self._newest: tuple[VideoFrame, float] | None = None
         self._new_frame = asyncio.Event()
         self._recalibrate = False
@@ -378,7 +384,7 @@ class Session:
                 self._newest = (frame, now)
                 self._new_frame.set()
         except MediaStreamError:
-            log.info("session %s: driver track ended", self.id)
+            log.info("session %s: driver track ended", self.label)
             self._closing = asyncio.ensure_future(self.close())
         except asyncio.CancelledError:
             pass
@@ -402,9 +408,11 @@ class Session:
                     self.stats.errors += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                     if consecutive_errors == 1:  # the first of a run with its traceback, not every frame
-                        log.exception("session %s: frame failed", self.id)
+                        log.exception("session %s: frame failed", self.label)
                     if consecutive_errors >= self.limits.max_consecutive_errors:
-                        log.error("session %s: %d consecutive errors, closing", self.id, consecutive_errors)
+                        log.error(
+                            "session %s: %d consecutive errors, closing", self.label, consecutive_errors
+                        )
                         self._closing = asyncio.ensure_future(self.close())
                         return
                     continue
@@ -484,7 +492,7 @@ class Session:
         self._last_resize = st.frames_out
         log.info(
             "session %s: working size %d -> %d (%.1f ms per frame, budget %.1f)",
-            self.id,
+            self.label,
             size,
             new,
             total_ms,
@@ -492,14 +500,15 @@ class Session:
         )
 
     # -- reporting and teardown --
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self, private: bool = True) -> dict[str, object]:
+        """Counts and timings; with ``private`` also what only the owner (or the admin) may
+        see: the capabilities, the source name, the controls and the last error."""
         now = time.perf_counter()
         st = self.stats
         budget = 1000.0 / self.limits.fps
-        return {
-            "id": self.id,
+        public: dict[str, object] = {
+            "label": self.label,
             "kind": self.kind,
-            "source": self._source_name,
             "state": self.pc.connectionState if self.pc else "new",
             "viewers": len(self.viewers),
             "frames_in": st.frames_in,
@@ -515,6 +524,15 @@ class Session:
             "stage_ms": {k: round(v, 2) for k, v in st.stage_ms.items()},
             "age_ms": round(st.age_ms, 2),
             "errors": st.errors,
+        }
+        if not private:
+            return public
+        return {
+            "id": self.id,
+            "viewer": self.viewer_id,
+            "whep": f"/whep/{self.viewer_id}",
+            "source": self._source_name,
+            **public,
             "last_error": st.last_error,
             "controls": self.controls(),
         }
@@ -558,7 +576,7 @@ class Session:
             self._tasks.clear()
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._on_closed(self)
-            log.info("session %s closed", self.id)
+            log.info("session %s closed", self.label)
             # A session frees tens of MB in many small native blocks (tracker graphs, codec
             # contexts); hand them back so RSS tracks what is live, not the high-water mark.
             trim_native_heap()

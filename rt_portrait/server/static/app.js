@@ -16,6 +16,9 @@ const rtp = (window.rtp = {
   latencyEstimateMs: null, latencyParts: {}, server: null, latencyLog: [],
 });
 let pc = null, stream = null, statsTimer = null, pendingSource = null;
+// A server started with --token is opened as /#token=<token>: the fragment never reaches the
+// server's logs; the page sends it as a Bearer token when it starts a session.
+const serverToken = new URLSearchParams(location.hash.slice(1)).get("token");
 
 function say(text, isError = false) {
   rtp.message = text;
@@ -99,13 +102,22 @@ async function start() {
     setState("connecting");
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc, 5000);
+    const headers = { "Content-Type": "application/json" };
+    if (serverToken) headers.Authorization = `Bearer ${serverToken}`;
     const resp = await fetch("/offer", {
-      method: "POST", headers: { "Content-Type": "application/json" },
+      method: "POST", headers,
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
     });
     if (!resp.ok) throw new Error(`server refused the call (${resp.status}): ${await errorText(resp)}`);
     const answer = await resp.json();
-    rtp.session = answer.session;
+    rtp.session = answer.session; // the owner's capability: control, source, stats, end
+    rtp.viewer = answer.viewer; // playback only: safe to hand to viewers
+    const share = $("share");
+    if (share && answer.viewer) {
+      share.href = `/view/${answer.viewer}`;
+      share.textContent = `${location.origin}/view/${answer.viewer}`;
+      share.parentElement.hidden = false;
+    }
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     $("stop").disabled = false; $("recalibrate").disabled = false;
     say("connected");
@@ -123,7 +135,8 @@ async function stop() {
   if (rtp.session) { try { await fetch(`/session/${rtp.session}`, { method: "DELETE" }); } catch (e) { /* gone already */ } }
   if (pc) pc.close();
   if (stream) stream.getTracks().forEach((t) => t.stop());
-  pc = null; stream = null; rtp.session = null;
+  pc = null; stream = null; rtp.session = null; rtp.viewer = null;
+  if ($("share")) $("share").parentElement.hidden = true;
   $("start").disabled = false; $("stop").disabled = true; $("recalibrate").disabled = true;
   setState("idle");
 }

@@ -341,24 +341,6 @@ async def negotiate(
         raise BadInput(400, f"could not negotiate the SDP offer: {type(exc).__name__}: {exc}") from None
 
 
-def watch_connection(session: Session, pc: RTCPeerConnection, timeout_s: float) -> None:
-    """Tear the session down when its client vanishes or never connects."""
-
-    @pc.on("connectionstatechange")
-    async def _changed() -> None:
-        log.info("session %s: connection %s", session.id, pc.connectionState)
-        if pc.connectionState in ("failed", "closed"):
-            await session.close()
-
-    async def _deadline() -> None:
-        await asyncio.sleep(timeout_s)
-        if pc.connectionState != "connected" and not session.closed:
-            log.info("session %s: not connected after %.0f s, closing", session.id, timeout_s)
-            await session.close()
-
-    session._tasks.append(asyncio.ensure_future(_deadline()))
-
-
 async def start_session(state: ServerState, kind: str, offer: str, address: str) -> Session:
     """A new ingest session; for the page, the avatar returns on the same transceiver."""
     state.admit(address)
@@ -376,7 +358,7 @@ async def start_session(state: ServerState, kind: str, offer: str, address: str)
     except BaseException:
         await session.close()
         raise
-    watch_connection(session, session.pc, state.config.connect_timeout_s)
+    session.watch(session.pc, state.config.connect_timeout_s)
     return session
 
 
@@ -543,13 +525,7 @@ async def post_whep(request: web.Request) -> web.Response:
     if session.closed:
         await pc.close()
         raise BadInput(404, "session ended during negotiation")
-    session.viewers[player_id] = pc
-
-    @pc.on("connectionstatechange")
-    async def _changed() -> None:
-        if pc.connectionState in ("failed", "closed"):
-            await session.close_viewer(player_id)
-
+    session.add_player(player_id, pc, state.config.connect_timeout_s)
     location = f"/whep/{session.viewer_id}/{player_id}"
     return web.Response(
         status=201,

@@ -19,9 +19,10 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
@@ -536,6 +537,49 @@ class Session:
             "last_error": st.last_error,
             "controls": self.controls(),
         }
+
+    # -- connection watch --
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A task that ends with the session (cancelled by close())."""
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    def watch(self, pc: RTCPeerConnection, connect_timeout_s: float) -> None:
+        """End the session when its client goes away: the peer fails (ICE consent expired,
+        RFC 7675: a client that vanished without DELETE) or closes, or it never connects
+        within ``connect_timeout_s`` (an offer whose client never completes ICE)."""
+
+        @pc.on("connectionstatechange")
+        async def _changed() -> None:
+            log.info("session %s: connection %s", self.label, pc.connectionState)
+            if pc.connectionState in ("failed", "closed"):
+                await self.close()
+
+        async def _deadline() -> None:
+            await asyncio.sleep(connect_timeout_s)
+            if pc.connectionState != "connected" and not self.closed:
+                log.info("session %s: not connected after %.0f s, closing", self.label, connect_timeout_s)
+                await self.close()
+
+        self._spawn(_deadline())
+
+    def add_player(self, player_id: str, pc: RTCPeerConnection, connect_timeout_s: float) -> None:
+        """A WHEP player: removed when its peer fails or closes, or never connects in time,
+        so players that never connect cannot hold the player slots."""
+        self.viewers[player_id] = pc
+
+        @pc.on("connectionstatechange")
+        async def _changed() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close_viewer(player_id)
+
+        async def _deadline() -> None:
+            await asyncio.sleep(connect_timeout_s)
+            if pc.connectionState != "connected" and self.viewers.get(player_id) is pc:
+                log.info("session %s: a player did not connect in %.0f s", self.label, connect_timeout_s)
+                await self.close_viewer(player_id)
+
+        self._spawn(_deadline())
 
     async def close_viewer(self, viewer_id: str) -> bool:
         pc = self.viewers.pop(viewer_id, None)

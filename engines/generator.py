@@ -1,8 +1,9 @@
 """The diffusion generator with its network run by a resolved backend.
 
-``EngineGenerator`` wraps a :class:`~rt_portrait.generator.diffusion.DiffusionGenerator`: the
-same conditioning, starting noise and blend mask, with ``(cond, noise) -> face`` (the UNet
-calls and the sampler's steps) run by the engine the resolver chose at start-up.
+``EngineGenerator`` is a :class:`~rt_portrait.generator.diffusion.DiffusionGenerator` (the
+same conditioning, starting noise and blend mask) whose ``(cond, noise) -> face`` (the UNet
+calls and the sampler's steps) is run by the engine the resolver chose at start-up.
+:func:`with_backend` makes one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rt_portrait.engines.graph import GeneratorGraph, GraphSpec, LoadedGraph, fi
 from rt_portrait.engines.resolver import EngineConfig, Resolution, resolve_engine
 from rt_portrait.generator import diffusion as _diffusion
 from rt_portrait.generator.conditioning import build_condition_batch
-from rt_portrait.generator.diffusion import DiffusionGenerator, face_alpha
+from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator, face_alpha
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 
 log = logging.getLogger(__name__)
@@ -35,70 +36,105 @@ def graph_of(generator: DiffusionGenerator) -> LoadedGraph:
     cfg = generator.config
     path = getattr(generator, "weights_path", None) or _default_weights(cfg.steps)
     path = Path(cfg.weights) if cfg.weights is not None else Path(path)
-    spec = GraphSpec(
-        steps=cfg.steps,
-        sampler=cfg.sampler,
-        motion_weight=cfg.motion_weight,
-        identity_weight=cfg.identity_weight,
-    )
-    graph = GeneratorGraph(generator.model, spec, generator.residual_scale, generator.prediction)
+    graph = GeneratorGraph(generator.model, spec_of(cfg), generator.residual_scale, generator.prediction)
     return LoadedGraph(graph.eval(), path, file_hash(path), dict(generator.meta))
 
 
-class EngineGenerator:
-    """Generator protocol: conditioning (the diffusion generator's) -> engine -> face, alpha."""
+def spec_of(config: DiffusionConfig) -> GraphSpec:
+    return GraphSpec(
+        steps=config.steps,
+        sampler=config.sampler,
+        motion_weight=config.motion_weight,
+        identity_weight=config.identity_weight,
+    )
+
+
+class EngineGenerator(DiffusionGenerator):
+    """A diffusion generator whose network runs on a resolved engine.
+
+    It *is* the diffusion generator it was made from (same config, UNet, metadata and noise
+    cache, shared rather than reloaded), so everything that inspects a ``DiffusionGenerator``
+    keeps working; only ``generate_batch`` changes: ``(cond, noise) -> face`` is one engine
+    call. A view with another step count or fusion (``select.with_steps``, a degrading
+    server) no longer matches the engine's folded graph and runs the eager path instead.
+    """
 
     def __init__(
         self, diffusion: DiffusionGenerator, engine: Engine, resolution: Resolution | None = None
     ) -> None:
-        self.diffusion = diffusion
+        # no DiffusionGenerator.__init__: nothing is loaded twice
+        self.__dict__.update(diffusion.__dict__)
         self.engine = engine
         self.resolution = resolution
-        self.device = engine.device
+        self.engine_spec = spec_of(diffusion.config)
+        self.engine_device = engine.device
 
     def _to_device(self, x: GeneratorInput) -> GeneratorInput:
-        if x.warped.device == self.device:
+        dev = self.engine_device
+        if x.warped.device == dev:
             return x
         f = x.fields
         fields = type(f)(
-            flow=f.flow.to(self.device),
-            visibility=f.visibility.to(self.device),
-            depth=f.depth.to(self.device),
-            normal=f.normal.to(self.device),
-            labels=f.labels.to(self.device),
-            encoding=f.encoding.to(self.device),
+            flow=f.flow.to(dev),
+            visibility=f.visibility.to(dev),
+            depth=f.depth.to(dev),
+            normal=f.normal.to(dev),
+            labels=f.labels.to(dev),
+            encoding=f.encoding.to(dev),
         )
         return replace(
             x,
-            warped=x.warped.to(self.device),
-            source=x.source.to(self.device),
+            warped=x.warped.to(dev),
+            source=x.source.to(dev),
             fields=fields,
-            history=None if x.history is None else x.history.to(self.device),
+            history=None if x.history is None else x.history.to(dev),
         )
 
     def condition(self, inputs: Sequence[GeneratorInput]) -> torch.Tensor:
         """(N, C, R, R) condition batch, built exactly as the diffusion generator builds it."""
-        hv = [self.diffusion.config.history and x.history is not None for x in inputs]
+        hv = [self.config.history and x.history is not None for x in inputs]
         return build_condition_batch([self._to_device(x) for x in inputs], hv)
+
+    def uses_engine(self) -> bool:
+        """Whether the current config is the one folded into the engine's graph."""
+        return spec_of(self.config) == self.engine_spec
 
     @torch.inference_mode()
     def generate_batch(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorOutput]:
         """One engine call for N inputs (e.g. N sessions' frames)."""
+        if not self.uses_engine():
+            return super().generate_batch(inputs)
         cond = self.condition(inputs)
         n, _, h, w = cond.shape
-        noise = self.diffusion.noise(h, w).to(self.device).expand(n, -1, -1, -1).contiguous()
-        face = self.engine(cond, noise).to(self.device)
-        labels = torch.stack([x.fields.labels.to(self.device) for x in inputs])
-        alpha = face_alpha(labels, self.diffusion.config.feather)
+        dev = self.engine_device
+        noise = self.noise(h, w).to(dev).expand(n, -1, -1, -1).contiguous()
+        face = self.engine(cond, noise).to(dev)
+        labels = torch.stack([x.fields.labels.to(dev) for x in inputs])
+        alpha = face_alpha(labels, self.config.feather)
         return [GeneratorOutput(face=face[i], alpha=alpha[i]) for i in range(n)]
 
-    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
-        return self.generate_batch([inputs])[0]
-
     def summary(self) -> dict[str, object]:
-        if self.resolution is not None:
-            return self.resolution.summary()
-        return {"backend": self.engine.name, "engine": self.engine.describe()}
+        """The backend choice, for /stats and bench output."""
+        out: dict[str, object] = (
+            self.resolution.summary() if self.resolution is not None else {"backend": self.engine.name}
+        )
+        if not self.uses_engine():
+            out = {
+                **out,
+                "backend": "eager",
+                "note": f"steps/fusion differ from the {self.engine.name} graph",
+            }
+        return out
+
+
+def backend_summary(generator: object) -> dict[str, object] | None:
+    """The generator backend in use: the resolution of an engine generator, ``eager`` for a
+    plain diffusion generator, None for generators without a network (the warp fill)."""
+    if isinstance(generator, EngineGenerator):
+        return generator.summary()
+    if isinstance(generator, DiffusionGenerator):
+        return {"backend": "eager", "requested": "eager", "engine": "DiffusionGenerator (torch eager)"}
+    return None
 
 
 def with_backend(

@@ -26,8 +26,10 @@ from torch import nn
 
 from rt_portrait.generator.conditioning import NUM_CHANNELS, group_channels
 from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, load_weights
-from rt_portrait.generator.sampling import SAMPLERS, fused_model_fn, schedule
+from rt_portrait.generator.sampling import SAMPLERS, ModelFn, fused_model_fn, schedule
 from rt_portrait.generator.unet import ConditionalUNet
+
+FOLDED_SAMPLERS = ("euler", "heun")  # the samplers of .sampling that GeneratorGraph unrolls
 
 # The channel layout an exported graph declares in its metadata (the conditioning's groups).
 CHANNEL_LAYOUT = "rt-portrait-cond-v1"
@@ -45,8 +47,10 @@ class GraphSpec:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(SAMPLERS)}")
+        if self.sampler not in SAMPLERS or self.sampler not in FOLDED_SAMPLERS:
+            raise ValueError(
+                f"unknown sampler {self.sampler!r}; the graph folds {', '.join(FOLDED_SAMPLERS)}"
+            )
 
 
 class GeneratorGraph(nn.Module):
@@ -76,6 +80,7 @@ class GeneratorGraph(nn.Module):
         self.residual_scale = float(residual_scale)
         self.prediction = prediction
         self.compute_dtype = compute_dtype
+        self._times = [float(t) for t in schedule(self.spec.steps)]  # constants of the graph
         # constant masks that drop one condition group (the fusion's extra predictions)
         for group in ("motion", "identity"):
             mask = torch.ones(1, NUM_CHANNELS, 1, 1)
@@ -90,6 +95,22 @@ class GeneratorGraph(nn.Module):
         dt = self.compute_dtype
         return self.unet(x.to(dt), t, cond.to(dt)).float()
 
+    def _sample(self, fn: ModelFn, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``sampling.sample_euler`` / ``sample_heun`` over the schedule held as Python floats:
+        the same arithmetic, but no tensor-to-float reads at run time, which torch.compile would
+        break its graph on (tests/test_engines.py checks it against DiffusionGenerator)."""
+        times = self._times
+        for i in range(len(times) - 1):
+            t, t_next = times[i], times[i + 1]
+            v = fn(x, _full(t, x), cond)
+            x_e = x + (t_next - t) * v
+            if self.spec.sampler == "euler" or t_next == 0.0:
+                x = x_e
+                continue
+            v2 = fn(x_e, _full(t_next, x), cond)
+            x = x + (t_next - t) * 0.5 * (v + v2)
+        return x
+
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         if self.prediction == "x0":  # plain regression (ablation): one forward from zeros
@@ -97,9 +118,13 @@ class GeneratorGraph(nn.Module):
             res = self._model_fn(noise * 0, t, cond)
         else:
             fn = fused_model_fn(self._model_fn, self._drop, spec.motion_weight, spec.identity_weight)
-            res = SAMPLERS[spec.sampler](fn, noise, schedule(spec.steps, device=cond.device), cond)
+            res = self._sample(fn, noise, cond)
         warped = (cond[:, 0:3] + 1) * 0.5
         return (warped + res * (0.5 / self.residual_scale)).clamp(0, 1)
+
+
+def _full(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
 
 
 def file_hash(path: str | Path, length: int = 16) -> str:

@@ -34,12 +34,13 @@ def run_stage_benchmark(
     size: int = 256,
     device: str = "cpu",
     frames: int = 120,
-    backend: str = "auto",
+    flow_backend: str = "auto",
     warmup: int = 10,
     generator: dict[str, Any] | None = None,
 ) -> dict:
     """Median and p90 ms per stage; ``generator``: ``AnimatorConfig`` generator options
-    (``generator``, ``steps``, fusion weights; see ``generator.select.generator_options``)."""
+    (``generator``, ``steps``, fusion weights, the network's ``backend``; see
+    ``generator.select.generator_options``); ``flow_backend``: auto, torch or triton."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available on this machine")
     driver = [
@@ -49,11 +50,12 @@ def run_stage_benchmark(
     source = fit_long_side(default_portrait("astronaut"), size)
     animator = Animator(
         source,
-        AnimatorConfig(size=size, device=device, flow_backend=backend, **(generator or {})),
+        AnimatorConfig(size=size, device=device, flow_backend=flow_backend, **(generator or {})),
         name="astronaut",
     )
     gen_name = generator_kind(animator.generator)
     steps = generator_steps(animator.generator)
+    engine = animator.backend_summary()  # the generator backend the resolver chose (None: no network)
     session = animator.session(fps=24.0)
     samples: dict[str, list[float]] = {k: [] for k in STAGES}
     for i, frame in enumerate(driver):
@@ -68,16 +70,24 @@ def run_stage_benchmark(
     p90 = {k: float(np.percentile(v, 90)) for k, v in samples.items()}
     gen_label = gen_name + (f" ({steps} step{'s' if steps != 1 else ''})" if steps is not None else "")
     lines = [
-        f"rt-portrait bench: size {size}, device {device}, backend {backend}, generator {gen_label}, {len(samples['total'])} frames, torch threads {torch.get_num_threads()}",
+        f"rt-portrait bench: size {size}, device {device}, flow backend {flow_backend}, generator {gen_label}, {len(samples['total'])} frames, torch threads {torch.get_num_threads()}",
         f"{'stage':<26}{'median ms':>10}{'p90 ms':>10}",
     ]
     for k in STAGES:
         lines.append(f"{LABELS[k]:<26}{medians[k]:>10.2f}{p90[k]:>10.2f}")
     lines.append(f"{'fps (1000 / median total)':<26}{1000 / medians['total']:>10.1f}")
+    if engine is not None:
+        lines.append(
+            f"generator backend: {engine.get('engine', engine['backend'])} (requested {engine.get('requested')})"
+        )
+        fallbacks = engine.get("fallbacks")
+        lines += [f"  not used: {f}" for f in fallbacks] if isinstance(fallbacks, list) else []
     return {
         "size": size,
         "device": device,
-        "backend": backend,
+        "flow_backend": flow_backend,
+        "backend": engine["backend"] if engine else None,  # the generator network's backend
+        "backend_detail": engine,
         "generator": gen_name,
         "steps": steps,
         "frames": len(samples["total"]),

@@ -141,7 +141,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         size=args.size,
         device=args.device,
         frames=args.frames,
-        backend=args.backend,
+        flow_backend=args.flow_backend,
         generator=generator_options(args),
     )
     if args.json:
@@ -269,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="median milliseconds per stage on a real face video")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument(
+        "--flow-backend",
+        default="auto",
+        choices=["auto", "torch", "triton"],
+        help="the flow stage's kernels (the generator network's engine is --backend)",
+    )
     p.add_argument("--frames", type=int, default=120)
     p.add_argument("--json", action="store_true")
     add_generator_arguments(p)
@@ -280,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="self-reenactment evaluation on a folder of videos")
     harness.add_arguments(p)
     p.set_defaults(func=harness.run_from_args)
+
+    from rt_portrait.export import cli as export_cli
+
+    p = sub.add_parser("export", help="export the generator: ONNX files (onnx), TensorRT engines (tensorrt)")
+    export_cli.add_arguments(p)
+    p.set_defaults(func=export_cli.run_from_args)
 
     from rt_portrait.server import app as server_app
 

@@ -42,7 +42,7 @@ from rt_portrait.flow.elastic import elastic_background
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
-from rt_portrait.generator.select import GeneratorSpec, build_generator, uses_history
+from rt_portrait.generator.select import GeneratorSpec, build_generator, generator_kind, uses_history
 from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
 from rt_portrait.tracking import (
@@ -79,6 +79,9 @@ class AnimatorConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     generator_weights: str | None = None  # None: the shipped weights
+    # the diffusion network's engine (rt_portrait.engines): "auto", "eager", "compile",
+    # "onnxruntime" or "tensorrt", resolved once when the generator is built
+    backend: str = "auto"
     history: str = "compose"  # history flow: "compose", "exact" or "off" (see the module doc)
 
     def generator_spec(self) -> GeneratorSpec:
@@ -89,6 +92,8 @@ class AnimatorConfig:
             identity_weight=self.identity_weight,
             weights=self.generator_weights,
             device=self.device,
+            backend=self.backend,
+            size=self.size,
         )
 
 
@@ -238,6 +243,14 @@ class Animator:
             generator if isinstance(generator, WarpFillGenerator) else None
         )
         self._scenes: dict[int, _Scene] = {}
+
+    def backend_summary(self) -> dict[str, object] | None:
+        """The generator backend in use and why (None for a generator without a network)."""
+        if generator_kind(self.generator) != "diffusion":
+            return None
+        from rt_portrait.engines.generator import backend_summary
+
+        return backend_summary(self.generator)
 
     @property
     def warp_generator(self) -> Generator:

@@ -204,6 +204,17 @@ def test_engine_generator_matches_the_diffusion_generator(random_weights, real_i
         one = eg(real_inputs[0])
         assert torch.allclose(one.face, got[0].face, atol=1e-4)
         assert eg.summary()["backend"] == backend
+        assert isinstance(eg, DiffusionGenerator) and eg.model is gen.model  # shared, not reloaded
+    # a view with another step count (a degrading server) is not the folded graph: eager path
+    from rt_portrait.generator.select import generator_kind, with_steps
+
+    two = with_steps(eg, 2)
+    assert generator_kind(eg) == "diffusion" and not two.uses_engine() and eg.uses_engine()
+    want2 = DiffusionGenerator(DiffusionConfig(weights=random_weights, steps=2, dtype="float32"))(
+        real_inputs[0]
+    )
+    assert torch.allclose(two(real_inputs[0]).face, want2.face, atol=1e-5)
+    assert two.summary()["backend"] == "eager"
 
 
 def test_onnx_cache_is_reused_and_keyed_by_weights(random_weights, tmp_path) -> None:
@@ -399,3 +410,32 @@ def test_precision_names() -> None:
     with pytest.raises(ValueError, match="sampler"):
         GraphSpec(sampler="ddim")
     assert isinstance(LoadedGraph, type)
+
+
+def test_server_stats_name_the_backend(random_weights) -> None:
+    from rt_portrait.server.app import ServerConfig, ServerState
+
+    state = ServerState(
+        ServerConfig(generator="diffusion", generator_weights=str(random_weights), backend="eager", size=64)
+    )
+    try:
+        assert state.backend_summary() is None  # nothing built yet
+        assert state.generator is not None
+        summary = state.backend_summary()
+        assert summary is not None and summary["backend"] == "eager" and summary["requested"] == "eager"
+    finally:
+        state.build_executor.shutdown()
+    warp = ServerState(ServerConfig(generator="warp"))
+    try:
+        assert warp.generator is not None and warp.backend_summary() is None
+    finally:
+        warp.build_executor.shutdown()
+
+
+def test_bench_flag_for_the_flow_is_renamed() -> None:
+    from rt_portrait.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--flow-backend", "torch", "--backend", "onnxruntime"])
+    assert (args.flow_backend, args.backend) == ("torch", "onnxruntime")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--backend", "triton"])  # the flow's values are not engines

@@ -86,6 +86,7 @@ class EvalConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     generator_weights: str | None = None
+    backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines)
 
     def generator_options(self) -> dict[str, Any]:
         return {
@@ -94,6 +95,7 @@ class EvalConfig:
             "motion_weight": self.motion_weight,
             "identity_weight": self.identity_weight,
             "generator_weights": self.generator_weights,
+            "backend": self.backend,
         }
 
     def __post_init__(self) -> None:

@@ -32,6 +32,10 @@ class GeneratorSpec:
     identity_weight: float = 1.0
     weights: str | Path | None = None  # None: the shipped weights (diffusion.DEFAULT_WEIGHTS)
     device: str = "cpu"
+    # the diffusion network's backend (rt_portrait.engines: auto, eager, compile, onnxruntime,
+    # tensorrt), resolved once when the generator is built, for working size ``size``
+    backend: str = "auto"
+    size: int = 256
 
 
 def default_weights(steps: int = 1) -> Path:
@@ -86,7 +90,7 @@ def build_generator(spec: GeneratorSpec) -> Generator:
         return WarpFillGenerator()
     from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator
 
-    return DiffusionGenerator(
+    diffusion = DiffusionGenerator(
         DiffusionConfig(
             weights=spec.weights if spec.weights is not None else default_weights(spec.steps),
             steps=spec.steps,
@@ -95,13 +99,17 @@ def build_generator(spec: GeneratorSpec) -> Generator:
             device=spec.device,
         )
     )
+    from rt_portrait.engines.generator import with_backend
+    from rt_portrait.engines.resolver import EngineConfig
+
+    return with_backend(diffusion, spec.size, EngineConfig(backend=spec.backend))
 
 
 def generator_kind(generator: Any) -> str:
     """``"diffusion"``, ``"warp"`` or the class name of another generator (for stats, logs)."""
     if isinstance(generator, WarpFillGenerator):
         return "warp"
-    if type(generator).__name__ == "DiffusionGenerator":
+    if any(c.__name__ == "DiffusionGenerator" for c in type(generator).__mro__):  # engines' subclass too
         return "diffusion"
     return type(generator).__name__
 
@@ -165,6 +173,14 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         metavar="FILE",
         help="diffusion weights (default: the shipped ones)",
     )
+    g.add_argument(
+        "--backend",
+        choices=("auto", "eager", "compile", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="the diffusion network's engine, chosen once at start-up: auto (GPU: TensorRT, compile, "
+        "ONNX Runtime CUDA, eager, the first that builds and passes parity; CPU: the faster of "
+        "ONNX Runtime and eager by a short probe), or one of them (README: Engines)",
+    )
 
 
 def generator_options(args: Any) -> dict[str, Any]:
@@ -177,4 +193,5 @@ def generator_options(args: Any) -> dict[str, Any]:
         "motion_weight": args.motion_weight,
         "identity_weight": args.identity_weight,
         "generator_weights": args.generator_weights,
+        "backend": args.backend,
     }

@@ -92,6 +92,7 @@ class ServerConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     generator_weights: str | None = None
+    backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines), resolved once
 
 
 class BadInput(web.HTTPException):
@@ -177,6 +178,7 @@ class ServerState:
             motion_weight=c.motion_weight,
             identity_weight=c.identity_weight,
             generator_weights=c.generator_weights,
+            backend=c.backend,
         )
 
     @property
@@ -185,6 +187,15 @@ class ServerState:
         if self._generator is None:
             self._generator = build_generator(self.animator_config().generator_spec())
         return self._generator
+
+    def backend_summary(self) -> dict[str, object] | None:
+        """The generator network's backend and why (None before the generator is built, or
+        for the warp fill)."""
+        if self._generator is None:
+            return None
+        from rt_portrait.engines.generator import backend_summary
+
+        return backend_summary(self._generator)
 
     async def build_animator(self, image: np.ndarray, name: str) -> Animator:
         loop = asyncio.get_running_loop()
@@ -616,6 +627,7 @@ async def get_stats(request: web.Request) -> web.Response:
             "size": cfg.size,
             "fps": cfg.fps,
             "echo": cfg.echo,
+            "generator_backend": state.backend_summary(),
         }
     )
 

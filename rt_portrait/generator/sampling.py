@@ -53,6 +53,14 @@ def velocity_to_x0(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch
     return x_t - t.reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype) * v
 
 
+def x0_to_velocity(x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """v = (x_t - x0) / t: the velocity of a model that predicts the clean sample. An Euler
+    step with it is x_t' = (t'/t) x_t + (1 - t'/t) x0 (the DDIM update), stable for any step;
+    samplers never evaluate t = 0."""
+    tt = t.reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype).clamp_min(1e-4)
+    return (x_t - x0) / tt
+
+
 def _times(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float32)
 

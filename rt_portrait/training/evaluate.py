@@ -34,14 +34,19 @@ class Method:
     name: str
     weights: Path | None  # None: the warp
     steps: int = 1
+    motion_weight: float = 1.0
+    identity_weight: float = 1.0
 
 
 def parse_method(spec: str) -> Method:
-    """``PATH``, ``NAME=PATH`` or ``NAME=PATH:STEPS``."""
-    name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
-    path, _, steps = rest.partition(":")
+    """``PATH``, ``NAME=PATH``, ``NAME=PATH:STEPS`` or ``NAME=PATH:STEPS:MOTION_W:IDENTITY_W``."""
+    name, _, rest = spec.partition("=") if "=" in spec else ("", "", spec)
+    path, *opts = rest.split(":")
     p = Path(path)
-    return Method(name or p.parent.name or p.stem, p, int(steps) if steps else 1)
+    steps = int(opts[0]) if opts else 1
+    mw = float(opts[1]) if len(opts) > 1 else 1.0
+    iw = float(opts[2]) if len(opts) > 2 else 1.0
+    return Method(name or p.parent.name or p.stem, p, steps, mw, iw)
 
 
 def pair_input(pair: dict[str, np.ndarray]) -> tuple[GeneratorInput, torch.Tensor]:
@@ -93,7 +98,14 @@ def evaluate(
 
     idx = np.linspace(0, len(cache) - 1, min(max_pairs, len(cache))).round().astype(int)
     gens = {
-        m.name: DiffusionGenerator(DiffusionConfig(weights=m.weights, steps=m.steps))
+        m.name: DiffusionGenerator(
+            DiffusionConfig(
+                weights=m.weights,
+                steps=m.steps,
+                motion_weight=m.motion_weight,
+                identity_weight=m.identity_weight,
+            )
+        )
         for m in methods
         if m.weights is not None
     }

@@ -9,14 +9,15 @@ exported as safetensors (``<out>/weights.safetensors``) for :class:`DiffusionGen
 Modes:
 
 - ``teacher``: flow matching on the residual over the warp, x0 = residual_scale * (target -
-  warped) (images in [-1, 1]); x_t = (1 - t) x0 + t eps; the model predicts v = eps - x0
-  (MSE, weighted up on the head). t is uniform, with ``p_t1`` of the batch at t = 1 exactly
-  (the one-step start).
+  warped) (images in [-1, 1]); x_t = (1 - t) x0 + t eps; the network predicts x0 itself
+  (sampled with v = (x_t - x0) / t, see :mod:`rt_portrait.generator.diffusion` for why), with
+  L1 + SSIM in image space, weighted up on the head. t is uniform, with ``p_t1`` of the batch
+  at t = 1 exactly (the one-step start).
 - ``distill``: a student initialised from the teacher learns to reach, in ``student_steps``
   Euler steps from the same noise, the teacher's ``teacher_steps``-step sample (L1 + SSIM in
   image space), plus ``gt_weight`` x the same loss to the real frame.
 - ``regress``: the ablation: the same UNet from zeros at t = 1, trained to output the
-  residual directly with L1 + SSIM (no noise), saved with prediction = "x0".
+  residual directly with L1 + SSIM (no noise), saved with prediction = "regression".
 
 Same command on CUDA: ``--device cuda`` (batches are built on the CPU and moved).
 """
@@ -34,10 +35,10 @@ import torch
 
 from rt_portrait.generator.conditioning import drop_groups
 from rt_portrait.generator.diffusion import load_weights, save_weights
-from rt_portrait.generator.sampling import interpolate, sample_euler, schedule
+from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, x0_to_velocity
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
 from rt_portrait.training.dataset import AugmentConfig, Batch, PairCache, make_batch
-from rt_portrait.training.losses import l1_ssim, weighted_mean
+from rt_portrait.training.losses import l1_ssim
 
 log = logging.getLogger(__name__)
 MODES = ("teacher", "distill", "regress")
@@ -165,8 +166,9 @@ def loss_teacher(run: _Run, batch: Batch) -> torch.Tensor:
     t = torch.where(_rand(b, run.gen, dev) < cfg.p_t1, torch.ones_like(t), t)
     cond = _dropout(batch.cond, cfg, run.gen)
     with _autocast(cfg):
-        v = run.model(interpolate(x0, eps, t), t, cond).float()
-    return weighted_mean((v - (eps - x0)) ** 2, _weight(batch, cfg))
+        x0_hat = run.model(interpolate(x0, eps, t), t, cond).float()
+    face = batch.warped + x0_hat / (2 * cfg.residual_scale)
+    return l1_ssim(face, batch.target, _weight(batch, cfg))
 
 
 def loss_regress(run: _Run, batch: Batch) -> torch.Tensor:
@@ -188,11 +190,11 @@ def loss_distill(run: _Run, batch: Batch) -> torch.Tensor:
 
     def teacher_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         with _autocast(cfg):
-            return teacher(x, t, c).float()
+            return x0_to_velocity(x, t, teacher(x, t, c).float())
 
     def student_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         with _autocast(cfg):
-            return run.model(x, t, c).float()
+            return x0_to_velocity(x, t, run.model(x, t, c).float())
 
     with torch.no_grad():
         x0_t = sample_euler(teacher_fn, eps, schedule(cfg.teacher_steps, device=dev), cond)
@@ -224,7 +226,9 @@ def _export(run: _Run) -> Path:
         "train_minutes": f"{run.elapsed / 60:.1f}",
         "student_steps": str(cfg.student_steps) if cfg.mode == "distill" else "",
     }
-    save_weights(run.ema, path, cfg.residual_scale, "x0" if cfg.mode == "regress" else "velocity", extra)
+    save_weights(
+        run.ema, path, cfg.residual_scale, "regression" if cfg.mode == "regress" else "sample", extra
+    )
     return path
 
 

@@ -46,6 +46,7 @@ import torch
 from rt_portrait.core.image import ImageError, load_image
 from rt_portrait.core.video import MediaError, probe, write_video
 from rt_portrait.generator import Generator, GeneratorInput, GeneratorOutput, WarpFillGenerator
+from rt_portrait.generator.select import generator_kind
 from rt_portrait.pipeline import Animator, AnimatorConfig, NoFaceError
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v")
@@ -54,8 +55,9 @@ V4L2LOOPBACK_FIX = (
     "(package v4l2loopback-dkms on Debian/Ubuntu)"
 )
 OBS_FIX = (
-    "install OBS Studio (28 or later) and start its virtual camera once (Start Virtual Camera, "
-    "then Stop), and keep OBS's own virtual camera stopped while rt-portrait uses it"
+    "install OBS Studio (OBS 30 or later on macOS 13 and later), start its virtual camera once "
+    "(Start Virtual Camera, then Stop Virtual Camera) and close OBS: its one virtual camera is then free "
+    "for rt-portrait"
 )
 
 
@@ -541,6 +543,11 @@ class _Loop:
                     self.session.generator = gen
         return True
 
+    def generator_label(self) -> str:
+        current = self.generator if self.generator_on else self.fallback
+        kind = "raw warp" if isinstance(current, RawWarp) else generator_kind(current)
+        return kind if self.generator_on else f"off ({kind})"
+
     def status_text(self, now: float) -> str:
         recent = [t for t in self._stamps if t >= now - 2.0]
         fps = (len(recent) - 1) / max(now - recent[0], 1e-6) if len(recent) >= 2 else 0.0
@@ -549,7 +556,7 @@ class _Loop:
         stages = " ".join(f"{k} {self.ema[k]:.1f}" for k in keys)
         text = (
             f"cam {fps:5.1f} fps | ms {stages} | face {'yes' if self.face else 'NO '} | "
-            f"generator {'on ' if self.generator_on else 'off'} | dropped {self.camera.dropped}"
+            f"generator {self.generator_label()} | dropped {self.camera.dropped}"
         )
         return text + (" | r recalibrate, g generator, q quit" if self.config.hotkeys else "")
 

@@ -153,7 +153,7 @@ class DiffusionGenerator:
         path = Path(cfg.weights) if cfg.weights is not None else default_weights(cfg.steps)
         self.model, self.meta = load_weights(path, self.device)
         if self.device.type == "cpu":  # measured: channels_last is faster with oneDNN on this CPU
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.model.config.cond_channels != NUM_CHANNELS:
             raise ValueError(
                 f"{path}: the model takes {self.model.config.cond_channels} condition channels, "

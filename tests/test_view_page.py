@@ -67,8 +67,8 @@ def test_view_route_serves_the_bare_page() -> None:
 # ---------------------------------------------------------------------------------------
 @dataclass
 class Published:
-    viewer: str  # the playback capability (Link rel="whep"), or the session id before it existed
-    link: str | None  # the Link header, when the server sends one
+    viewer: str  # the playback capability (Link rel="whep")
+    location: str  # the owner's capability (Location /whip/<session>)
 
 
 class Publisher:
@@ -105,11 +105,10 @@ class Publisher:
                 assert resp.status == 201, f"WHIP failed: {resp.status} {body}"
                 location, link = resp.headers["Location"], resp.headers.get("Link")
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-            # the playback capability: Link </whep/<viewer>>; rel="whep" (the reliability
-            # issue's contract); a server without it plays /whep/<session>
+            # the playback capability: Link </whep/<viewer>>; rel="whep", apart from the owner's
             m = re.search(r'<[^>]*/whep/([^>/]+)>\s*;\s*rel="?whep"?', link or "")
-            viewer = m.group(1) if m else location.rstrip("/").split("/")[-1]
-            self.result = Published(viewer, link)
+            assert m is not None, f"no playback link in the WHIP answer: Link {link!r}"
+            self.result = Published(m.group(1), location)
             self._ready.set()
             await self._stop.wait()
         except BaseException as exc:
@@ -264,8 +263,8 @@ def test_view_page_shows_the_whep_url_for_copying(view_run: ViewRun) -> None:
     expected = f"{view_run.base}/whep/{view_run.published.viewer}"
     assert plain["info"] and plain["infoUrl"] == expected == plain["whepUrl"]
     assert plain["cleanUrl"] == f"{view_run.base}/view/{view_run.published.viewer}?clean=1"
-    if view_run.published.link is not None:  # the server's own playback link, when it sends one
-        assert f"/whep/{view_run.published.viewer}" in view_run.published.link
+    # the page hands out playback only, never the owner's capability
+    assert view_run.published.location.rsplit("/", 1)[-1] not in plain["infoUrl"] + plain["cleanUrl"]
 
 
 @pytest.mark.browser

@@ -29,7 +29,10 @@ from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, load_weights
 from rt_portrait.generator.sampling import SAMPLERS, ModelFn, fused_model_fn, schedule
 from rt_portrait.generator.unet import ConditionalUNet
 
-FOLDED_SAMPLERS = ("euler", "heun")  # the samplers of .sampling that GeneratorGraph unrolls
+FOLDED_SAMPLERS = ("euler", "heun")
+# what the network predicts (weights metadata "prediction"): the clean sample x0 (flow
+# matching), the velocity, or a plain regression of the residual (one forward from zeros)
+PREDICTIONS = ("sample", "velocity", "regression")  # the samplers of .sampling that GeneratorGraph unrolls
 
 # The channel layout an exported graph declares in its metadata (the conditioning's groups).
 CHANNEL_LAYOUT = "rt-portrait-cond-v1"
@@ -65,12 +68,13 @@ class GeneratorGraph(nn.Module):
         unet: ConditionalUNet,
         spec: GraphSpec | None = None,
         residual_scale: float = 1.0,
-        prediction: str = "velocity",
+        prediction: str = "sample",
         compute_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if prediction not in ("velocity", "x0"):
-            raise ValueError(f"unknown prediction {prediction!r} (velocity or x0)")
+        prediction = {"x0": "regression"}.get(prediction, prediction)  # the first name of regression
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
         if unet.config.cond_channels != NUM_CHANNELS:
             raise ValueError(
                 f"the UNet takes {unet.config.cond_channels} condition channels, the conditioning has {NUM_CHANNELS}"
@@ -91,9 +95,16 @@ class GeneratorGraph(nn.Module):
         mask: torch.Tensor = getattr(self, f"keep_{group}")
         return cond * mask.to(cond.dtype)
 
-    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _net(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         dt = self.compute_dtype
         return self.unet(x.to(dt), t, cond.to(dt)).float()
+
+    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The velocity, whatever the network predicts (as DiffusionGenerator._model_fn)."""
+        out = self._net(x, t, cond)
+        if self.prediction == "sample":  # x0-prediction: v = (x_t - x0) / t (sampling.x0_to_velocity)
+            return (x - out) / t.reshape(-1, 1, 1, 1).to(x.dtype).clamp_min(1e-4)
+        return out
 
     def _sample(self, fn: ModelFn, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``sampling.sample_euler`` / ``sample_heun`` over the schedule held as Python floats:
@@ -113,9 +124,9 @@ class GeneratorGraph(nn.Module):
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         spec = self.spec
-        if self.prediction == "x0":  # plain regression (ablation): one forward from zeros
+        if self.prediction == "regression":  # plain regression (ablation): one forward from zeros
             t = torch.ones_like(noise[:, 0, 0, 0])
-            res = self._model_fn(noise * 0, t, cond)
+            res = self._net(noise * 0, t, cond)
         else:
             fn = fused_model_fn(self._model_fn, self._drop, spec.motion_weight, spec.identity_weight)
             res = self._sample(fn, noise, cond)
@@ -159,7 +170,7 @@ def load_graph(
         unet,
         spec,
         residual_scale=float(meta.get("residual_scale", "1")),
-        prediction=meta.get("prediction", "velocity"),
+        prediction=meta.get("prediction", "sample"),
         compute_dtype=compute_dtype,
     )
     return LoadedGraph(graph.to(device).eval(), path, file_hash(path), meta)

@@ -115,6 +115,22 @@ def test_graph_matches_the_diffusion_generator(random_weights, real_inputs) -> N
         assert float((got - warped).abs().mean()) > 1e-3
 
 
+@pytest.mark.parametrize("prediction", ["sample", "velocity", "regression"])
+def test_graph_follows_every_prediction_type(prediction, real_inputs, tmp_path) -> None:
+    torch.manual_seed(3)
+    unet = ConditionalUNet()
+    torch.nn.init.normal_(unet.out.weight, std=0.05)
+    path = tmp_path / f"{prediction}.safetensors"
+    save_weights(unet, path, residual_scale=2.0, prediction=prediction)
+    gen = DiffusionGenerator(DiffusionConfig(weights=path, steps=2, dtype="float32"))
+    want = torch.stack([o.face for o in gen.generate_batch(real_inputs)])
+    loaded = load_graph(path, GraphSpec(steps=2))
+    assert loaded.graph.prediction == prediction
+    with torch.inference_mode():
+        got = loaded.graph(build_condition_batch(real_inputs), gen.noise(128, 128).expand(2, -1, -1, -1))
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+
+
 def test_onnx_export_checks_and_metadata(random_weights, tmp_path) -> None:
     from rt_portrait.engines.graph import file_hash
     from rt_portrait.engines.onnx_export import export_onnx, read_onnx_info

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import re
@@ -44,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import aiohttp.http_exceptions
 import numpy as np
 from aiohttp import BodyPartReader, web
 from aiohttp.abc import AbstractAccessLogger
@@ -119,20 +122,27 @@ def decode_portrait(data: bytes, max_side: int) -> np.ndarray:
     if not data:
         raise BadInput(400, "empty upload: send an image file (JPEG, PNG, WebP...)")
     try:
+        # Image.open reads the header only; it refuses headers that claim a decompression
+        # bomb (over 2 x Image.MAX_IMAGE_PIXELS) itself, before anything is decoded.
         img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError):
+    except Image.DecompressionBombError:
+        raise BadInput(413, f"image dimensions are far beyond the limit of {max_side} px per side") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         raise BadInput(
             415, "the upload is not an image this server can read (JPEG, PNG, WebP, BMP...)"
         ) from None
-    w, h = img.size
-    if w > max_side or h > max_side:
-        raise BadInput(413, f"image is {w}x{h}; the limit is {max_side} px per side")
-    if w < 32 or h < 32:
-        raise BadInput(422, f"image is {w}x{h}; too small for a portrait (at least 32x32)")
-    try:
-        rgb = np.array(img.convert("RGB"))  # a writable copy (torch warns on read-only arrays)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadInput(415, f"could not decode the image: {exc}") from None
+    with img:
+        w, h = img.size
+        if w > max_side or h > max_side:
+            raise BadInput(413, f"image is {w}x{h}; the limit is {max_side} px per side")
+        if w < 32 or h < 32:
+            raise BadInput(422, f"image is {w}x{h}; too small for a portrait (at least 32x32)")
+        try:
+            rgb = np.array(img.convert("RGB"))  # a writable copy (torch warns on read-only arrays)
+        except Exception as exc:  # a hostile file can make any decoder raise anything
+            raise BadInput(415, f"could not decode the image: {type(exc).__name__}: {exc}"[:300]) from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise BadInput(415, f"could not decode the image to RGB (got {rgb.dtype} {rgb.shape})")
     return np.ascontiguousarray(rgb)
 
 
@@ -287,24 +297,133 @@ STATE = web.AppKey("rt_portrait_state", ServerState)
 # ---------------------------------------------------------------------------------------
 # SDP handling
 # ---------------------------------------------------------------------------------------
+# aiortc verifies the peer's DTLS certificate against these digests only
+_FINGERPRINT = re.compile(
+    r"a=fingerprint:(sha-256|sha-384|sha-512) [0-9a-f]{2}(:[0-9a-f]{2}){31,63}\s*", re.I
+)
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.)*[A-Za-z0-9-]{1,63}")
+MAX_MEDIA_SECTIONS = 8
+MAX_CANDIDATES = 32  # each remote candidate makes the server send STUN checks to it
+
+
+def _check_candidate(line: str) -> None:
+    """One ``a=candidate:`` line, checked as aioice/aiortc will parse it, so that nothing
+    malformed reaches ICE (a port over 65535 raised OverflowError in the background)."""
+    bits = line[len("a=candidate:") :].split()
+    try:
+        if len(bits) < 8 or bits[6].lower() != "typ":
+            raise ValueError(
+                "expected '<foundation> <component> <transport> <priority> <address> <port> typ <type>'"
+            )
+        component, priority, port = int(bits[1]), int(bits[3]), int(bits[5])
+        if not 1 <= component <= 256 or not 0 <= priority < 2**32 or not 0 <= port <= 65535:
+            raise ValueError("component, priority or port out of range")
+        if bits[2].lower() not in ("udp", "tcp"):
+            raise ValueError(f"transport {bits[2]!r} is not udp or tcp")
+        host = bits[4]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+                raise ValueError(f"address {host[:64]!r} is neither an IP address nor a host name") from None
+        for key, value in zip(bits[8::2], bits[9::2], strict=False):
+            if key in ("rport", "generation", "network-id", "network-cost") and not (
+                value.isdigit() and int(value) <= (65535 if key == "rport" else 2**32)
+            ):
+                raise ValueError(f"{key} {value[:32]!r} out of range")
+    except ValueError as exc:
+        raise BadInput(400, f"bad ICE candidate {line[:120]!r}: {exc}") from None
+
+
 def check_sdp(text: str, max_bytes: int) -> str:
+    """Structural checks that aiortc would otherwise fail on later, in the background."""
     if len(text.encode("utf-8", "replace")) > max_bytes:
         raise BadInput(413, f"SDP offer is larger than {max_bytes} bytes")
+    if "\x00" in text:
+        raise BadInput(400, "the SDP offer contains a NUL character")
     if not text.lstrip().startswith("v=0"):
         raise BadInput(400, "not an SDP offer: it must start with 'v=0'")
-    if "\nm=video" not in text.replace("\r\n", "\n"):
+    lines = [ln.strip() for ln in text.replace("\r\n", "\n").split("\n")]
+    media = [ln for ln in lines if ln.startswith("m=")]
+    if not any(ln.startswith("m=video") for ln in media):
         raise BadInput(400, "the SDP offer has no video m-line")
+    if len(media) > MAX_MEDIA_SECTIONS:
+        raise BadInput(400, f"the SDP offer has {len(media)} media sections; at most {MAX_MEDIA_SECTIONS}")
+    if not any(_FINGERPRINT.fullmatch(ln) for ln in lines):
+        raise BadInput(
+            400, "the SDP offer has no usable a=fingerprint (sha-256, sha-384 or sha-512): DTLS cannot start"
+        )
+    if not any(ln.startswith("a=ice-ufrag:") for ln in lines) or not any(
+        ln.startswith("a=ice-pwd:") for ln in lines
+    ):
+        raise BadInput(400, "the SDP offer has no a=ice-ufrag / a=ice-pwd")
+    candidates = [ln for ln in lines if ln.startswith("a=candidate:")]
+    if len(candidates) > MAX_CANDIDATES:
+        raise BadInput(400, f"the SDP offer has {len(candidates)} ICE candidates; at most {MAX_CANDIDATES}")
+    for line in candidates:
+        _check_candidate(line)
     return text
+
+
+async def read_body(request: web.Request, limit: int, what: str, timeout_s: float = 30.0) -> bytes:
+    """The whole request body, at most ``limit`` bytes: 413 beyond it, whether announced by
+    Content-Length or found while reading (chunked bodies), 408 for a body that stalls."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BadInput(413, f"{what} is larger than {limit} bytes")
+    data = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.read(64 * 1024):  # b"" at the end of the body
+                data += chunk
+                if len(data) > limit:
+                    raise BadInput(413, f"{what} is larger than {limit} bytes")
+    except TimeoutError:
+        raise BadInput(408, f"{what} did not arrive within {timeout_s:.0f} s") from None
+    except (aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError, ConnectionError) as exc:
+        raise BadInput(400, f"{what} is incomplete or malformed: {type(exc).__name__}") from None
+    return bytes(data)
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes, what: str) -> object:
+    """JSON without NaN/Infinity; nesting, huge numbers and bad UTF-8 are 400s, not 500s."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except RecursionError:
+        raise BadInput(400, f"{what} is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise BadInput(400, f"{what} is not valid UTF-8") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, integers over Python's digit limit
+        raise BadInput(400, f"{what} is not valid JSON: {str(exc)[:200]}") from None
+
+
+def expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """``Expect: 100-continue`` handler: refuse an announced body over ``limit`` with 413
+    before the client sends it (instead of inviting 50 MB and dropping the connection)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse | None:
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            return web.json_response({"error": f"unsupported Expect: {expect[:64]!r}"}, status=417)
+        if request.content_length is not None and request.content_length > limit:
+            return web.json_response({"error": f"request body is larger than {limit} bytes"}, status=413)
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+
+    return handler
 
 
 async def read_sdp_body(request: web.Request, max_bytes: int) -> str:
     if request.content_type != "application/sdp":
-        raise BadInput(415, f"expected Content-Type application/sdp, got {request.content_type or 'none'!r}")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise BadInput(413, f"SDP offer is larger than {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise BadInput(413, f"SDP offer is larger than {max_bytes} bytes")
+        raise BadInput(
+            415, f"expected Content-Type application/sdp, got {request.content_type[:64] or 'none'!r}"
+        )
+    raw = await read_body(request, max_bytes, "SDP offer")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -457,12 +576,7 @@ async def post_offer(request: web.Request) -> web.Response:
     state.require_token(request)
     if request.content_type != "application/json":
         raise BadInput(415, "expected Content-Type application/json with {sdp, type}")
-    if request.content_length is not None and request.content_length > 2 * state.config.max_sdp_bytes:
-        raise BadInput(413, f"offer is larger than {state.config.max_sdp_bytes} bytes")
-    try:
-        body = json.loads((await request.content.read(2 * state.config.max_sdp_bytes + 1)).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise BadInput(400, "body is not valid JSON") from None
+    body = parse_json(await read_body(request, 2 * state.config.max_sdp_bytes, "offer"), "offer")
     if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
         raise BadInput(400, 'expected {"type": "offer", "sdp": "v=0..."}')
     offer = check_sdp(body["sdp"], state.config.max_sdp_bytes)
@@ -553,17 +667,47 @@ async def delete_whep(request: web.Request) -> web.Response:
     return web.Response(status=200, text="playback ended\n")
 
 
+MAX_CONTROL_BYTES = 16 * 1024
+
+
 async def post_control(request: web.Request) -> web.Response:
     session = owned_session(request)
-    try:
-        payload = json.loads((await request.content.read(16 * 1024 + 1)).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise BadInput(400, "control body is not valid JSON") from None
+    payload = parse_json(await read_body(request, MAX_CONTROL_BYTES, "control body"), "control body")
     try:
         session.set_controls(payload)
     except ControlError as exc:
         raise BadInput(400, str(exc)) from None
     return web.json_response(session.controls())
+
+
+async def read_multipart_image(request: web.Request, limit: int) -> tuple[str, bytes]:
+    """The part named "image" of a multipart upload: (file stem, bytes). A malformed body
+    (no boundary, an overlong one, no opening or closing delimiter, bad part headers) is a
+    400 naming the problem: aiohttp's reader raises many exception types for those."""
+    try:
+        async with asyncio.timeout(30.0):
+            reader = await request.multipart()
+            total = 0
+            while True:
+                part = await reader.next()
+                if part is None:
+                    raise BadInput(400, "multipart upload has no field named 'image'")
+                if not isinstance(part, BodyPartReader):
+                    raise BadInput(400, "multipart upload: nested multipart parts are not supported")
+                data = bytearray()
+                while chunk := await part.read_chunk(64 * 1024):
+                    data += chunk
+                    total += len(chunk)
+                    if total > limit:
+                        raise BadInput(413, f"upload is larger than {limit} bytes")
+                if part.name == "image":
+                    return Path(part.filename or "upload").stem[:64] or "upload", bytes(data)
+    except (BadInput, web.HTTPException):
+        raise
+    except TimeoutError:
+        raise BadInput(408, "the upload did not arrive within 30 s") from None
+    except Exception as exc:  # the body is the client's: its malformations are its errors
+        raise BadInput(400, f"malformed multipart upload: {type(exc).__name__}: {str(exc)[:160]}") from None
 
 
 async def post_source(request: web.Request) -> web.Response:
@@ -572,26 +716,14 @@ async def post_source(request: web.Request) -> web.Response:
     limit = state.config.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise BadInput(413, f"upload is larger than {limit} bytes")
-    name = "upload"
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        part = await reader.next()
-        while part is not None and getattr(part, "name", None) != "image":
-            part = await reader.next()
-        if part is None or not isinstance(part, BodyPartReader):
-            raise BadInput(400, "multipart upload has no field named 'image'")
-        name = Path(part.filename or "upload").stem[:64]
-        data = bytearray()
-        while chunk := await part.read_chunk(64 * 1024):
-            data += chunk
-            if len(data) > limit:
-                raise BadInput(413, f"upload is larger than {limit} bytes")
-        raw = bytes(data)
+        name, raw = await read_multipart_image(request, limit)
     else:
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise BadInput(413, f"upload is larger than {limit} bytes")
-    image = decode_portrait(raw, state.config.max_image_side)
+        name, raw = "upload", await read_body(request, limit, "upload")
+    loop = asyncio.get_running_loop()  # decoding a large image is CPU work: off the event loop
+    image = await loop.run_in_executor(
+        state.build_executor, decode_portrait, raw, state.config.max_image_side
+    )
     try:
         animator = await state.build_animator(image, name)
     except ValueError as exc:
@@ -666,21 +798,25 @@ def build_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/view/{viewer}", view_page)
     app.router.add_static("/static/", STATIC_DIR)
-    app.router.add_post("/offer", post_offer)
-    app.router.add_post("/whip", post_whip)
+    sdp_limit = config.max_sdp_bytes
+    upload_limit = config.max_upload_bytes + 64 * 1024
+    app.router.add_post("/offer", post_offer, expect_handler=expect_within(2 * sdp_limit))
+    app.router.add_post("/whip", post_whip, expect_handler=expect_within(sdp_limit))
     app.router.add_route("OPTIONS", "/whip", options_whip)
     app.router.add_delete("/whip/{session}", delete_session)
-    app.router.add_patch("/whip/{session}", patch_whip)
+    app.router.add_patch("/whip/{session}", patch_whip, expect_handler=expect_within(sdp_limit))
     app.router.add_delete("/session/{session}", delete_session)
-    app.router.add_post("/whep/{viewer}", post_whep)
+    app.router.add_post("/whep/{viewer}", post_whep, expect_handler=expect_within(sdp_limit))
     app.router.add_delete("/whep/{viewer}/{player}", delete_whep)
-    app.router.add_post("/session/{session}/control", post_control)
-    app.router.add_post("/session/{session}/source", post_source)
+    app.router.add_post(
+        "/session/{session}/control", post_control, expect_handler=expect_within(MAX_CONTROL_BYTES)
+    )
+    app.router.add_post("/session/{session}/source", post_source, expect_handler=expect_within(upload_limit))
     app.router.add_get("/session/{session}/stats", get_session_stats)
     # the owner capability as a Bearer token instead of in the path
     app.router.add_delete("/session", delete_session)
-    app.router.add_post("/session/control", post_control)
-    app.router.add_post("/session/source", post_source)
+    app.router.add_post("/session/control", post_control, expect_handler=expect_within(MAX_CONTROL_BYTES))
+    app.router.add_post("/session/source", post_source, expect_handler=expect_within(upload_limit))
     app.router.add_get("/session/stats", get_session_stats)
     app.router.add_get("/stats", get_stats)
     return app

@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import fractions
 import logging
+import math
 import re
 import secrets
 import time
@@ -120,10 +121,16 @@ def _merge(
     for key, raw in updates.items():
         if key not in values:
             raise ControlError(f"unknown {what} field {key!r}; expected one of {sorted(values)}")
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not np.isfinite(raw):
-            raise ControlError(f"{what}.{key} must be a finite number, got {raw!r}")
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ControlError(f"{what}.{key} must be a finite number, got {str(raw)[:40]!r}")
+        try:
+            value = float(raw)  # a JSON integer may have hundreds of digits: OverflowError
+        except OverflowError:
+            value = float("nan")
+        if not math.isfinite(value):
+            raise ControlError(f"{what}.{key} must be a finite number, got {str(raw)[:40]}")
         lo, hi = ranges[key]
-        values[key] = float(min(max(raw, lo), hi))  # clamp: a slider overshoot is not an error
+        values[key] = min(max(value, lo), hi)  # clamp: a slider overshoot is not an error
     return values
 
 

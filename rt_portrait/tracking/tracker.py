@@ -21,10 +21,12 @@ mediapipe graphs and per-stream state: use one per stream, from one thread at a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -84,32 +86,43 @@ class TrackerConfig:
             raise ValueError(f"TrackerConfig.max_side must be at least 64 px, got {self.max_side}")
 
 
+# File descriptor 2 belongs to the whole process. Trackers that start at the same time in
+# different threads (the live server's sessions) must not interleave their swaps: one
+# thread's restore would put back another's temporary file, and the process's log would go
+# on into a deleted file. One process-wide lock serialises the swaps (a graph start, ~0.1 s).
+_STDERR_SWAP = threading.RLock()
+
+
 @contextmanager
 def _filtered_native_stderr(enabled: bool) -> Iterator[None]:
     """Capture file descriptor 2 (where mediapipe's C++ logs go) and re-emit all but the
-    known start-up noise. Used only around graph creation and a graph's first frame."""
+    known start-up noise. Used only around graph creation and a graph's first frame; other
+    threads' output meanwhile is re-emitted too (late, not lost)."""
     if not enabled:
         yield
         return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
+    with _STDERR_SWAP:
         try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to filter
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", errors="replace")
-            kept = [line for line in text.splitlines(keepends=True) if not _NATIVE_NOISE.search(line)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+            return
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(ValueError, OSError):
+                    sys.stderr.flush()  # what other threads wrote meanwhile goes to the sink
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", errors="replace")
+                kept = [line for line in text.splitlines(keepends=True) if not _NATIVE_NOISE.search(line)]
+                if kept:
+                    sys.stderr.write("".join(kept))
+                    sys.stderr.flush()
 
 
 def _box_of(points: np.ndarray) -> Box:

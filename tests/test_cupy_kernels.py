@@ -92,3 +92,30 @@ def test_compose_kernel_matches_its_twin() -> None:
         100,
     )
     assert np.allclose(got.cpu().numpy(), want, atol=1e-6)
+
+
+def test_cpu_frames_are_pyav_and_gpu_frames_need_a_gpu(rgb) -> None:
+    from rt_portrait.engines.frames import CpuFrames, frame_converter
+
+    conv = frame_converter("cpu")
+    assert isinstance(conv, CpuFrames) and conv.name == "cpu"
+    frame = conv.encode(rgb)
+    assert frame.format.name == "yuv420p" and (frame.height, frame.width) == rgb.shape[:2]
+    want = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    assert np.array_equal(frame.to_ndarray(), want)
+    back = conv.decode(frame)
+    assert back.shape == rgb.shape and np.abs(back.astype(int) - rgb.astype(int)).mean() < 4
+    if not ck.gpu_available():
+        assert frame_converter("cuda").name == "cpu"  # falls back, with the reason logged
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_frames_match_the_twins(rgb) -> None:
+    from rt_portrait.engines.frames import frame_converter
+
+    conv = frame_converter("cuda")
+    assert conv.name == "cupy"
+    frame = conv.encode(rgb)
+    assert np.array_equal(frame.to_ndarray(), ck.rgb_to_i420_numpy(rgb))
+    assert np.array_equal(conv.decode(frame), ck.i420_to_rgb_numpy(frame.to_ndarray(), *rgb.shape[:2]))

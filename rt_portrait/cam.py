@@ -162,7 +162,13 @@ def camera_error(camera: str, exc: BaseException) -> CamError:
 class LiveCamera:
     """A webcam read by a thread that keeps only the newest frame (newest wins, no queue)."""
 
-    def __init__(self, camera: str, fps: float, open_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        camera: str,
+        fps: float,
+        open_timeout_s: float = 10.0,
+        opener: Callable[..., Any] = av.open,  # av.open's signature; tests pass a file opener
+    ) -> None:
         url, fmt = _device_open_args(camera)
         self.label = url
         self.fps = fps
@@ -171,18 +177,16 @@ class LiveCamera:
         self._container: Any = None
         try:
             with contextlib.suppress(av.FFmpegError):  # not every camera offers every rate
-                self._container = av.open(url, format=fmt, options={"framerate": f"{fps:g}"})
+                self._container = opener(url, format=fmt, options={"framerate": f"{fps:g}"})
             if self._container is None:
-                self._container = av.open(url, format=fmt)
+                self._container = opener(url, format=fmt)
         except (av.FFmpegError, OSError) as exc:
             raise camera_error(url, exc) from None
         if not self._container.streams.video:
             self._container.close()
             raise CamError(f"{url} has no video stream: pick a camera with --camera /dev/videoN")
         self._cond = threading.Condition()
-        self._newest: tuple[np.ndarray, float] | None = None
-        self._seq = 0
-        self._taken = 0
+        self._newest: tuple[Any, float] | None = None  # (av.VideoFrame, seconds since the first)
         self._error: BaseException | None = None
         self._ended = False
         self._stop = threading.Event()
@@ -195,14 +199,12 @@ class LiveCamera:
             for frame in self._container.decode(video=0):
                 if self._stop.is_set():
                     break
-                rgb = frame.to_ndarray(format="rgb24")
                 now = time.monotonic()
                 t0 = now if t0 is None else t0
                 with self._cond:
                     if self._newest is not None:
                         self.dropped += 1  # never taken: a newer frame replaces it
-                    self._newest = (rgb, now - t0)
-                    self._seq += 1
+                    self._newest = (frame, now - t0)  # converted to RGB only if taken
                     self._cond.notify_all()
         except BaseException as exc:  # reported to the loop, which raises it as a CamError
             self._error = exc
@@ -215,8 +217,8 @@ class LiveCamera:
         with self._cond:
             ready = self._cond.wait_for(lambda: self._newest is not None or self._ended, self._timeout)
             if self._newest is not None:
-                out, self._newest = self._newest, None
-                return out
+                (frame, t), self._newest = self._newest, None
+                return frame.to_ndarray(format="rgb24"), t
             if self._error is not None and not self._stop.is_set():
                 raise CamError(f"camera {self.label} stopped: {self._error}")
             if not ready:

@@ -22,6 +22,7 @@ from rt_portrait.cam import (
     CamError,
     CamReport,
     FileCamera,
+    LiveCamera,
     StatusLine,
     TerminalKeys,
     camera_error,
@@ -234,6 +235,45 @@ def test_file_camera_in_real_time_drops_stale_frames() -> None:
         assert all(b - a > 0.1 for a, b in itertools.pairwise(times)), times
     finally:
         cam.close()
+
+
+def test_live_camera_keeps_only_the_newest_frame() -> None:
+    """The webcam reader, fed by a decoder that outruns the consumer (a clip opened in place of
+    the device): each read is the newest frame, the rest are counted as dropped, none queue."""
+    import av
+
+    clip = pyfeat_file(LONG_CLIP)
+    n_clip = count_frames(clip)
+    opened: list[dict] = []
+
+    def opener(url: str, **kw: object) -> object:
+        opened.append({"url": url, **kw})
+        return av.open(str(clip))
+
+    cam = LiveCamera("/dev/video-test", fps=30.0, opener=opener)
+    try:
+        assert opened[0] == {"url": "/dev/video-test", "format": "v4l2", "options": {"framerate": "30"}}
+        times, reads = [], 0
+        with pytest.raises(CamError, match="stopped sending frames"):
+            for _ in range(n_clip + 1):  # bounded: the clip ends, and then the camera "stops"
+                item = cam.read()
+                assert item is not None and item[0].shape == (360, 640, 3)
+                times.append(item[1])
+                reads += 1
+                time.sleep(0.05)  # a slow pipeline
+        assert reads + cam.dropped == n_clip  # every decoded frame was either taken or dropped
+        assert cam.dropped > 0 and reads < n_clip, (reads, cam.dropped)
+        assert all(b > a for a, b in itertools.pairwise(times))
+    finally:
+        cam.close()
+
+
+def test_live_camera_busy_at_open_names_the_fix() -> None:
+    def busy(url: str, **kw: object) -> object:
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    with pytest.raises(CamError, match=r"camera /dev/video-test is busy: .*close that program"):
+        LiveCamera("/dev/video-test", fps=30.0, opener=busy)
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ shows the point). The first frame, a working-size change or a recalibration has 
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -243,6 +244,7 @@ class Animator:
             generator if isinstance(generator, WarpFillGenerator) else None
         )
         self._scenes: dict[int, _Scene] = {}
+        self._scene_lock = threading.Lock()
 
     def backend_summary(self) -> dict[str, object] | None:
         """The generator backend in use and why (None for a generator without a network)."""
@@ -262,40 +264,49 @@ class Animator:
         return self._warp_generator
 
     def scene(self, size: int) -> _Scene:
-        if size not in self._scenes:
-            window = choose_window(self.source_landmarks, self.image_size, size)
-            flow_config = FlowConfig(size=size, backend=self.config.flow_backend)
-            builder = SceneBuilder(
-                self.template,
-                self.shell,
-                window,
-                self.image_size,
-                device=self.device,
-                flow=flow_config,
-                head_scale=self.source_state.pose.scale,
-                anchor_pose=self.source_state.pose,
-            )
-            source_points = builder(self.source_state)
-            source_background = source_background_visibility(source_points, flow_config)
-            source_labels = compute_flow(
-                source_points, source_points, flow_config, source_background=source_background
-            ).labels
-            source_labels = label_irises(
-                source_labels, self._working_landmarks(self.source_state, window), self.template
-            )
-            self._scenes[size] = _Scene(
-                window=window,
-                builder=builder,
-                source_points=source_points,
-                source_visible=source_visibility(source_points, flow_config),
-                source_background=source_background,
-                source_labels=source_labels,
-                flow_config=flow_config,
-                source_working=crop_window(self.source_tensor, window),
-                taper=window_taper(window, self.image_size, self.device),
-                frame_warp=FrameWarp(window, self.image_size, self.device),
-            )
-        return self._scenes[size]
+        """The scene at working size ``size``, built once. Sessions in several threads share
+        the animator: one builds a missing size while the others wait for it."""
+        scene = self._scenes.get(size)
+        if scene is None:
+            with self._scene_lock:
+                scene = self._scenes.get(size)
+                if scene is None:
+                    scene = self._scenes[size] = self._build_scene(size)
+        return scene
+
+    def _build_scene(self, size: int) -> _Scene:
+        window = choose_window(self.source_landmarks, self.image_size, size)
+        flow_config = FlowConfig(size=size, backend=self.config.flow_backend)
+        builder = SceneBuilder(
+            self.template,
+            self.shell,
+            window,
+            self.image_size,
+            device=self.device,
+            flow=flow_config,
+            head_scale=self.source_state.pose.scale,
+            anchor_pose=self.source_state.pose,
+        )
+        source_points = builder(self.source_state)
+        source_background = source_background_visibility(source_points, flow_config)
+        source_labels = compute_flow(
+            source_points, source_points, flow_config, source_background=source_background
+        ).labels
+        source_labels = label_irises(
+            source_labels, self._working_landmarks(self.source_state, window), self.template
+        )
+        return _Scene(
+            window=window,
+            builder=builder,
+            source_points=source_points,
+            source_visible=source_visibility(source_points, flow_config),
+            source_background=source_background,
+            source_labels=source_labels,
+            flow_config=flow_config,
+            source_working=crop_window(self.source_tensor, window),
+            taper=window_taper(window, self.image_size, self.device),
+            frame_warp=FrameWarp(window, self.image_size, self.device),
+        )
 
     def _working_landmarks(self, state: HeadState, window: Window) -> torch.Tensor:
         """(478, 3) float32 vertices of ``state`` in the window's working px."""

@@ -7,6 +7,10 @@ working pixels (x, y, z), the geometry behind the region masks.
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
@@ -56,6 +60,9 @@ def label_irises(labels: torch.Tensor, landmarks: torch.Tensor, template: Templa
     return torch.where(iris, torch.full_like(labels, int(Region.IRIS)), labels)
 
 
+_Ref = weakref.ref  # weak reference to a tensor (an entry must not keep its source alive)
+
+
 class WarpFillGenerator:
     """Learning-free pass-through: the warp itself, holes filled.
 
@@ -82,8 +89,12 @@ class WarpFillGenerator:
             load_mouth_prior() if isinstance(mouth_prior, str) else mouth_prior
         )
         self.template = template or load_template()
-        self._skin_key: tuple | None = None  # the source whose skin colour is cached
-        self._skin: torch.Tensor | None = None
+        # Skin colour per source. One generator serves every session (and, in the server,
+        # every portrait) from several threads: entries are looked up under a lock and keyed
+        # by tensor identity, checked through a weak reference, so a freed source whose
+        # address (data_ptr) or id is reused can never hand its colour to another.
+        self._skin_lock = threading.Lock()
+        self._skins: OrderedDict[tuple[int, int], tuple[_Ref, _Ref, torch.Tensor | None]] = OrderedDict()
 
     def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
         warped = inputs.warped
@@ -187,12 +198,20 @@ class WarpFillGenerator:
 
     def _skin_colour(self, source: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor | None:
         """(3,) median colour of the source's skin pixels (cached per source), or None."""
-        key = (source.data_ptr(), source_labels.data_ptr(), tuple(source.shape))
-        if self._skin_key != key:
-            px = source[:, source_labels == int(Region.SKIN)]
-            self._skin = px.median(dim=1).values if px.shape[1] else None
-            self._skin_key = key
-        return self._skin
+        key = (id(source), id(source_labels))
+        with self._skin_lock:
+            hit = self._skins.get(key)
+            if hit is not None and hit[0]() is source and hit[1]() is source_labels:
+                self._skins.move_to_end(key)
+                return hit[2]
+        px = source[:, source_labels == int(Region.SKIN)]
+        skin = px.median(dim=1).values if px.shape[1] else None
+        with self._skin_lock:
+            self._skins[key] = (weakref.ref(source), weakref.ref(source_labels), skin)
+            self._skins.move_to_end(key)
+            while len(self._skins) > 32:
+                self._skins.popitem(last=False)
+        return skin
 
     @staticmethod
     def _sampled_labels(inputs: GeneratorInput, box: tuple[int, int, int, int]) -> torch.Tensor | None:

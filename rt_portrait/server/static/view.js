@@ -2,8 +2,9 @@
 // /view/<viewer>: one session's avatar over WHEP, full-window: an OBS Browser Source or a
 // window to share. <viewer> is the playback capability (the session's `Link: </whep/<viewer>>;
 // rel="whep"`). ?clean=1 removes the info box; otherwise it shows the WHEP URL for copying
-// and hides after a few seconds. The page reconnects by itself when the session is not
-// there yet, is full, or ends and comes back.
+// and hides after a few seconds. The page reconnects by itself when the connection drops or
+// the session has no free player slot (a session that has ended does not come back: a new
+// session has a new link).
 
 const params = new URLSearchParams(location.search);
 const clean = params.get("clean") === "1";
@@ -118,7 +119,7 @@ async function play() {
     if (pc !== conn) return;
     if (resp.status !== 201) {
       const why = await errorText(resp);
-      if (resp.status === 404) retry("no live session for this link yet (it starts when the avatar does)");
+      if (resp.status === 404) retry("no live session has this link (it has ended, or the link is mistyped)", true);
       else if (resp.status === 503) retry(`the session has no free player slot (${why})`, true);
       else retry(`the server refused playback (${resp.status}: ${why})`, true);
       return;

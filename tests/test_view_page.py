@@ -147,6 +147,7 @@ class ViewRun:
     plain: dict  # what the page with its info box reported
     clean: dict  # the same for ?clean=1
     frame: np.ndarray | None  # one decoded frame of the clean page
+    unknown: dict  # what the page said for a link no session has
 
 
 FRAMES_JS = """
@@ -229,7 +230,14 @@ def view_run() -> Iterator[ViewRun]:
         clean = watch(browser, view + "?clean=1")
         url = browser.execute_script(SNAPSHOT_JS)
         frame = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
-        yield ViewRun(server.base, published, plain, clean, frame)
+        browser.get(f"{server.base}/view/{'x' * 32}")  # well formed, but no session has it
+        unknown: dict = {}
+        for _ in range(40):  # bounded: 10 s
+            unknown = browser.execute_script("return {state: rtpView.state, error: rtpView.error}")
+            if unknown["error"]:
+                break
+            time.sleep(0.25)
+        yield ViewRun(server.base, published, plain, clean, frame, unknown)
     finally:
         if browser is not None:
             browser.quit()
@@ -275,3 +283,8 @@ def test_view_page_shows_the_avatar(view_run: ViewRun) -> None:
     to_source, to_driver = corr(view_run.frame, source), corr(view_run.frame, driver)
     print(f"\nview frame: corr to the source {to_source:.2f}, to the driver {to_driver:.2f}")
     assert to_source > 0.7 and to_source > to_driver + 0.2, (to_source, to_driver)
+
+
+@pytest.mark.browser
+def test_view_page_says_when_no_session_has_the_link(view_run: ViewRun) -> None:
+    assert "no live session has this link" in (view_run.unknown.get("error") or ""), view_run.unknown

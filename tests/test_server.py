@@ -406,7 +406,7 @@ def test_over_budget_session_degrades_instead_of_lagging() -> None:
         def recalibrate(self) -> None:
             pass
 
-        def __call__(self, frame: np.ndarray) -> SimpleNamespace:
+        def __call__(self, frame: np.ndarray, t: float | None = None) -> SimpleNamespace:
             cost = 0.06 * (self.size / 256) ** 2  # 60 ms at 256: twice a 30-fps budget
             time.sleep(cost)
             return SimpleNamespace(

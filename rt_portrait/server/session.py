@@ -254,6 +254,41 @@ class SessionStats:
 
 
 # ---------------------------------------------------------------------------------------
+# Media time
+# ---------------------------------------------------------------------------------------
+def frame_seconds(frame: VideoFrame) -> float | None:
+    """A decoded frame's presentation time in seconds (None without pts or time base)."""
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return float(frame.pts * frame.time_base)
+
+
+class MediaClock:
+    """Driver frame presentation times as seconds since the session's first frame.
+
+    The time step between frames comes from their pts, so dropped frames show as longer
+    steps. RTP timestamps are 32-bit (at 90 kHz they wrap every 13.3 h) and a sender may
+    restart them: a step that goes backwards, or jumps further than ``max_step_s``, is
+    replaced by the arrival-time step. Frames without a pts use arrival times."""
+
+    def __init__(self, max_step_s: float = 5.0) -> None:
+        self.max_step_s = max_step_s
+        self.t = 0.0
+        self._pts: float | None = None
+        self._arrival: float | None = None
+
+    def __call__(self, pts_s: float | None, arrival_s: float) -> float:
+        if self._arrival is not None:
+            arrived = max(arrival_s - self._arrival, 0.0)
+            step = arrived if pts_s is None or self._pts is None else pts_s - self._pts
+            if not 0.0 < step <= self.max_step_s:
+                step = max(arrived, 1e-3)  # wrapped, restarted or reordered
+            self.t += step
+        self._pts, self._arrival = pts_s, arrival_s
+        return self.t
+
+
+# ---------------------------------------------------------------------------------------
 # Session
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -312,6 +347,7 @@ class Session:
         self._last_resize = 0  # frames_out at the last working-size change
         self._on_closed = on_closed
         self._close_task: asyncio.Future[None] | None = None
+        self._clock = MediaClock()
         self.closed = False
 
     # -- controls (called from the event loop; swaps are atomic attribute assignments) --
@@ -409,7 +445,7 @@ class Session:
                 frame, t_recv = self._newest
                 self._newest = None
                 try:
-                    out, image = await loop.run_in_executor(self._executor, self._process, frame)
+                    out, image = await loop.run_in_executor(self._executor, self._process, frame, t_recv)
                     consecutive_errors = 0
                 except Exception as exc:
                     consecutive_errors += 1
@@ -438,8 +474,10 @@ class Session:
         except asyncio.CancelledError:
             pass
 
-    def _process(self, frame: VideoFrame) -> tuple[VideoFrame, np.ndarray]:
-        """Runs in the session's executor thread."""
+    def _process(self, frame: VideoFrame, arrival_s: float | None = None) -> tuple[VideoFrame, np.ndarray]:
+        """Runs in the session's executor thread. Smoothing runs on the frame's presentation
+        time (its pts), so frames dropped under load lengthen the filter's time step."""
+        t = self._clock(frame_seconds(frame), time.perf_counter() if arrival_s is None else arrival_s)
         t0 = time.perf_counter()
         rgb = frame.to_ndarray(format="rgb24")
         t1 = time.perf_counter()
@@ -452,7 +490,7 @@ class Session:
         if self.limits.echo:
             image, timings, face = rgb, {}, None
         else:
-            result = anim(rgb)
+            result = anim(rgb, t=t)
             image, timings, face = result.image, result.timings_ms, result.face_found
         t2 = time.perf_counter()
         if self.limits.probe_rows > 0:

@@ -50,6 +50,7 @@ from rt_portrait.generator.select import generator_kind
 from rt_portrait.pipeline import Animator, AnimatorConfig, NoFaceError
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v")
+MIN_SIDE = 64  # smallest working or output side at which a face is still tracked and drawn
 V4L2LOOPBACK_FIX = (
     "load v4l2loopback: sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=rt-portrait "
     "(package v4l2loopback-dkms on Debian/Ubuntu)"
@@ -651,6 +652,9 @@ def run_cam(
     keys pressed since its last call (default: the terminal's, when stdin is a TTY)."""
     if config.fps <= 0:
         raise CamError(f"--fps must be positive, got {config.fps:g}")
+    for flag, value in (("--size", config.animator.size), ("--output-size", config.output_size)):
+        if value is not None and value < MIN_SIDE:
+            raise CamError(f"{flag} must be at least {MIN_SIDE} px (a face needs room), got {value}")
     out_path: Path | None = None
     if _is_file_output(config.output):
         out_path = Path(config.output)

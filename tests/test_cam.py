@@ -293,6 +293,17 @@ def test_missing_webcam(source: np.ndarray, tmp_path: Path) -> None:
         run_cam(config(source, Path(device), str(tmp_path / "out.mp4")))
 
 
+def test_sizes_too_small_for_a_face(source: np.ndarray, tmp_path: Path) -> None:
+    with pytest.raises(CamError, match="--size must be at least 64"):
+        run_cam(
+            CamConfig(
+                source, str(pyfeat_file(CLIP)), str(tmp_path / "o.mp4"), animator=AnimatorConfig(size=8)
+            )
+        )
+    with pytest.raises(CamError, match="--output-size must be at least 64"):
+        run_cam(CamConfig(source, str(pyfeat_file(CLIP)), str(tmp_path / "o.mp4"), output_size=16))
+
+
 def test_busy_and_forbidden_webcams_name_the_fix() -> None:
     busy = camera_error("/dev/video0", OSError(errno.EBUSY, "Device or resource busy"))
     assert "busy" in str(busy) and "close that program" in str(busy)

@@ -31,6 +31,7 @@ truth that scores them is tracked separately, in static mode.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -224,7 +225,10 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
     from rt_portrait.generator.select import TEACHER_STEPS, teacher_weights, weights_metadata
 
     opts = dict(options or {})
-    fusion: dict[str, Any] = {k: opts[k] for k in ("motion_weight", "identity_weight") if k in opts}
+    # fusion weights and the network's engine apply to every diffusion method
+    fusion: dict[str, Any] = {
+        k: opts[k] for k in ("motion_weight", "identity_weight", "backend") if k in opts
+    }
     weights = opts.get("generator_weights")
     if name == "flow3d":
         return {"generator": "warp"}
@@ -233,12 +237,12 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
     if name == "refined2":
         return {"generator": "diffusion", "steps": 2, "generator_weights": weights, **fusion}
     if name == "teacher":
-        path = teacher_weights()
+        path = Path(opts["teacher_weights"]) if opts.get("teacher_weights") else teacher_weights()
         if not path.is_file():
             raise FileNotFoundError(
                 f"method 'teacher' needs the teacher's weights, and {path} does not exist"
             )
-        steps = int(weights_metadata(path).get("steps", TEACHER_STEPS))
+        steps = int(opts.get("teacher_steps") or weights_metadata(path).get("steps") or TEACHER_STEPS)
         return {"generator": "diffusion", "steps": steps, "generator_weights": str(path), **fusion}
     if name == "animator":
         chosen: dict[str, Any] = {

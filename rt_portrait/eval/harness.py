@@ -86,6 +86,8 @@ class EvalConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     generator_weights: str | None = None
+    teacher_weights: str | None = None  # the ``teacher`` method's weights (default: the shipped ones)
+    teacher_steps: int | None = None  # its sampling steps (default: its metadata's, else 16)
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines)
 
     def generator_options(self) -> dict[str, Any]:
@@ -95,6 +97,8 @@ class EvalConfig:
             "motion_weight": self.motion_weight,
             "identity_weight": self.identity_weight,
             "generator_weights": self.generator_weights,
+            "teacher_weights": self.teacher_weights,
+            "teacher_steps": self.teacher_steps,
             "backend": self.backend,
         }
 
@@ -628,6 +632,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_generator_arguments(
         parser, steps_help="sampling steps of the 'animator' method (refined: 1, refined2: 2)"
     )
+    parser.add_argument(
+        "--teacher-weights", default=None, metavar="FILE", help="weights of the 'teacher' method"
+    )
+    parser.add_argument("--teacher-steps", type=int, default=None, help="sampling steps of 'teacher'")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
     parser.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of per-clip metrics")
     parser.add_argument("--per-clip", action="store_true", help="also print the per-clip table")
@@ -662,6 +670,8 @@ def run_from_args(args: argparse.Namespace) -> int:
             size=args.size,
             split=args.split,
             smoothing=args.smoothing,
+            teacher_weights=args.teacher_weights,
+            teacher_steps=args.teacher_steps,
             **generator_options(args),
         )
         report = evaluate(config, progress=not args.quiet)
@@ -700,7 +710,11 @@ def _run_cross(args: argparse.Namespace) -> int:
             every=args.every if args.every > 1 else 4,
             max_frames=args.max_frames or 30,
             size=args.size,
-            generator=generator_options(args),
+            generator={
+                **generator_options(args),
+                "teacher_weights": args.teacher_weights,
+                "teacher_steps": args.teacher_steps,
+            },
             sheets=Path(args.sheets) if args.sheets else None,
         )
         report = evaluate_cross(config, progress=not args.quiet)

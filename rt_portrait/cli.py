@@ -181,6 +181,12 @@ def cmd_cam(args: argparse.Namespace) -> int:
         f"stopped: {report.stopped}",
         file=sys.stderr,
     )
+    if report.frames_in and not report.face_frames:
+        print(
+            "rt-portrait cam: warning: no face in any camera frame, so the avatar held its neutral pose "
+            "(face the camera, with light on your face)",
+            file=sys.stderr,
+        )
     return 0
 
 

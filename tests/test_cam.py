@@ -362,6 +362,22 @@ def test_cli_errors_are_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFi
     assert "Traceback" not in err
 
 
+def test_cli_warns_when_no_camera_frame_has_a_face(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rt_portrait.cli import main
+
+    portrait = tmp_path / "portrait.png"
+    Image.fromarray(default_portrait("astronaut")).save(portrait)
+    out = tmp_path / "held.mp4"
+    argv = ["cam", "--source", str(portrait), "--camera", str(pyfeat_file("no_face.mp4")), "-o", str(out)]
+    code = main([*argv, "--max-frames", "10", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out.strip() == str(out)
+    assert "warning: no face in any camera frame" in captured.err
+    assert count_frames(out) == 10
+
+
 # ---------------------------------------------------------------------------------------
 # Terminal: no TTY -> no hotkeys; a real TTY -> the status line in place and q quits
 # ---------------------------------------------------------------------------------------

@@ -35,9 +35,13 @@ def euler_from_rotation(rotation: np.ndarray) -> tuple[float, float, float]:
     r = np.asarray(rotation, dtype=np.float64)
     if r.shape != (3, 3):
         raise ValueError(f"rotation must be (3, 3), got {r.shape}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # gimbal lock: scipy zeroes the last angle (pitch)
-        c, b, a = Rotation.from_matrix(r).as_euler("ZYX", degrees=True)
+    rot = Rotation.from_matrix(r)
+    if abs(r[2, 0]) < 1.0 - 1e-6:
+        c, b, a = rot.as_euler("ZYX", degrees=True)
+    else:
+        with warnings.catch_warnings():  # gimbal lock: scipy warns and zeroes the last angle (pitch)
+            warnings.simplefilter("ignore", UserWarning)
+            c, b, a = rot.as_euler("ZYX", degrees=True)
     return float(-b), float(a), float(-c)
 
 

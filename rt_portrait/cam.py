@@ -231,9 +231,12 @@ class LiveCamera:
 
     def close(self) -> None:
         self._stop.set()
-        with contextlib.suppress(Exception):
-            self._container.close()  # unblocks the decoding thread
-        self._thread.join(2.0)
+        self._thread.join(2.0)  # the reader sees the flag at its next frame
+        if not self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._container.close()
+        # else: a camera that sends nothing keeps its (daemon) reader blocked; closing the
+        # container under a decoding thread is not safe in FFmpeg, so it is left to the exit
 
 
 class FileCamera:
@@ -256,10 +259,11 @@ class FileCamera:
         self.dropped = 0
         self._container: Any = av.open(str(path))
         self._frames = self._decode()
-        self._pending: tuple[np.ndarray, float] | None = None
+        self._pending: tuple[Any, float] | None = None
         self._t0: float | None = None
 
-    def _decode(self) -> Iterator[tuple[np.ndarray, float]]:
+    def _decode(self) -> Iterator[tuple[Any, float]]:
+        """(av.VideoFrame, seconds): converted to RGB only when handed out."""
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
         last = -1.0
@@ -267,9 +271,9 @@ class FileCamera:
             t = frame.time if frame.time is not None else i / self.fps
             t = max(float(t), last + 1e-3)  # strictly increasing for the smoothing filters
             last = t
-            yield frame.to_ndarray(format="rgb24"), t
+            yield frame, t
 
-    def _next(self) -> tuple[np.ndarray, float] | None:
+    def _next(self) -> tuple[Any, float] | None:
         if self._pending is not None:
             out, self._pending = self._pending, None
             return out
@@ -280,8 +284,13 @@ class FileCamera:
 
     def read(self) -> tuple[np.ndarray, float] | None:
         item = self._next()
-        if item is None or not self.realtime:
-            return item
+        if item is None:
+            return None
+        if self.realtime:
+            item = self._newest_due(item)
+        return item[0].to_ndarray(format="rgb24"), item[1]
+
+    def _newest_due(self, item: tuple[Any, float]) -> tuple[Any, float]:
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now - item[1]

@@ -530,7 +530,7 @@ class _Loop:
         self.samples: dict[str, list[float]] = {k: [] for k in (*self.STAGES, "total")}
         self.ema: dict[str, float] = {}
         self._stamps: list[float] = []
-        self.t_start = time.monotonic()
+        self._t_first: float | None = None  # when the first camera frame arrived
 
     def _note(self, key: str, ms: float) -> None:
         samples = self.samples.setdefault(key, [])
@@ -595,6 +595,8 @@ class _Loop:
                     return
                 rgb, t = item
                 t1 = time.perf_counter()
+                if self._t_first is None:
+                    self._t_first = time.monotonic()
                 result = self.session(rgb, t)
                 self.frames_in += 1
                 self.face = result.face_found
@@ -606,7 +608,7 @@ class _Loop:
                 # a live recording repeats a frame for the ticks it took, so the file keeps time
                 repeats = 1
                 if self.realtime and self.config.output != "virtual":
-                    due = int((time.monotonic() - self.t_start) * self.config.fps) + 1
+                    due = int((time.monotonic() - self._t_first) * self.config.fps) + 1
                     repeats = max(1, due - self.frames_out)
                 t2 = time.perf_counter()
                 for _ in range(repeats):

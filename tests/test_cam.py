@@ -147,6 +147,16 @@ def test_file_output_shows_the_source_identity(
     assert_source_identity(frames, drivers, source_out, warp_box, max_outside_mae=4.0)
 
 
+def test_live_recording_keeps_wall_clock_time(source: np.ndarray, tmp_path: Path) -> None:
+    """A camera played in real time and recorded: a frame that took several output ticks to
+    make is repeated for them, so the file lasts as long as the run and plays at --fps."""
+    out = tmp_path / "live.mp4"
+    report = run_cam(config(source, pyfeat_file(LONG_CLIP), str(out), realtime=True, max_frames=12, fps=24.0))
+    assert report.frames_in == 12 and report.frames_out >= report.frames_in
+    assert count_frames(out) == report.frames_out
+    assert probe(out).fps == 24
+
+
 def test_file_output_is_atomic_on_failure(source: np.ndarray, tmp_path: Path) -> None:
     """A run that fails (here: no frame at all) leaves no file behind."""
     out = tmp_path / "never.mp4"

@@ -59,6 +59,7 @@ from rt_portrait.server.session import (
     ControlError,
     Session,
     SessionLimits,
+    close_peer,
     keep_loopback_candidates,
     loopback_ice,
     new_peer_connection,
@@ -460,13 +461,13 @@ async def negotiate(
                 await pc.setLocalDescription(answer)
         return pc
     except BadInput:
-        await pc.close()
+        await close_peer(pc)
         raise
     except TimeoutError:
-        await pc.close()
+        await close_peer(pc)
         raise BadInput(504, "negotiation timed out") from None
     except Exception as exc:
-        await pc.close()
+        await close_peer(pc)
         log.info("rejected offer: %s: %s", type(exc).__name__, exc)
         raise BadInput(400, f"could not negotiate the SDP offer: {type(exc).__name__}: {exc}") from None
 
@@ -506,6 +507,24 @@ def redact_path(path: str) -> str:
         return f"/{m.group(1)}/{m.group(2)[:4]}…{tail}"
 
     return _CAPABILITY_IN_PATH.sub(cut, path[:200])
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp answers a malformed request line or header with 400 itself, then logs it at
+    ERROR with a traceback: a log flood any client can cause. Those records go to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, aiohttp.http_exceptions.HttpProcessingError):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -648,7 +667,7 @@ async def post_whep(request: web.Request) -> web.Response:
     pc = await negotiate(state, offer, lambda pc: None, need="send", player=track)
     player_id = secrets.token_urlsafe(16)
     if session.closed:
-        await pc.close()
+        await close_peer(pc)
         raise BadInput(404, "session ended during negotiation")
     session.add_player(player_id, pc, state.config.connect_timeout_s)
     location = f"/whep/{session.viewer_id}/{player_id}"
@@ -774,6 +793,7 @@ def build_app(config: ServerConfig) -> web.Application:
     )
     state = ServerState(config)
     app[STATE] = state
+    quiet_malformed_requests()
 
     async def startup(app: web.Application) -> None:
         if config.source is None:

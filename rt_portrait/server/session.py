@@ -96,6 +96,30 @@ def keep_loopback_candidates(sdp: str) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
+async def close_peer(pc: RTCPeerConnection, timeout_s: float = 5.0) -> None:
+    """Close a peer connection whatever state a hostile offer left it in. aiortc's close()
+    raises half-way on a transceiver left without a transport (and a second close() then
+    waits forever): stop what exists by hand, bounded in time."""
+    try:
+        await asyncio.wait_for(pc.close(), timeout_s)
+        return
+    except Exception as exc:
+        log.debug("peer close failed (%s: %s); stopping its transports by hand", type(exc).__name__, exc)
+    transports: list[object] = []
+    for transceiver in pc.getTransceivers():
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(transceiver.stop(), timeout_s)
+        for dtls in (transceiver.receiver.transport, transceiver.sender.transport):
+            if dtls is not None:
+                transports += [dtls, dtls.transport]
+    if pc.sctp is not None:
+        transports += [pc.sctp.transport, pc.sctp.transport.transport]
+    for transport in dict.fromkeys(transports):  # DTLS before ICE, each once
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(transport.stop(), timeout_s)  # type: ignore[attr-defined]
+    pc.remove_all_listeners()
+
+
 def new_peer_connection() -> RTCPeerConnection:
     # No STUN/TURN servers: aiortc's default would contact a public STUN server.
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -630,7 +654,7 @@ class Session:
         pc = self.viewers.pop(viewer_id, None)
         if pc is None:
             return False
-        await pc.close()
+        await close_peer(pc)
         return True
 
     async def close(self) -> None:
@@ -654,7 +678,7 @@ class Session:
                     await self.close_viewer(viewer_id)
             if self.pc is not None:
                 with contextlib.suppress(Exception):
-                    await self.pc.close()
+                    await close_peer(self.pc)
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=5.0)
             # after the frame in flight (if any), in the thread that ran the pipeline

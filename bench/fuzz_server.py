@@ -27,6 +27,7 @@ import asyncio
 import http.client
 import io
 import json
+import logging
 import random
 import socket
 import struct
@@ -63,6 +64,7 @@ class Target:
     failures: list[str] = field(default_factory=list)
     app: Any = None
     _server: Any = None
+    _errors: Any = None
 
     def start(self) -> None:
         from _webrtc_client import ServerThread
@@ -82,6 +84,10 @@ class Target:
             size=128,
             generator="warp",
         )
+        # errors logged by the server or the libraries under it (e.g. a background task that
+        # failed after an offer was accepted) are failures too
+        self._errors = _ErrorLog(self.failures)
+        logging.getLogger().addHandler(self._errors)
         self._server = ServerThread(cfg)
         base = self._server.start()
         self.port = int(base.rsplit(":", 1)[1])
@@ -99,6 +105,7 @@ class Target:
 
     def stop(self) -> None:
         self._server.stop()
+        logging.getLogger().removeHandler(self._errors)
 
     # -- requests --------------------------------------------------------------------------
     def request(
@@ -177,6 +184,15 @@ class Target:
     def alive(self) -> bool:
         status, _h, _d = self.request("alive", "GET", "/stats")
         return status == 200
+
+
+class _ErrorLog(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(f"logged {record.levelname} {record.name}: {record.getMessage()[:300]}")
 
 
 class _suppress:
@@ -644,8 +660,6 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None, help="write the report (counts by endpoint and status) here")
     args = parser.parse_args()
-    import logging
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     report = run(args.examples, args.endpoint or list(ENDPOINTS))
     print(json.dumps(report, indent=1))

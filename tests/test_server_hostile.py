@@ -292,6 +292,13 @@ def test_hostile_requests_get_4xx_and_the_healthy_session_keeps_running() -> Non
                 f"{base}/whip", data=no_fp, headers={"Content-Type": "application/sdp"}
             )
             assert status3 == 400 and "fingerprint" in text3, text3
+            # a BUNDLE group led by an unknown mid: refused, not failed in the background
+            bad_bundle = offer.replace("a=group:BUNDLE ", "a=group:BUNDLE nope ", 1)
+            assert bad_bundle != offer
+            status4, text4 = await post(
+                f"{base}/whip", data=bad_bundle, headers={"Content-Type": "application/sdp"}
+            )
+            assert status4 == 400 and "BUNDLE" in text4, text4
             # nothing touched the healthy session
             before = session.stats.frames_out
             for _ in range(200):

@@ -448,6 +448,14 @@ async def negotiate(
             setup(pc)
             async with asyncio.timeout(cfg.negotiate_timeout_s):
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+                # A BUNDLE group led by an unknown mid leaves the bundled sections without a
+                # transport; aiortc then fails later, in the background (found by fuzzing).
+                if any(t.receiver.transport is None for t in pc.getTransceivers()) or (
+                    pc.sctp is not None and pc.sctp.transport is None
+                ):
+                    raise BadInput(
+                        400, "the SDP offer's BUNDLE group does not start with one of its media sections"
+                    )
                 # aiortc stores the offered direction from the server's side (reversed)
                 offered = {t._offerDirection for t in pc.getTransceivers() if t.kind == "video"}
                 wanted = {"recvonly", "sendrecv"} if need == "recv" else {"sendonly", "sendrecv"}

@@ -7,6 +7,7 @@ the configured size by :meth:`OrtEngine.prepare`. ``onnxruntime`` is imported la
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class OrtEngine:
         self._onnx_for_size = onnx_for_size
         self.threads = threads if threads is not None else torch.get_num_threads()
         self._sessions: dict[int, Any] = {}
+        self._lock = threading.Lock()  # sessions are created once per size, whichever thread asks first
         self.files: dict[int, OnnxInfo] = {}
         self.precision = "float32"
 
@@ -81,6 +83,10 @@ class OrtEngine:
         return OrtEngine(lookup, device, threads)
 
     def _session(self, size: int) -> Any:
+        with self._lock:
+            return self._create(size)
+
+    def _create(self, size: int) -> Any:
         if size not in self._sessions:
             info = self._onnx_for_size(size)
             so = self.ort.SessionOptions()

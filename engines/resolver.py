@@ -146,12 +146,7 @@ def engine_factories(loaded: LoadedGraph, config: EngineConfig) -> dict[str, Cal
         from rt_portrait.engines.ort import OrtEngine, import_onnxruntime
 
         import_onnxruntime()  # a missing package is reported before anything is exported
-        cpu = LoadedGraph(loaded.graph.to("cpu"), loaded.weights, loaded.weights_hash, loaded.meta)
-        try:
-            engine = OrtEngine(lambda size: cached_onnx(cpu, size, cache), device, config.threads)
-        finally:
-            loaded.graph.to(device)
-        return engine
+        return OrtEngine(lambda size: cached_onnx(loaded, size, cache), device, config.threads)
 
     def trt() -> Engine:
         from rt_portrait.engines.trt import import_tensorrt, tensorrt_engine
@@ -159,11 +154,7 @@ def engine_factories(loaded: LoadedGraph, config: EngineConfig) -> dict[str, Cal
         import_tensorrt()
         if device.type != "cuda":
             raise BackendUnavailable("tensorrt", "no device", "TensorRT needs a CUDA device")
-        cpu = LoadedGraph(loaded.graph.to("cpu"), loaded.weights, loaded.weights_hash, loaded.meta)
-        try:
-            return tensorrt_engine(cpu, device, config.trt_precision, cache)
-        finally:
-            loaded.graph.to(device)
+        return tensorrt_engine(loaded, device, config.trt_precision, cache)
 
     return {
         "eager": lambda: EagerEngine(loaded.graph, precision),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -67,6 +69,10 @@ class CompileEngine:
         self.mode = (
             mode if mode is not None else ("reduce-overhead" if self.device.type == "cuda" else "default")
         )
+        # CUDA graph replays share static buffers, and the server's sessions share the generator
+        self._lock: AbstractContextManager[object] = (
+            threading.Lock() if self.mode == "reduce-overhead" else nullcontext()
+        )
         try:
             self._fn: Callable[..., torch.Tensor] = torch.compile(self.graph, mode=self.mode, dynamic=False)
         except Exception as e:  # e.g. an unsupported Python for dynamo
@@ -75,10 +81,10 @@ class CompileEngine:
     @torch.inference_mode()
     def __call__(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         check_batch(cond, noise)
-        with self._precision.autocast(self.device):
+        with self._lock, self._precision.autocast(self.device):
             out = self._fn(cond, noise).float()
-        # CUDA graphs reuse their output buffers on the next replay: hand out a copy
-        return out.clone() if self.mode == "reduce-overhead" else out
+            # the next replay overwrites the graph's output buffer: hand out a copy
+            return out.clone() if self.mode == "reduce-overhead" else out
 
     def prepare(self, size: int) -> None:
         nc = self.graph.unet.config.cond_channels

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,8 @@ class TrtEngine:
         self._plan_for_size = plan_for_size
         self._runtime = trt.Runtime(_logger())
         self._engines: dict[int, _Loaded] = {}
+        # an execution context is not thread-safe, and the server's sessions share the generator
+        self._lock = threading.Lock()
 
     def _load(self, size: int) -> _Loaded:
         if size not in self._engines:
@@ -224,7 +227,8 @@ class TrtEngine:
         return self._engines[size]
 
     def prepare(self, size: int) -> None:
-        self._load(size)
+        with self._lock:
+            self._load(size)
 
     def __call__(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         check_batch(cond, noise)
@@ -232,18 +236,19 @@ class TrtEngine:
             return torch.cat(
                 [self(c, n) for c, n in zip(cond.split(MAX_BATCH), noise.split(MAX_BATCH), strict=True)]
             )
-        loaded = self._load(cond.shape[-1])
-        ctx = loaded.context
         cond = cond.to(self.device, torch.float32).contiguous()
         noise = noise.to(self.device, torch.float32).contiguous()
-        out = torch.empty(cond.shape[0], 3, *cond.shape[-2:], device=self.device, dtype=loaded.out_dtype)
-        for name, t in (("cond", cond), ("noise", noise)):
-            ctx.set_input_shape(name, tuple(t.shape))
-            ctx.set_tensor_address(name, t.data_ptr())
-        ctx.set_tensor_address(OUTPUT, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the log)")
+        with self._lock:
+            loaded = self._load(cond.shape[-1])
+            ctx = loaded.context
+            out = torch.empty(cond.shape[0], 3, *cond.shape[-2:], device=self.device, dtype=loaded.out_dtype)
+            for name, t in (("cond", cond), ("noise", noise)):
+                ctx.set_input_shape(name, tuple(t.shape))
+                ctx.set_tensor_address(name, t.data_ptr())
+            ctx.set_tensor_address(OUTPUT, out.data_ptr())
+            stream = torch.cuda.current_stream(self.device)
+            if not ctx.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed (see the log)")
         return out.float()
 
     def describe(self) -> str:

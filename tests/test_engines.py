@@ -189,6 +189,19 @@ def test_onnxruntime_cpu_parity_on_real_conditioning(weights, real_cond, tmp_pat
             assert stats["psnr"] >= 45.0, stats
 
 
+def test_onnxruntime_io_binding_path(random_weights, real_cond, tmp_path) -> None:
+    """The I/O-binding path CUDA uses (torch tensors bound in place), run on the CPU device."""
+    from rt_portrait.engines.onnx_export import export_onnx
+    from rt_portrait.engines.ort import OrtEngine
+
+    info = export_onnx(load_graph(random_weights), tmp_path / "g.onnx", 128)
+    plain = OrtEngine.from_files([info.path], threads=1)
+    bound = OrtEngine.from_files([info.path], threads=1, io_binding=True)
+    assert not plain.io_binding and bound.io_binding and "I/O binding" in bound.describe()
+    noise = _noise(2, 128)
+    assert torch.equal(bound(real_cond, noise), plain(real_cond, noise))
+
+
 def test_every_cpu_backend_takes_a_batch(random_weights, real_cond, tmp_path) -> None:
     """N conditions in, N faces out, each face that of its own condition."""
     loaded = load_graph(random_weights)

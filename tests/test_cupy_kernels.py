@@ -119,3 +119,72 @@ def test_gpu_frames_match_the_twins(rgb) -> None:
     frame = conv.encode(rgb)
     assert np.array_equal(frame.to_ndarray(), ck.rgb_to_i420_numpy(rgb))
     assert np.array_equal(conv.decode(frame), ck.i420_to_rgb_numpy(frame.to_ndarray(), *rgb.shape[:2]))
+
+
+# ---------------------------------------------------------------- the CUDA source, emulated on the CPU
+
+_HARNESS = r"""
+#include <cstdint>
+struct Dim3 { int x, y, z; };
+static Dim3 blockIdx, threadIdx, blockDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+%(src)s
+// every block and thread of a 2-D grid, one after another (the kernels share no memory)
+#define LAUNCH(gx, gy, call)                                                          \
+    blockDim = Dim3{16, 16, 1};                                                       \
+    for (int by = 0; by < (gy); ++by) for (int bx = 0; bx < (gx); ++bx)               \
+    for (int ty = 0; ty < 16; ++ty) for (int tx = 0; tx < 16; ++tx) {                 \
+        blockIdx = Dim3{bx, by, 0}; threadIdx = Dim3{tx, ty, 0}; call; }
+extern "C" void run_i420_to_rgb(const unsigned char* yuv, unsigned char* rgb, int h, int w) {
+    LAUNCH((w + 15) / 16, (h + 15) / 16, i420_to_rgb(yuv, rgb, h, w)) }
+extern "C" void run_rgb_to_i420(const unsigned char* rgb, unsigned char* yuv, int h, int w) {
+    LAUNCH((w / 2 + 15) / 16, (h / 2 + 15) / 16, rgb_to_i420(rgb, yuv, h, w)) }
+extern "C" void run_compose_into(float* frame, const float* face, const float* alpha, int fh, int fw,
+                                 int h, int w, int y0, int x0) {
+    LAUNCH((w + 15) / 16, (h + 15) / 16, compose_into(frame, face, alpha, fh, fw, h, w, y0, x0)) }
+"""
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """The kernels' CUDA C compiled as C++ for the CPU (CUDA's built-ins as plain globals), so
+    their indexing and arithmetic are checked against the twins on machines without a GPU."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    d = tmp_path_factory.mktemp("kernels")
+    (d / "k.cpp").write_text(_HARNESS % {"src": ck._SRC})
+    subprocess.run([cxx, "-O1", "-shared", "-fPIC", "-o", str(d / "k.so"), str(d / "k.cpp")], check=True)
+    return ctypes.CDLL(str(d / "k.so"))
+
+
+def _ptr(a: np.ndarray):
+    import ctypes
+
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def test_emulated_kernels_match_their_twins(emulated, rgb) -> None:
+    h, w = rgb.shape[:2]
+    yuv = np.zeros((h * 3 // 2, w), np.uint8)
+    emulated.run_rgb_to_i420(_ptr(rgb), _ptr(yuv), h, w)
+    assert np.array_equal(yuv, ck.rgb_to_i420_numpy(rgb))
+    back = np.zeros_like(rgb)
+    emulated.run_i420_to_rgb(_ptr(yuv), _ptr(back), h, w)
+    assert np.array_equal(back, ck.i420_to_rgb_numpy(yuv, h, w))
+    g = np.random.default_rng(2)
+    frame = g.random((3, 60, 50), dtype=np.float32)
+    face = g.random((3, 32, 24), dtype=np.float32)
+    alpha = g.random((1, 32, 24), dtype=np.float32)
+    for y0, x0 in ((10, 5), (40, 35), (-6, -4)):  # inside, over the far edges, over the near ones
+        want = ck.compose_into_numpy(frame.copy(), face, alpha, y0, x0)
+        got = frame.copy()
+        emulated.run_compose_into(_ptr(got), _ptr(face), _ptr(alpha), 60, 50, 32, 24, y0, x0)
+        assert np.allclose(got, want, atol=1e-6), (y0, x0)

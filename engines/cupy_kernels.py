@@ -165,6 +165,7 @@ def import_cupy() -> Any:
     return cupy
 
 
+@functools.cache  # a fact of the process: asked per frame, a failed import must not be retried
 def gpu_available() -> bool:
     """CuPy importable and a CUDA device present (the condition for the GPU frame path)."""
     if not torch.cuda.is_available():

@@ -181,6 +181,18 @@ def compose(
     box = nonzero_box(alpha > 0, margin=1)
     if box is not None:  # the generator's face only matters where its mask is on
         up, (by0, by1, bx0, bx1) = upsample_to_frame(torch.cat([face, alpha]), window, (h, w), box=box)
-        a = up[3:4]
-        out[:, by0:by1, bx0:bx1] = out[:, by0:by1, bx0:bx1] * (1 - a) + up[:3] * a
+        if out.is_cuda and _cupy_compose():
+            from rt_portrait.engines.cupy_kernels import compose_into_cuda
+
+            compose_into_cuda(out, up[:3], up[3:4], by0, bx0)  # one CuPy kernel, in place
+        else:
+            a = up[3:4]
+            out[:, by0:by1, bx0:bx1] = out[:, by0:by1, bx0:bx1] * (1 - a) + up[:3] * a
     return out
+
+
+def _cupy_compose() -> bool:
+    """Whether the final blend runs as the CuPy kernel (CUDA tensors and CuPy installed)."""
+    from rt_portrait.engines.cupy_kernels import gpu_available
+
+    return gpu_available()

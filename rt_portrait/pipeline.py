@@ -484,6 +484,14 @@ class AnimatorSession:
         target, found, timings = self.drive_track(track, t)
         return self._render(target, found, {"track": 0.0, **timings}, t0)
 
+    def render_target(
+        self, target: HeadState, found: bool, timings: dict[str, float], t0: float | None = None
+    ) -> AnimatedFrame:
+        """The second half of calling the session: render a target from ``drive`` (so a caller
+        can handle a failing tracker and a failing generator apart). ``t0``: when the frame's
+        work began, for the total time."""
+        return self._render(target, found, dict(timings), time.perf_counter() if t0 is None else t0)
+
     def _render(self, target: HeadState, found: bool, timings: dict[str, float], t0: float) -> AnimatedFrame:
         r = self.animator.render_frame(target, self.size, self.history, self.generator)
         self.history, self.history_valid = r.history, r.history_valid

@@ -165,3 +165,136 @@ def test_vanished_client_is_reaped_within_the_consent_timeout(monkeypatch: pytes
                 await pc.close()
 
     run(scenario())
+
+
+class FailingGenerator:
+    """A generator that raises on every frame (a broken network, a missing engine)."""
+
+    def __call__(self, inputs: object) -> object:
+        raise RuntimeError("injected generator failure")
+
+
+def test_tracker_or_generator_raising_falls_back_and_is_counted() -> None:
+    async def scenario() -> None:
+        cfg = ServerConfig(ice_loopback_only=True, connect_timeout_s=20.0)
+        async with running_server(cfg) as (base, app), aiohttp.ClientSession() as http:
+            state = app[STATE]
+            hurt_call, other_call = (
+                await whip_start(http, base, track()),
+                await whip_start(http, base, track()),
+            )
+            hurt, other = state.sessions[hurt_call.session], state.sessions[other_call.session]
+            assert await wait_until(lambda: hurt.stats.frames_out >= 5 and other.stats.frames_out >= 5, 30)
+
+            # the generator raises: frames go on, rendered by the warp generator
+            anim = hurt._anim
+            anim.generator = FailingGenerator()  # type: ignore[assignment]
+            start = hurt.stats.frames_out
+            assert await wait_until(lambda: hurt.stats.faults.get("generator", 0) >= 10, 20)
+            assert hurt.stats.frames_out >= start + 8 and hurt.stats.errors == 0, hurt.stats
+            assert "injected generator failure" in hurt.stats.last_error
+            anim.generator = anim.animator.generator
+
+            # the tracker raises: frames go on, held as frames without a face
+            real_track = anim.tracker.track
+
+            def broken_track(frame: object, **kw: object) -> object:
+                raise RuntimeError("injected tracker failure")
+
+            anim.tracker.track = broken_track  # type: ignore[method-assign]
+            start = hurt.stats.frames_out
+            assert await wait_until(lambda: hurt.stats.faults.get("tracker", 0) >= 10, 20)
+            assert hurt.stats.frames_out >= start + 8 and hurt.stats.errors == 0, hurt.stats
+            assert hurt.stats.face_found is False
+            anim.tracker.track = real_track  # type: ignore[method-assign]
+            assert await wait_until(lambda: hurt.stats.face_found is True, 10)
+
+            # stats report the faults; the other session saw none of it
+            async with http.get(f"{base}/session/{hurt.id}/stats") as resp:
+                faults = (await resp.json())["faults"]
+            assert faults["tracker"] >= 10 and faults["generator"] >= 10
+            assert other.stats.faults == {} and other.stats.errors == 0
+            before = other.stats.frames_out
+            assert await wait_until(lambda: other.stats.frames_out >= before + 10, 20)
+            for pc in (hurt_call.pc, other_call.pc):
+                await pc.close()
+
+    run(scenario())
+
+
+def test_source_replaced_mid_call_releases_the_old_pipeline() -> None:
+    import io
+
+    from PIL import Image
+
+    from rt_portrait.core.assets import default_portrait
+
+    pngs = []
+    for name in ("grace_hopper", "astronaut", "grace_hopper"):
+        buf = io.BytesIO()
+        Image.fromarray(default_portrait(name)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+
+    async def scenario() -> None:
+        cfg = ServerConfig(ice_loopback_only=True, connect_timeout_s=20.0)
+        async with running_server(cfg) as (base, app), aiohttp.ClientSession() as http:
+            state = app[STATE]
+            call, other_call = await whip_start(http, base, track()), await whip_start(http, base, track())
+            session, other = state.sessions[call.session], state.sessions[other_call.session]
+            assert await wait_until(lambda: session.stats.frames_out >= 5, 30)
+            replaced = []
+            for png in pngs:  # back to back, while frames are in flight
+                replaced.append(session._anim)
+                async with http.post(f"{base}/session/{call.session}/source", data=png) as resp:
+                    assert resp.status == 200, await resp.text()
+            current = session._anim
+            # every replaced pipeline state is released (its tracker graph closed), the new one runs
+            assert await wait_until(lambda: all(a.tracker._closed for a in replaced), 10)
+            assert not current.tracker._closed
+            start = session.stats.frames_out
+            assert await wait_until(lambda: session.stats.frames_out >= start + 10, 20)
+            assert session.stats.errors == 0 and other.stats.errors == 0
+            assert session.source_name == "upload" and other.source_name != "upload"
+            await session.close()
+            assert current.tracker._closed
+            for pc in (call.pc, other_call.pc):
+                await pc.close()
+
+    run(scenario())
+
+
+def test_sigterm_closes_every_peer_within_five_seconds() -> None:
+    import signal
+
+    from _webrtc_client import ServerProcess
+
+    async def scenario() -> None:
+        server = ServerProcess(["--size", "128"])
+        try:
+            await server.wait_ready()
+            async with aiohttp.ClientSession() as http:
+                calls = [await whip_start(http, server.base, track()) for _ in range(2)]
+                sink = Sink()
+                player, _ = await whep_play(http, server.base, calls[0].whep, sink)
+                assert await sink.wait_for(5, 30)
+                peers = [c.pc for c in calls] + [player]
+                assert all(p.connectionState == "connected" for p in peers)
+                t0 = time.monotonic()
+                server.proc.send_signal(signal.SIGTERM)
+                ended = await wait_until(
+                    lambda: all(p.connectionState in ("closed", "failed") for p in peers), 5.0
+                )
+                gone = time.monotonic() - t0
+                states = [p.connectionState for p in peers]
+                for p in peers:
+                    await p.close()
+                sink.stop()
+            exit_code = await asyncio.get_running_loop().run_in_executor(None, server.proc.wait, 10)
+            assert ended, f"peers still {states} {gone:.1f} s after SIGTERM"
+            assert exit_code == 0, server.output()[-2000:]
+            assert server.output().count("closed") >= 2
+        finally:
+            if server.proc.poll() is None:
+                server.stop()
+
+    run(scenario())

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hmac
 import io
 import ipaddress
@@ -816,9 +815,12 @@ def build_app(config: ServerConfig) -> web.Application:
             raise SystemExit(f"source portrait {name!r} is unusable: {exc}") from None
 
     async def shutdown(app: web.Application) -> None:
-        for session in list(state.sessions.values()):
-            with contextlib.suppress(Exception):
-                await session.close()
+        # SIGTERM/SIGINT: every session (its peers, players and pipeline) closes at once,
+        # bounded, so clients see the end within seconds rather than an ICE timeout.
+        closing = [asyncio.ensure_future(s.close()) for s in list(state.sessions.values())]
+        if closing:
+            done, pending = await asyncio.wait(closing, timeout=4.0)
+            log.info("shutdown: %d sessions closed, %d still closing", len(done), len(pending))
         state.build_executor.shutdown(wait=False, cancel_futures=True)
 
     app.on_startup.append(startup)
@@ -946,7 +948,12 @@ def run_from_args(args: argparse.Namespace) -> None:
     torch.set_num_threads(getattr(args, "threads", 1))
     print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)
     web.run_app(
-        build_app(config), host=config.host, port=config.port, print=None, access_log_class=AccessLogger
+        build_app(config),
+        host=config.host,
+        port=config.port,
+        print=None,
+        access_log_class=AccessLogger,
+        shutdown_timeout=5.0,  # SIGTERM: requests in flight get this long, then everything closes
     )
 
 

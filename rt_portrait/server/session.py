@@ -33,7 +33,8 @@ from av import VideoFrame
 from rt_portrait.core.image import resize
 from rt_portrait.head.edits import RANGES
 from rt_portrait.head.types import Edits, Strengths
-from rt_portrait.pipeline import Animator, AnimatorSession
+from rt_portrait.pipeline import AnimatedFrame, Animator, AnimatorSession
+from rt_portrait.tracking import TrackResult
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,8 @@ class SessionStats:
     frames_in: int = 0
     frames_out: int = 0
     dropped: int = 0
-    errors: int = 0
+    errors: int = 0  # frames lost to a failure
+    faults: dict[str, int] = field(default_factory=dict)  # recovered failures per stage
     last_error: str = ""
     face_found: bool | None = None
     size: int = 0
@@ -324,6 +326,9 @@ class SessionLimits:
     echo: bool = False  # no processing: return the driver frame (transport baseline)
     max_consecutive_errors: int = 30
     max_viewers: int = 4
+
+
+_RECOVERY = {"tracker": "held as a frame without a face", "generator": "rendered with the warp generator"}
 
 
 def _copy_probe_rows(driver: np.ndarray, out: np.ndarray, rows: int) -> np.ndarray:
@@ -514,7 +519,7 @@ class Session:
         if self.limits.echo:
             image, timings, face = rgb, {}, None
         else:
-            result = anim(rgb, t=t)
+            result = self._animate(anim, rgb, t)
             image, timings, face = result.image, result.timings_ms, result.face_found
         t2 = time.perf_counter()
         if self.limits.probe_rows > 0:
@@ -534,6 +539,47 @@ class Session:
             self._degrade(anim, st.stage_ms["server_total"])
         st.size = anim.size
         return out, image
+
+    def _animate(self, anim: AnimatorSession, rgb: np.ndarray, t: float) -> AnimatedFrame:
+        """Drive and render one frame; a failing stage costs quality, not the frame. The
+        tracker raising: the frame counts as one without a face (the pipeline holds the last
+        motion, then eases back to neutral). The generator raising: the frame is rendered again
+        with the learning-free warp generator. Each fault is logged and counted in stats."""
+        if not hasattr(anim, "drive"):  # a stand-in stage (tests): one call does it all
+            return anim(rgb, t=t)
+        t0 = time.perf_counter()
+        try:
+            target, found, timings = anim.drive(rgb, t)
+        except Exception as exc:
+            self._fault("tracker", exc)
+            lost = TrackResult(
+                found=False, face=None, image_size=(rgb.shape[0], rgb.shape[1]), message="tracker failed"
+            )
+            target, found, timings = anim.drive_track(lost, t)
+        try:
+            return anim.render_target(target, found, timings, t0)
+        except Exception as exc:
+            warp = anim.animator.warp_generator
+            if anim.generator is warp:
+                raise
+            self._fault("generator", exc)
+            current, anim.generator = anim.generator, warp
+            try:
+                return anim.render_target(target, found, timings, t0)
+            finally:
+                if anim.generator is warp:  # unless it was swapped meanwhile (controls, degradation)
+                    anim.generator = current
+
+    def _fault(self, stage: str, exc: Exception) -> None:
+        """A recovered failure: counted per stage; the first one logged with its traceback,
+        later ones every 100th as one line (a broken stage fails on every frame)."""
+        st = self.stats
+        n = st.faults[stage] = st.faults.get(stage, 0) + 1
+        st.last_error = f"{stage}: {type(exc).__name__}: {exc}"[:300]
+        if n == 1:
+            log.exception("session %s: %s failed; recovering (%s)", self.label, stage, _RECOVERY[stage])
+        elif n % 100 == 0:
+            log.warning("session %s: %s failed %d times: %s", self.label, stage, n, st.last_error)
 
     def _degrade(self, anim: AnimatorSession, total_ms: float) -> None:
         """Step the working size down when over the frame budget; step back up only when the
@@ -594,6 +640,7 @@ class Session:
             "stage_ms": {k: round(v, 2) for k, v in st.stage_ms.items()},
             "age_ms": round(st.age_ms, 2),
             "errors": st.errors,
+            "faults": dict(st.faults),
         }
         if not private:
             return public

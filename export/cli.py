@@ -62,7 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("tensorrt", help="build TensorRT engines from the ONNX export (needs a CUDA GPU)")
     _common(p, [128, 256, 512])
-    p.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
+    p.add_argument(
+        "--precision",
+        default="fp16",
+        choices=["fp16", "bf16", "fp32"],
+        help="engine precision (default fp16; inputs and output stay float32)",
+    )
     p.add_argument(
         "-o", "--output", default=None, help="engine cache folder (default <rt-portrait cache>/engines)"
     )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -119,18 +123,30 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_animate(args: argparse.Namespace) -> int:
-    from rt_portrait.animate import animate_file
+    from rt_portrait.animate import DriverCoverage, NoDriverFaceError, animate_file
 
-    print(
-        animate_file(
+    coverage = DriverCoverage()
+    try:
+        path = animate_file(
             Path(args.source),
             Path(args.driver),
             Path(args.output),
             _config(args),
             max_frames=args.max_frames,
             progress=not args.quiet,
+            coverage=coverage,
         )
-    )
+    except NoDriverFaceError as e:
+        print(f"rt-portrait animate: error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    missing = coverage.frames - coverage.with_face
+    if missing:
+        print(
+            f"rt-portrait animate: warning: {missing} of {coverage.frames} driver frames had no face "
+            "(the avatar held its last motion there, then eased back to neutral)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -205,31 +221,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", default="rt-portrait-demo", help="output folder (default ./rt-portrait-demo)"
     )
-    p.add_argument("--portrait", default="astronaut", choices=["astronaut", "grace_hopper"])
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument(
+        "--portrait",
+        default="astronaut",
+        choices=["astronaut", "grace_hopper"],
+        help="the embedded portrait to animate (default astronaut)",
+    )
+    p.add_argument("--size", type=int, default=256, help="working resolution of the flow (default 256)")
+    p.add_argument("--seconds", type=float, default=6.0, help="length of the scripted motion (default 6)")
     add_generator_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("track", help="track faces in an image or video and print the head pose per frame")
-    p.add_argument("input")
+    p.add_argument("input", help="an image or a video file")
     p.add_argument("--json", action="store_true", help="print JSON (one list of per-frame rows)")
-    p.add_argument("--every", type=int, default=1)
-    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--every", type=int, default=1, help="report every Nth frame (default 1: all)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("edit", help="edit the head of a still portrait")
-    p.add_argument("--source", required=True)
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--source", required=True, help="the portrait image")
+    p.add_argument("-o", "--output", required=True, help="the edited image (PNG, JPEG...)")
     _add_motion_args(p)
     _add_edit_args(p)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("animate", help="animate a portrait with a driver video (keeps its audio and fps)")
-    p.add_argument("--source", required=True)
-    p.add_argument("--driver", required=True)
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--source", required=True, help="the portrait image")
+    p.add_argument("--driver", required=True, help="the driver video (its face's motion is transferred)")
+    p.add_argument("-o", "--output", required=True, help="the animated video (.mp4, .mov or .m4v)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many driver frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_motion_args(p)
     _add_edit_args(p)
@@ -273,16 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cam)
 
     p = sub.add_parser("bench", help="median milliseconds per stage on a real face video")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--size", type=int, default=256, help="working resolution (default 256)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
     p.add_argument(
         "--flow-backend",
         default="auto",
         choices=["auto", "torch", "triton"],
         help="the flow stage's kernels (the generator network's engine is --backend)",
     )
-    p.add_argument("--frames", type=int, default=120)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--frames", type=int, default=120, help="driver frames to time (default 120)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_generator_arguments(p)
     p.set_defaults(func=cmd_bench)
 
@@ -315,11 +336,40 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        return int(args.func(args) or 0)
+        with _terminate_as_exception():
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
         # user-facing errors (bad files, no face, bad ranges) end with a clear message, not a trace
         print(f"rt-portrait {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs in progress were removed on the way out
+        print(f"rt-portrait {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"rt-portrait {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that partial outputs are removed on the way out."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """While a command runs, SIGTERM unwinds like Ctrl-C (``finally`` blocks run: no ``.part``
+    file is left behind). Commands that handle SIGTERM themselves (serve, cam) replace this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

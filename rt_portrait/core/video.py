@@ -107,12 +107,29 @@ def count_frames(path: str | os.PathLike) -> int:
     return sum(1 for _ in read_frames(path))
 
 
+def _current_umask() -> int:
+    """The process umask: from /proc on Linux (reading it with os.umask means setting it, a
+    race with other threads creating files), else set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    # mkstemp makes the file 0600; the output gets what any new file would (0666 minus the umask)
+    os.fchmod(fd, 0o666 & ~_current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -166,6 +166,7 @@ class ServerState:
         self._by_viewer: dict[str, Session] = {}  # by the playback capability
         self._created: dict[str, deque[float]] = {}  # client address -> recent session starts
         self.default_animator: Animator | None = None
+        self.portrait_jpeg: bytes | None = None  # the default portrait for the page's preview
         self._generator: Generator | None = None
         # Source analysis (face tracking of an upload) is CPU work: keep it off the loop and
         # off the sessions' own executors.
@@ -585,6 +586,25 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+async def favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
+
+
+async def portrait(request: web.Request) -> web.Response:
+    """The server's default portrait (the page previews it before Start), JPEG, cached."""
+    state = request.app[STATE]
+    if state.portrait_jpeg is None:
+        from PIL import Image
+
+        assert state.default_animator is not None
+        buf = io.BytesIO()
+        Image.fromarray(state.default_animator.source).save(buf, format="JPEG", quality=90)
+        state.portrait_jpeg = buf.getvalue()
+    return web.Response(
+        body=state.portrait_jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-cache"}
+    )
+
+
 VIEWER_LINK = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
@@ -826,6 +846,8 @@ def build_app(config: ServerConfig) -> web.Application:
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/portrait", portrait)
     app.router.add_get("/view/{viewer}", view_page)
     app.router.add_static("/static/", STATIC_DIR)
     sdp_limit = config.max_sdp_bytes

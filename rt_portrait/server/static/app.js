@@ -66,8 +66,26 @@ async function flushControls() {
   if (Object.keys(pendingControls).length) flushControls();
 }
 
+// Before Start (and after Stop) the avatar area shows the source portrait: the server's, or
+// the file picked for the next session. The live avatar replaces it once it plays.
+let previewUrl = null;
+function showPreview(file) {
+  const img = $("preview");
+  if (previewUrl) { URL.revokeObjectURL(previewUrl); previewUrl = null; }
+  if (file) { previewUrl = URL.createObjectURL(file); img.src = previewUrl; } else { img.src = "/portrait"; }
+  img.hidden = false;
+  $("avatar-caption").textContent = "source portrait (press Start camera to animate it)";
+}
+function hidePreview() {
+  $("preview").hidden = true;
+  $("avatar-caption").textContent = "avatar";
+}
+
 async function uploadSource(file) {
-  if (!rtp.session) { pendingSource = file; say(`"${file.name}" will be used when the session starts`); return; }
+  if (!rtp.session) {
+    pendingSource = file; showPreview(file);
+    say(`"${file.name}" will be used when the session starts`); return;
+  }
   const form = new FormData(); form.append("image", file, file.name);
   say(`uploading "${file.name}"...`);
   const resp = await fetch(`/session/${rtp.session}/source`, { method: "POST", body: form });
@@ -95,6 +113,7 @@ async function start() {
     pc = new RTCPeerConnection({ iceServers: [] });
     pc.addTransceiver(stream.getVideoTracks()[0], { direction: "sendrecv" });
     pc.ontrack = (ev) => { $("avatar").srcObject = new MediaStream([ev.track]); };
+    $("avatar").onplaying = hidePreview;
     pc.onconnectionstatechange = () => {
       setState(pc.connectionState);
       if (pc.connectionState === "failed") say("connection failed: the server is unreachable or ended the session", true);
@@ -136,6 +155,7 @@ async function stop() {
   if (pc) pc.close();
   if (stream) stream.getTracks().forEach((t) => t.stop());
   pc = null; stream = null; rtp.session = null; rtp.viewer = null;
+  showPreview(pendingSource);
   if ($("share")) $("share").parentElement.hidden = true;
   $("start").disabled = false; $("stop").disabled = true; $("recalibrate").disabled = true;
   setState("idle");
@@ -237,6 +257,6 @@ $("source").onchange = (ev) => { if (ev.target.files[0]) uploadSource(ev.target.
 $("default-source").onclick = () => {
   pendingSource = null;
   if (rtp.session) say("the default portrait applies to new sessions: stop and start again");
-  else { $("source").value = ""; say("the default portrait will be used"); }
+  else { $("source").value = ""; showPreview(null); say("the default portrait will be used"); }
 };
 window.addEventListener("beforeunload", () => { if (rtp.session) navigator.sendBeacon && fetch(`/session/${rtp.session}`, { method: "DELETE", keepalive: true }); });

@@ -62,6 +62,7 @@ class Target:
     offers: dict[str, str] = field(default_factory=dict)
     counts: Counter[tuple[str, int]] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    strict: bool = True
     app: Any = None
     _server: Any = None
     _errors: Any = None
@@ -74,7 +75,7 @@ class Target:
         cfg = ServerConfig(
             ice_loopback_only=True,
             connect_timeout_s=2.0,
-            negotiate_timeout_s=10.0,
+            negotiate_timeout_s=30.0,  # a starved CPU (nice, other jobs) can stall a negotiation
             max_sessions=8,
             max_viewers_per_session=8,
             max_upload_bytes=2 * 2**20,
@@ -134,7 +135,8 @@ class Target:
         self.counts[(endpoint, status)] += 1
         if status >= 500:
             self.failures.append(f"{endpoint}: {status} {what}")
-        assert status < 500, f"{endpoint}: {status} {what}"
+            # strict (the CI test): hypothesis stops and shrinks; the bench run counts and goes on
+            assert not self.strict, f"{endpoint}: {status} {what}"
 
     def cleanup(self, status: int, hdrs: dict[str, str], data: bytes) -> None:
         """Delete what a 2xx created, so the fuzzing never runs into the capacity limits."""
@@ -627,7 +629,7 @@ def rss_mb() -> float:
 
 
 def run(examples: int, endpoints: list[str]) -> dict[str, Any]:
-    target = Target()
+    target = Target(strict=False)
     target.start()
     report: dict[str, Any] = {"examples": examples, "endpoints": {}}
     try:

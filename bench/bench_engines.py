@@ -181,6 +181,52 @@ def test_interleaved(generator, inputs, tmp_path) -> None:
     assert all(np.isfinite(v) for v in med.values())
 
 
+def test_in_loop_interleaved(generator, tmp_path) -> None:
+    """The generator stage inside the whole animate loop (tracking, flow, history and compose
+    between its calls), one session per backend, fed the same driver frames round-robin."""
+    if not compiler_available():
+        pytest.skip("inductor's CPU backend needs a C++ compiler")
+    from rt_portrait.core.assets import pyfeat_file
+    from rt_portrait.core.video import read_frames
+    from rt_portrait.engines.generator import with_backend
+    from rt_portrait.engines.resolver import EngineConfig
+    from rt_portrait.pipeline import Animator, AnimatorConfig
+    from rt_portrait.tracking import fit_long_side
+
+    frames = [
+        fit_long_side(f, SIZE)
+        for f in read_frames(
+            pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=int(os.environ.get("RT_BENCH_FRAMES", "40"))
+        )
+    ]
+    source = fit_long_side(default_portrait("astronaut"), SIZE)
+    sessions = {}
+    for name in ("eager", "onnxruntime", "compile"):
+        gen = with_backend(generator, SIZE, EngineConfig(backend=name, cache_dir=tmp_path, threads=1))
+        sessions[name] = Animator(source, AnimatorConfig(size=SIZE), generator=gen).session(fps=24.0)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    totals: dict[str, list[float]] = {k: [] for k in sessions}
+    for i, frame in enumerate(frames):
+        for name, session in sessions.items():
+            out = session(frame)
+            if i >= 5:
+                times[name].append(out.timings_ms["generator"])
+                totals[name].append(out.timings_ms["total"])
+    for session in sessions.values():
+        session.close()
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    lines = [
+        f"in the loop at {SIZE}^2, {len(times['eager'])} frames each: backend, generator ms, x eager, loop ms, fps"
+    ]
+    for name in sorted(med, key=lambda k: med[k]):
+        total = float(np.median(totals[name]))
+        lines.append(
+            f"{name:<14}{med[name]:>8.1f}{med['eager'] / med[name]:>8.2f}{total:>8.1f}{1000 / total:>8.1f}"
+        )
+    print("\n" + "\n".join(lines))
+    assert all(np.isfinite(v) for v in med.values())
+
+
 def test_ratios() -> None:
     """The table: ms per backend and the speed-up over eager (printed with -s)."""
     if "eager" not in RESULTS:

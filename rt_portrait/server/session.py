@@ -362,6 +362,10 @@ class Session:
         self.stats = SessionStats(size=animator.config.size)
         self.bus = OutputBus(np.ascontiguousarray(animator.source))
         self._anim: AnimatorSession = animator.session()
+        from rt_portrait.engines.frames import frame_converter
+
+        # decoded frame -> RGB and RGB -> I420: CuPy kernels on CUDA, PyAV on the CPU
+        self._frames = frame_converter(animator.config.device)
         self.edits: Edits = Edits(**vars(self._anim.edits))
         self.strengths: Strengths = Strengths(**vars(self._anim.retarget.strengths))
         self._full_size = self._anim.size
@@ -508,7 +512,7 @@ class Session:
         time (its pts), so frames dropped under load lengthen the filter's time step."""
         t = self._clock(frame_seconds(frame), time.perf_counter() if arrival_s is None else arrival_s)
         t0 = time.perf_counter()
-        rgb = frame.to_ndarray(format="rgb24")
+        rgb = self._frames.decode(frame)
         t1 = time.perf_counter()
         anim = self._anim
         anim.edits = self.edits
@@ -524,8 +528,7 @@ class Session:
         t2 = time.perf_counter()
         if self.limits.probe_rows > 0:
             image = _copy_probe_rows(rgb, image, self.limits.probe_rows)
-        rgb24 = np.ascontiguousarray(image, dtype=np.uint8)
-        out = VideoFrame.from_ndarray(rgb24, format="rgb24").reformat(format="yuv420p")
+        out = self._frames.encode(image)
         t3 = time.perf_counter()
         st = self.stats
         st.face_found = face

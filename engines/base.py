@@ -38,6 +38,10 @@ class Engine(Protocol):
         """Build or load whatever one working size needs (at start-up, never per frame)."""
         ...
 
+    def is_prepared(self, size: int) -> bool:
+        """Whether a call at ``size`` runs without building anything first."""
+        ...
+
     def describe(self) -> str:
         """One line for logs, /stats and bench output."""
         ...

@@ -68,6 +68,7 @@ class EngineGenerator(DiffusionGenerator):
         self.resolution = resolution
         self.engine_spec = spec_of(diffusion.config)
         self.engine_device = engine.device
+        self._eager_sizes: set[int] = set()  # sizes that ran eager (logged once each)
 
     def _to_device(self, x: GeneratorInput) -> GeneratorInput:
         dev = self.engine_device
@@ -95,14 +96,23 @@ class EngineGenerator(DiffusionGenerator):
         hv = [self.config.history and x.history is not None for x in inputs]
         return build_condition_batch([self._to_device(x) for x in inputs], hv)
 
-    def uses_engine(self) -> bool:
-        """Whether the current config is the one folded into the engine's graph."""
-        return spec_of(self.config) == self.engine_spec
+    def uses_engine(self, size: int | None = None) -> bool:
+        """Whether the current config is the one folded into the engine's graph (and, given a
+        working size, whether the engine was prepared for it)."""
+        if spec_of(self.config) != self.engine_spec:
+            return False
+        return size is None or self.engine.is_prepared(size)
 
     @torch.inference_mode()
     def generate_batch(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorOutput]:
         """One engine call for N inputs (e.g. N sessions' frames)."""
-        if not self.uses_engine():
+        size = inputs[0].warped.shape[-1]
+        if not self.uses_engine(size):
+            # another step count, or a working size the engine was not built for (a degrading
+            # server): the eager path now, rather than a build in the middle of a stream
+            if size not in self._eager_sizes and spec_of(self.config) == self.engine_spec:
+                self._eager_sizes.add(size)
+                log.info("generator: size %d not prepared for %s, eager at that size", size, self.engine.name)
             return super().generate_batch(inputs)
         cond = self.condition(inputs)
         n, _, h, w = cond.shape

@@ -126,6 +126,9 @@ class OrtEngine:
     def prepare(self, size: int) -> None:
         self._session(size)
 
+    def is_prepared(self, size: int) -> bool:
+        return size in self._sessions
+
     def __call__(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         check_batch(cond, noise)
         sess = self._session(cond.shape[-1])

@@ -33,6 +33,9 @@ class EagerEngine:
     def prepare(self, size: int) -> None:
         pass  # nothing to build
 
+    def is_prepared(self, size: int) -> bool:
+        return True
+
     def describe(self) -> str:
         return f"eager ({self.precision}, {self.device.type})"
 
@@ -70,6 +73,7 @@ class CompileEngine:
             mode if mode is not None else ("reduce-overhead" if self.device.type == "cuda" else "default")
         )
         # CUDA graph replays share static buffers, and the server's sessions share the generator
+        self._prepared: set[int] = set()  # sizes compiled by prepare (others would compile on first use)
         self._lock: AbstractContextManager[object] = (
             threading.Lock() if self.mode == "reduce-overhead" else nullcontext()
         )
@@ -95,6 +99,10 @@ class CompileEngine:
                 self(cond, noise)
         except Exception as e:
             raise BackendUnavailable("compile", "build failed", f"{type(e).__name__}: {e}") from e
+        self._prepared.add(size)
+
+    def is_prepared(self, size: int) -> bool:
+        return size in self._prepared
 
     def describe(self) -> str:
         return f"compile (inductor, mode {self.mode}, {self.precision}, {self.device.type})"

@@ -230,6 +230,9 @@ class TrtEngine:
         with self._lock:
             self._load(size)
 
+    def is_prepared(self, size: int) -> bool:
+        return size in self._engines
+
     def __call__(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         check_batch(cond, noise)
         if cond.shape[0] > MAX_BATCH:  # beyond the profile: split

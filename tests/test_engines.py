@@ -539,3 +539,17 @@ def test_compile_backend_matches_eager_on_a_small_unet() -> None:
         ref = graph(cond, noise)
     assert parity_stats(engine(cond, noise), ref)["max_abs"] <= 1e-4
     assert "inductor" in engine.describe()
+
+
+def test_an_unprepared_size_runs_eager_rather_than_building_mid_stream(
+    random_weights, real_inputs, tmp_path
+) -> None:
+    from rt_portrait.engines.generator import with_backend
+
+    gen = DiffusionGenerator(DiffusionConfig(weights=random_weights, dtype="float32"))
+    eg = with_backend(gen, 64, EngineConfig(backend="onnxruntime", cache_dir=tmp_path, threads=1))
+    assert eg.uses_engine(64) and not eg.uses_engine(128)
+    got = eg.generate_batch(real_inputs)  # 128: not prepared
+    want = gen.generate_batch(real_inputs)
+    assert all(torch.equal(g.face, w.face) for g, w in zip(got, want, strict=True))  # the eager path itself
+    assert not list(tmp_path.glob("*_128.onnx"))  # nothing was exported for it

@@ -100,7 +100,8 @@ def test_open_mouth_is_painted_with_the_mouth_prior(animator: Animator) -> None:
     from rt_portrait.compose import crop_window, to_tensor
     from rt_portrait.flow.types import Region
 
-    frame = animator.render_edits(Edits(jaw_open=1.0))
+    warp = Animator(animator.source, animator.config, generator=WarpFillGenerator())  # the prior is its
+    frame = warp.render_edits(Edits(jaw_open=1.0))
     scene = animator.scene(animator.config.size)
     mouth = frame.fields.region_mask(Region.MOUTH_INTERIOR) & (frame.fields.visibility[0] < 0.2)
     assert int(mouth.sum()) > 10

@@ -476,7 +476,7 @@ async def negotiate(
         raise BadInput(504, "negotiation timed out") from None
     except Exception as exc:
         await close_peer(pc)
-        log.info("rejected offer: %s: %s", type(exc).__name__, exc)
+        log.debug("rejected offer: %s: %s", type(exc).__name__, str(exc)[:200])  # the client is told
         raise BadInput(400, f"could not negotiate the SDP offer: {type(exc).__name__}: {exc}") from None
 
 
@@ -576,7 +576,7 @@ def json_error_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
                 )
             raise
         except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
+            log.exception("unhandled error in %s %s", request.method, redact_path(request.path))
             return web.json_response({"error": "internal server error"}, status=500)
 
     return middleware

@@ -569,14 +569,17 @@ def fuzzers(target: Target, examples: int) -> dict[str, Callable[[], None]]:
         st.sampled_from(
             ["", f"Bearer {sid}", "Bearer", "Basic Zm9vOmJhcg==", "Bearer " + "x" * 5000, f"bearer  {viewer}"]
         ),
+        st.text(alphabet="abc=&%/.?;0123456789", max_size=24),  # a query string: the space is not finite
+        st.binary(max_size=48),
     )
-    def session(method: str, route: str, cap: str, auth: str) -> None:
+    def session(method: str, route: str, cap: str, auth: str, query: str, body: bytes) -> None:
         if (method == "DELETE" and cap == sid) or (
             method == "DELETE" and auth == f"Bearer {sid}" and route == "/session/{c}"
         ):
             cap = sid + "-not"  # keep the target session alive
         headers = {"Authorization": auth} if auth else {}
-        target.request("session", method, route.format(c=cap), b"", headers)
+        path = route.format(c=cap) + (f"?{query}" if query else "")
+        target.request("session", method, path, body if method not in ("GET", "HEAD") else b"", headers)
 
     @cfg
     @given(random_path(), st.sampled_from(METHODS), st.binary(max_size=64))

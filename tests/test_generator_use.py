@@ -154,9 +154,10 @@ def test_history_flow_of_a_shift_and_its_validity() -> None:
     assert not bool(valid[:, r - 4 :].any())  # these would read beyond the previous frame
 
 
-def test_static_head_history_is_the_previous_output(small_source: np.ndarray) -> None:
+@pytest.mark.parametrize("mode", ["compose", "exact"])
+def test_static_head_history_is_the_previous_output(small_source: np.ndarray, mode: str) -> None:
     spy = Spy()
-    animator = Animator(small_source, AnimatorConfig(size=128), generator=spy)
+    animator = Animator(small_source, AnimatorConfig(size=128, history=mode), generator=spy)
     target = animator.target_state(Edits(yaw=8, jaw_open=0.5))
     first = animator.render_frame(target)
     assert spy.inputs[-1].history is None and first.history_valid is None  # first frame: none
@@ -164,7 +165,13 @@ def test_static_head_history_is_the_previous_output(small_source: np.ndarray) ->
     hist = spy.inputs[-1].history
     assert hist is not None and second.history_valid is not None
     torch.testing.assert_close(hist, first.history.image, atol=1e-4, rtol=0)
-    assert bool(second.history_valid.all())
+    if mode == "compose":
+        assert bool(second.history_valid.all())
+    else:  # the flow stage's own visibility: the head and what it does not hide
+        assert float(second.history_valid.float().mean()) > 0.5
+    off = Animator(small_source, AnimatorConfig(size=128, history="off"), generator=spy)
+    off.render_frame(target, history=first.history)
+    assert spy.inputs[-1].history is None
 
 
 def test_session_keeps_and_forgets_its_history(small_source: np.ndarray, talking_video: Path) -> None:

@@ -412,7 +412,10 @@ def expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamRes
         if request.content_length is not None and request.content_length > limit:
             return web.json_response({"error": f"request body is larger than {limit} bytes"}, status=413)
         if request.version >= (1, 1):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            try:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except ConnectionError:  # the client left before its body: nothing more to say
+                raise web.HTTPBadRequest(text="connection closed before the body") from None
             request.writer.output_size = 0
         return None
 
@@ -519,11 +522,13 @@ def redact_path(path: str) -> str:
 
 class MalformedRequestFilter(logging.Filter):
     """aiohttp answers a malformed request line or header with 400 itself, then logs it at
-    ERROR with a traceback: a log flood any client can cause. Those records go to DEBUG."""
+    ERROR with a traceback: a log flood any client can cause. So does a client that leaves
+    while aiohttp answers ``Expect: 100-continue`` on a route without our handler (a 404 or
+    405). Those records go to DEBUG: they are the client's doing, not the server's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, aiohttp.http_exceptions.HttpProcessingError):
+        if isinstance(exc, (aiohttp.http_exceptions.HttpProcessingError, ConnectionError)):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True

@@ -354,6 +354,19 @@ def check_sdp(text: str, max_bytes: int) -> str:
         raise BadInput(
             400, "the SDP offer has no usable a=fingerprint (sha-256, sha-384 or sha-512): DTLS cannot start"
         )
+    # every media section names itself once (a=mid), and a BUNDLE group names only those:
+    # aiortc leaves sections without a transport otherwise, and fails later in the background
+    mids: list[str] = []
+    for section in "\n".join(lines).split("\nm=")[1:]:
+        found = [ln[len("a=mid:") :] for ln in section.split("\n") if ln.startswith("a=mid:")]
+        if len(found) != 1 or not found[0]:
+            raise BadInput(400, "every media section of the SDP offer needs exactly one a=mid")
+        mids.append(found[0])
+    if len(set(mids)) != len(mids):
+        raise BadInput(400, "the SDP offer repeats an a=mid")
+    for ln in lines:
+        if ln.startswith("a=group:BUNDLE") and not set(ln.split()[1:]) <= set(mids):
+            raise BadInput(400, "the SDP offer's BUNDLE group names a media section it does not have")
     if not any(ln.startswith("a=ice-ufrag:") for ln in lines) or not any(
         ln.startswith("a=ice-pwd:") for ln in lines
     ):

@@ -100,7 +100,7 @@ async def soak(
     async with aiohttp.ClientSession() as http:
 
         async def start(slot: int, generation: int) -> None:
-            clip = CLIPS[(slot + generation) % len(CLIPS)]
+            clip = CLIPS[(len(records) + slot) % len(CLIPS)]  # every clip in turn
             track = FaceVideoTrack(frames[clip], fps=30.0)
             try:
                 call = await whip_start(http, server.base, track)

@@ -31,6 +31,8 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from rt_portrait.core.image import resize
+from rt_portrait.generator import Generator
+from rt_portrait.generator.select import generator_kind, generator_steps, with_steps
 from rt_portrait.head.edits import RANGES
 from rt_portrait.head.types import Edits, Strengths
 from rt_portrait.pipeline import AnimatedFrame, Animator, AnimatorSession
@@ -268,7 +270,8 @@ class SessionStats:
     last_error: str = ""
     face_found: bool | None = None
     size: int = 0
-    degrade_level: int = 0  # 0 = full size; each level = one size step down
+    degrade_level: int = 0  # 0 = full quality; each level = one step down (generator steps, then size)
+    generator: str = ""  # the generator the session runs now, e.g. "diffusion 2 steps", "warp"
     stage_ms: dict[str, float] = field(default_factory=dict)  # EMA per stage
     age_ms: float = 0.0  # receive -> output published, EMA
     rate_in: _Rate = field(default_factory=_Rate)
@@ -331,6 +334,20 @@ class SessionLimits:
 _RECOVERY = {"tracker": "held as a frame without a face", "generator": "rendered with the warp generator"}
 
 
+def generator_ladder(animator: Animator) -> list[tuple[str, Generator]]:
+    """The generators a session degrades through, best first: the configured one, the same
+    network in 1 sampling step (when configured with more), then the learning-free warp fill."""
+    gen = animator.generator
+    steps = generator_steps(gen)
+    if steps is None:  # no network: nothing cheaper than the generator itself
+        return [(generator_kind(gen), gen)]
+    ladder: list[tuple[str, Generator]] = [(f"diffusion {steps} step{'s' if steps > 1 else ''}", gen)]
+    if steps > 1:
+        ladder.append(("diffusion 1 step", with_steps(gen, 1)))
+    ladder.append(("warp", animator.warp_generator))
+    return ladder
+
+
 def _copy_probe_rows(driver: np.ndarray, out: np.ndarray, rows: int) -> np.ndarray:
     """Nearest-resize the driver's top ``rows`` rows onto the top of ``out``."""
     h_out, w_out = out.shape[:2]
@@ -369,6 +386,10 @@ class Session:
         self.edits: Edits = Edits(**vars(self._anim.edits))
         self.strengths: Strengths = Strengths(**vars(self._anim.retarget.strengths))
         self._full_size = self._anim.size
+        self._ladder = generator_ladder(animator)
+        self._gen_level = 0  # index into the ladder: 0 = the configured generator
+        self._gen_ratio: dict[int, float] = {}  # per ladder level: generator ms / the rest's ms
+        self._use_generator(0)
         self._source_name = animator.name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{self.label}")
         self._newest: tuple[VideoFrame, float] | None = None
@@ -419,6 +440,9 @@ class Session:
             return
         old, self._anim = self._anim, new
         self._full_size = new.size
+        self._ladder = generator_ladder(animator)
+        self._gen_ratio = {}
+        self._use_generator(0)
         self._source_name = animator.name
         # The old pipeline state (its tracker graph) is released in the session's own thread,
         # after any frame that is using it: the executor runs its jobs in order.
@@ -584,16 +608,58 @@ class Session:
         elif n % 100 == 0:
             log.warning("session %s: %s failed %d times: %s", self.label, stage, n, st.last_error)
 
+    def _use_generator(self, level: int) -> None:
+        """Run the ladder's generator ``level`` (0 = the configured one)."""
+        self._gen_level = level
+        label, gen = self._ladder[level]
+        self._anim.generator = gen
+        self.stats.generator = label
+
+    def _switch_generator(self, level: int, rest: float, total_ms: float, budget: float) -> None:
+        st = self.stats
+        self._use_generator(level)
+        # restart the EMAs at the prediction (unknown: the rest alone, measured within 10 frames)
+        st.stage_ms["server_total"] = rest * (1 + self._gen_ratio.get(level, 0.0))
+        st.stage_ms.pop("generator", None)
+        self._last_resize = st.frames_out
+        log.info(
+            "session %s: generator -> %s (%.1f ms per frame, budget %.1f)",
+            self.label,
+            st.generator,
+            total_ms,
+            budget,
+        )
+
     def _degrade(self, anim: AnimatorSession, total_ms: float) -> None:
-        """Step the working size down when over the frame budget; step back up only when the
-        cost predicted at the larger size (area-proportional) fits with a margin, so it does
-        not oscillate. At the minimum size the newest-frame policy skips frames instead of
+        """Over the frame budget, step down: the generator first (2 sampling steps -> 1, then
+        off: the warp fill), then the working size; step back up (size first, then the
+        generator) only when the cost predicted there (area-proportional for the size, the
+        generator time last measured at that level) fits with a margin, so it does not
+        oscillate. At the minimum size the newest-frame policy skips frames instead of
         building lag."""
         budget = 1000.0 / self.limits.fps
         st = self.stats
         if st.frames_out - self._last_resize < 10:
             return  # let the EMA settle after a start or a change
         size, step = anim.size, self.limits.size_step
+        gen_ms = min(st.stage_ms.get("generator", 0.0), total_ms)
+        rest = max(total_ms - gen_ms, 1e-3)  # everything but the generator
+        if size == self._full_size:  # its cost relative to the rest: holds whatever the load
+            self._gen_ratio[self._gen_level] = gen_ms / rest
+        level = self._gen_level
+        up = level - 1
+        if total_ms > 0.9 * budget and level + 1 < len(self._ladder) and size == self._full_size:
+            self._switch_generator(level + 1, rest, total_ms, budget)
+            st.degrade_level += 1
+            return
+        if (
+            level > 0
+            and size == self._full_size
+            and rest * (1 + self._gen_ratio.get(up, float("inf"))) < 0.75 * budget
+        ):
+            self._switch_generator(up, rest, total_ms, budget)
+            st.degrade_level -= 1
+            return
         if total_ms > 0.9 * budget and size - step >= self.limits.min_size:
             new = size - step
             st.degrade_level += 1
@@ -638,6 +704,7 @@ class Session:
             "face_found": st.face_found,
             "size": st.size,
             "degrade_level": st.degrade_level,
+            "generator": st.generator,
             "skipping": st.rate_out.rate(now) < 0.9 * st.rate_in.rate(now) and st.frames_out > 10,
             "budget_ms": round(budget, 2),
             "stage_ms": {k: round(v, 2) for k, v in st.stage_ms.items()},

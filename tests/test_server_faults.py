@@ -176,7 +176,7 @@ class FailingGenerator:
 
 def test_tracker_or_generator_raising_falls_back_and_is_counted() -> None:
     async def scenario() -> None:
-        cfg = ServerConfig(ice_loopback_only=True, connect_timeout_s=20.0)
+        cfg = ServerConfig(ice_loopback_only=True, connect_timeout_s=20.0, generator="warp")
         async with running_server(cfg) as (base, app), aiohttp.ClientSession() as http:
             state = app[STATE]
             hurt_call, other_call = (
@@ -186,7 +186,9 @@ def test_tracker_or_generator_raising_falls_back_and_is_counted() -> None:
             hurt, other = state.sessions[hurt_call.session], state.sessions[other_call.session]
             assert await wait_until(lambda: hurt.stats.frames_out >= 5 and other.stats.frames_out >= 5, 30)
 
-            # the generator raises: frames go on, rendered by the warp generator
+            # the generator raises: frames go on, rendered by the warp generator (degradation is
+            # held still here, so that it does not swap the injected generator out)
+            hurt._degrade = lambda anim, total_ms: None  # type: ignore[method-assign]
             anim = hurt._anim
             anim.generator = FailingGenerator()  # type: ignore[assignment]
             start = hurt.stats.frames_out

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _webrtc_client import face_frames
 
 from rt_portrait.core.assets import default_portrait
+from rt_portrait.generator import WarpFillGenerator
 from rt_portrait.head.types import Edits, RetargetConfig
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.server.session import MediaClock, Session, SessionLimits
@@ -66,10 +67,11 @@ def test_session_passes_the_frame_pts_to_the_pipeline() -> None:
 
     async def scenario() -> None:
         animator = SimpleNamespace(
-            config=SimpleNamespace(size=64),
+            config=SimpleNamespace(size=64, device="cpu"),
             source=np.zeros((64, 64, 3), np.uint8),
             name="x",
             session=Recorder,
+            generator=WarpFillGenerator(mouth_prior=None),
         )
         session = Session("whip", animator, SessionLimits(), on_closed=lambda s: None)  # type: ignore[arg-type]
         for i, k in enumerate([0, 1, 2, 5, 6, 9]):  # frames 3, 4, 7, 8 were dropped

@@ -9,7 +9,7 @@ and the live server all drive this same object.
 History: the session keeps its last output on the working grid; the next frame's history
 (a generator input) is that output warped by the flow between the two target head states,
 with a validity mask. ``AnimatorConfig.history`` says how that flow is computed:
-``"compose"`` (default) composes the two frames' flows to the source (current -> source ->
+``"compose"`` composes the two frames' flows to the source (current -> source ->
 previous, inverting the previous one by a few fixed-point steps; about 1 ms, valid where the
 inversion is consistent); ``"exact"`` runs the flow stage between the two head states' scene
 points, as the training cache does (a second flow per frame, valid where the previous head
@@ -83,7 +83,10 @@ class AnimatorConfig:
     # the diffusion network's engine (rt_portrait.engines): "auto", "eager", "compile",
     # "onnxruntime" or "tensorrt", resolved once when the generator is built
     backend: str = "auto"
-    history: str = "compose"  # history flow: "compose", "exact" or "off" (see the module doc)
+    # history flow: "compose", "exact" or "off" (see the module doc). Off by default: the shipped
+    # students were trained with real frames as history, and fed their own outputs they drift
+    # (a driven clip diverges within a few seconds), so history waits for a model trained on that.
+    history: str = "off"
 
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(

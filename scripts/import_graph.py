@@ -157,13 +157,24 @@ def draw(path: Path) -> Path:
             xy=(x1, y1),
             xytext=(x0, y0),
             arrowprops=dict(
-                arrowstyle="->", color="red" if backward else "0.55", lw=0.7, shrinkA=18, shrinkB=18,
+                arrowstyle="->",
+                color="red" if backward else "0.55",
+                lw=0.7,
+                shrinkA=18,
+                shrinkB=18,
                 connectionstyle="arc3,rad=0.12",
             ),
         )
     for n, (x, y) in pos.items():
-        ax.text(x, y, n, ha="center", va="center", fontsize=9,
-                bbox=dict(boxstyle="round", fc="#e8f0fe" if n != "kernels" else "#fde8e8", ec="0.4"))
+        ax.text(
+            x,
+            y,
+            n,
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox=dict(boxstyle="round", fc="#e8f0fe" if n != "kernels" else "#fde8e8", ec="0.4"),
+        )
     for c in columns:
         ax.text(c * 2.2, 1.0, STAGES[c][0], ha="center", fontsize=11, weight="bold")
     ax.set_xlim(-1.2, (len(STAGES) - 1) * 2.2 + 1.2)
@@ -179,7 +190,9 @@ def draw(path: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("output", nargs="?", default=str(ROOT / "docs" / "import_graph.png"), help="PNG to write")
+    parser.add_argument(
+        "output", nargs="?", default=str(ROOT / "docs" / "import_graph.png"), help="PNG to write"
+    )
     args = parser.parse_args()
     bad = violations()
     print("\n".join(bad) if bad else "stage order: no import from a later stage")

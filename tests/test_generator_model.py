@@ -386,3 +386,14 @@ def test_shipped_weights_beat_the_warp_on_a_registry_clip(talking_video: Path) -
         gen_l1.append(float(((blended - real).abs() * head).sum() / head.sum()))
     assert len(gen_l1) >= 3
     assert np.mean(gen_l1) < np.mean(warp_l1), (gen_l1, warp_l1)
+
+
+def test_max_minutes_stops_with_a_checkpoint(synthetic_cache: Path, tmp_path: Path) -> None:
+    from rt_portrait.training.train import run
+
+    cfg = _train_cfg(tmp_path, "regress", steps=1000)
+    cfg.cache = synthetic_cache / "cache"
+    cfg.ckpt_minutes = 0.0  # a checkpoint after every step: max_minutes must still count from the start
+    cfg.max_minutes = 0.01
+    r = run(cfg)
+    assert 1 <= r.step < 1000 and (cfg.out / "ckpt.pt").is_file()

@@ -46,9 +46,13 @@ from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "generator_1step.safetensors"  # the distilled 1-step student
-STUDENT2_WEIGHTS = WEIGHTS_DIR / "generator_2step.safetensors"  # the distilled 2-step student
-TEACHER_WEIGHTS = WEIGHTS_DIR / "generator_teacher.safetensors"  # the N-step teacher
+# The shipped 1-step weights: the best 1-step model of the CPU runs (see weights/MODEL_CARD.md:
+# there, the flow-matching teacher sampled in one step; the distilled students scored lower).
+# A 2-step or teacher file, when present, takes precedence for those step counts.
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "generator_1step.safetensors"
+STUDENT2_WEIGHTS = WEIGHTS_DIR / "generator_2step.safetensors"
+TEACHER_WEIGHTS = WEIGHTS_DIR / "generator_teacher.safetensors"
+REGRESSION_WEIGHTS = WEIGHTS_DIR / "generator_regression.safetensors"  # the ablation (no noise)
 TEACHER_STEPS = 16
 WEIGHTS_FORMAT = "rt-portrait-generator-v1"
 PREDICTIONS = ("sample", "velocity", "regression")

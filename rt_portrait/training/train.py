@@ -260,7 +260,7 @@ def run(cfg: TrainConfig, cache: PairCache | None = None) -> _Run:
         raise FileExistsError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
     (cfg.out / "config.json").write_text(cfg.to_json())
     loss_fn = LOSSES[cfg.mode]
-    start = time.time()
+    start = began = time.time()
     last_ckpt = start
     bar = tqdm(total=cfg.steps, initial=r.step, desc=cfg.mode, unit="step", mininterval=5)
     running = 0.0
@@ -291,7 +291,7 @@ def run(cfg: TrainConfig, cache: PairCache | None = None) -> _Run:
             log.info("step %d loss %.5f", r.step, running / cfg.log_every)
             running = 0.0
         now = time.time()
-        out_of_time = cfg.max_minutes is not None and now - start > cfg.max_minutes * 60
+        out_of_time = cfg.max_minutes is not None and now - began > cfg.max_minutes * 60
         if now - last_ckpt > cfg.ckpt_minutes * 60 or r.step >= cfg.steps or out_of_time:
             r.elapsed += now - start
             start = last_ckpt = now

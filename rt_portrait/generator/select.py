@@ -2,8 +2,11 @@
 
 ``generator``: ``"diffusion"`` (the distilled UNet of :mod:`.diffusion`), ``"warp"`` (the
 learning-free :class:`~rt_portrait.generator.warp_fill.WarpFillGenerator`) or ``"auto"``:
-diffusion when its weights are installed, the warp otherwise (so a checkout without the
-weights file still runs, and says which it chose). An explicit ``"diffusion"`` without
+diffusion when its weights are installed *and* their metadata says they passed validation
+against the warp (``beats_warp = "true"``, written only when the learned generator beat the
+warp-only output on the validation set), the warp otherwise. The weights shipped today do not
+carry it: through the whole pipeline they do not yet beat the warp (see the model card and
+``tests/test_generator_use.py``), so ``auto`` means the warp until weights that do are shipped. An explicit ``"diffusion"`` without
 weights is an error that names the missing file.
 
 The diffusion module is imported lazily: the warp path never loads safetensors or the UNet.
@@ -57,6 +60,9 @@ def teacher_weights() -> Path:
 TEACHER_STEPS = 16  # the teacher's sampling steps when its weights do not say
 
 
+VALIDATED_KEY = "beats_warp"  # weights metadata: "true" when they beat the warp on validation
+
+
 def weights_metadata(path: str | Path) -> dict[str, str]:
     """The metadata of a weights file, without loading its tensors."""
     from safetensors import safe_open
@@ -72,7 +78,7 @@ def resolve_generator(name: str, weights: str | Path | None = None, steps: int =
     if name == "warp":
         return "warp"
     path = Path(weights) if weights is not None else default_weights(steps)
-    if path.is_file():
+    if path.is_file() and (name == "diffusion" or weights_metadata(path).get(VALIDATED_KEY) == "true"):
         return "diffusion"
     if name == "diffusion":
         raise FileNotFoundError(

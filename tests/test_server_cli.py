@@ -129,7 +129,12 @@ def test_signals_remove_partial_files_and_exit_with_one_line(
         "--driver", str(pyfeat_file("WolfgangLanger_Pexels.mp4")), "-o", str(out), *FAST,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    # A suite started in the background (nohup, `&`) hands its children SIGINT ignored, and
+    # Python keeps an inherited ignore: give the child the default disposition, as a terminal would.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(".out.*part*")) and time.monotonic() < deadline and proc.poll() is None:

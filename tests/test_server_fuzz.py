@@ -38,6 +38,7 @@ def test_fuzz_every_endpoint_without_5xx_and_with_flat_rss() -> None:
     print("\n" + "\n".join(f"{e}: {t}" for e, t in table.items()) + f"\nRSS growth {growth:.0f} MB")
     assert not target.failures, target.failures[:5]
     assert all(s < 500 for (_e, s) in target.counts), table
-    # In process, hypothesis's own bookkeeping counts too (52-93 MB in runs here); a leak of
-    # the old kind (a tracker graph per session or upload: ~40 MB each) would be gigabytes.
-    assert growth < 150, f"RSS grew {growth:.0f} MB over {EXAMPLES} inputs per endpoint"
+    # In process, hypothesis's own bookkeeping and the allocator's high-water mark count too
+    # (52-187 MB in runs here, the most on a loaded machine); a leak of the old kind (a tracker
+    # graph per session or upload: ~40 MB each, hundreds of sessions here) would be gigabytes.
+    assert growth < 400, f"RSS grew {growth:.0f} MB over {EXAMPLES} inputs per endpoint"

@@ -70,31 +70,10 @@ class EngineGenerator(DiffusionGenerator):
         self.engine_device = engine.device
         self._eager_sizes: set[int] = set()  # sizes that ran eager (logged once each)
 
-    def _to_device(self, x: GeneratorInput) -> GeneratorInput:
-        dev = self.engine_device
-        if x.warped.device == dev:
-            return x
-        f = x.fields
-        fields = type(f)(
-            flow=f.flow.to(dev),
-            visibility=f.visibility.to(dev),
-            depth=f.depth.to(dev),
-            normal=f.normal.to(dev),
-            labels=f.labels.to(dev),
-            encoding=f.encoding.to(dev),
-        )
-        return replace(
-            x,
-            warped=x.warped.to(dev),
-            source=x.source.to(dev),
-            fields=fields,
-            history=None if x.history is None else x.history.to(dev),
-        )
-
     def condition(self, inputs: Sequence[GeneratorInput]) -> torch.Tensor:
         """(N, C, R, R) condition batch, built exactly as the diffusion generator builds it."""
         hv = [self.config.history and x.history is not None for x in inputs]
-        return build_condition_batch([self._to_device(x) for x in inputs], hv)
+        return build_condition_batch([x.to(self.engine_device) for x in inputs], hv)
 
     def uses_engine(self, size: int | None = None) -> bool:
         """Whether the current config is the one folded into the engine's graph (and, given a

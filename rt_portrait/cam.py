@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import sys
 import threading
 import time
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 
 from rt_portrait.core.image import ImageError, load_image
+from rt_portrait.core.signals import raise_on_sigterm
 from rt_portrait.core.video import MediaError, probe, write_video
 from rt_portrait.generator import Generator, GeneratorInput, GeneratorOutput, WarpFillGenerator
 from rt_portrait.generator.select import generator_kind
@@ -630,22 +630,6 @@ class Terminated(Exception):
     """SIGTERM arrived: the run stops like ``q`` (a recording is finished, devices released)."""
 
 
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _is_file_output(output: str) -> bool:
     return output != "virtual"
 
@@ -704,7 +688,7 @@ def run_cam(
     loop: _Loop | None = None
     try:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_sigterm_stops())
+            stack.enter_context(raise_on_sigterm(Terminated))
             if keys is None:
                 terminal = stack.enter_context(TerminalKeys()) if config.hotkeys else None
                 keys = terminal.read if terminal is not None else (lambda: "")

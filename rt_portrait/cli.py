@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
+from rt_portrait.core.signals import raise_on_sigterm
 from rt_portrait.generator.select import add_generator_arguments, generator_options
 from rt_portrait.head.types import Edits, Strengths
 
@@ -336,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        with _terminate_as_exception():
+        # SIGTERM unwinds like Ctrl-C (no .part file is left behind); serve and cam handle it themselves
+        with raise_on_sigterm(Terminated):
             return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
         # user-facing errors (bad files, no face, bad ranges) end with a clear message, not a trace
@@ -352,24 +350,6 @@ def main(argv: list[str] | None = None) -> int:
 
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that partial outputs are removed on the way out."""
-
-
-@contextlib.contextmanager
-def _terminate_as_exception() -> Iterator[None]:
-    """While a command runs, SIGTERM unwinds like Ctrl-C (``finally`` blocks run: no ``.part``
-    file is left behind). Commands that handle SIGTERM themselves (serve, cam) replace this."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from rt_portrait.core import video
 from rt_portrait.core.image import fit_long_side, load_image, resize
 from rt_portrait.eval import metrics as M
 from rt_portrait.eval.baselines import generator_method_options
+from rt_portrait.eval.harness import _fmt, _json_float
 from rt_portrait.tracking.types import TrackResult
 
 CROSS_METRICS: tuple[tuple[str, bool], ...] = (
@@ -277,14 +278,6 @@ DEFINITIONS = {
     "eye_corr": "Pearson correlation of the output's and the driver's lid gap / eye width (both eyes)",
     "retrack_fail": "fraction of output frames without a detectable face",
 }
-
-
-def _json_float(v: float) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def _fmt(v: float) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
 
 
 def _rel_angle(rots: list[np.ndarray | None], ref: np.ndarray | None) -> list[np.ndarray | None]:

@@ -215,7 +215,7 @@ class DiffusionGenerator:
     def generate_batch(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorOutput]:
         """One batched sampling for several inputs (e.g. several sessions' frames)."""
         hv = [self.config.history and x.history is not None for x in inputs]
-        cond = build_condition_batch([_to(x, self.device) for x in inputs], hv)
+        cond = build_condition_batch([x.to(self.device) for x in inputs], hv)
         res = self.residual(cond)
         warped = torch.stack([x.warped.to(self.device).float() for x in inputs])
         face = (warped + res / (2 * self.residual_scale)).clamp(0, 1)
@@ -225,26 +225,3 @@ class DiffusionGenerator:
 
     def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
         return self.generate_batch([inputs])[0]
-
-
-def _to(x: GeneratorInput, device: torch.device) -> GeneratorInput:
-    if x.warped.device == device:
-        return x
-    from dataclasses import replace
-
-    f = x.fields
-    fields = type(f)(
-        flow=f.flow.to(device),
-        visibility=f.visibility.to(device),
-        depth=f.depth.to(device),
-        normal=f.normal.to(device),
-        labels=f.labels.to(device),
-        encoding=f.encoding.to(device),
-    )
-    return replace(
-        x,
-        warped=x.warped.to(device),
-        source=x.source.to(device),
-        fields=fields,
-        history=None if x.history is None else x.history.to(device),
-    )

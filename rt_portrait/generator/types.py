@@ -9,7 +9,7 @@ target head's 478 vertices in working pixels (x, y, z), the geometry behind the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -25,6 +25,28 @@ class GeneratorInput:
     history: torch.Tensor | None  # (3, R, R) previous output warped to now, or None
     source_labels: torch.Tensor | None = None  # (R, R) region labels of the source image
     landmarks: torch.Tensor | None = None  # (478, 3) target head vertices, working px
+
+    def to(self, device: torch.device) -> GeneratorInput:
+        """The tensors the conditioning reads (images, fields, history) on ``device``."""
+        if self.warped.device == device:
+            return self
+        f = self.fields
+        fields = replace(
+            f,
+            flow=f.flow.to(device),
+            visibility=f.visibility.to(device),
+            depth=f.depth.to(device),
+            normal=f.normal.to(device),
+            labels=f.labels.to(device),
+            encoding=f.encoding.to(device),
+        )
+        return replace(
+            self,
+            warped=self.warped.to(device),
+            source=self.source.to(device),
+            fields=fields,
+            history=None if self.history is None else self.history.to(device),
+        )
 
 
 @dataclass(frozen=True)

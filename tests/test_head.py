@@ -144,6 +144,26 @@ def test_euler_round_trip():
         np.testing.assert_allclose(rotation_from_euler(*euler_from_rotation(r)), r, atol=1e-12)
 
 
+def test_slerp_of_a_near_identity_rotation_is_finite():
+    # Regression (#10): retargeting with pose strength 0 slerps driver @ reference.T, which is
+    # R @ R.T on the reference frame itself: the identity up to rounding, with a zero skew
+    # part. The hand-written axis-angle slerp divided that zero by sin(~1e-8) and returned NaN
+    # for about a third of such rotations, one non-finite head per session.
+    from rt_portrait.head.rotation import slerp_to_identity
+
+    rng = np.random.default_rng(0)
+    for yaw, pitch, roll in zip(
+        rng.uniform(-89, 89, 300), rng.uniform(-179, 179, 300), rng.uniform(-179, 179, 300), strict=False
+    ):
+        r = rotation_from_euler(yaw, pitch, roll)
+        for t in (0.0, 0.5, 1.0):
+            out = slerp_to_identity(r @ r.T, t)
+            assert np.isfinite(out).all(), (yaw, pitch, roll, t)
+            np.testing.assert_allclose(out, np.eye(3), atol=1e-9)
+        half = slerp_to_identity(r, 0.5)
+        np.testing.assert_allclose(half @ half, r, atol=1e-9)
+
+
 def test_euler_directions():
     nose = np.array([0.0, 0.0, -1.0])  # the face looks at the camera
     assert (rotation_from_euler(30, 0, 0) @ nose)[0] > 0.4  # turns toward the image right

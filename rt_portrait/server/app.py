@@ -60,6 +60,7 @@ from rt_portrait.server.session import (
     SessionLimits,
     close_peer,
     keep_loopback_candidates,
+    limit_malloc_arenas,
     loopback_ice,
     new_peer_connection,
 )
@@ -89,6 +90,7 @@ class ServerConfig:
     probe_rows: int = 0  # copy the driver's top rows onto the output (latency probes)
     token: str | None = None  # Bearer needed on POST /whip and /offer; also the admin token
     max_sessions_per_minute: int = 30  # new sessions per client address (0: no limit)
+    malloc_arenas: int = 2  # glibc malloc arenas for the process (0: glibc's default, 8 per core)
     # generator options (AnimatorConfig's): "auto", "diffusion" or "warp", steps, fusion weights
     generator: str = "auto"
     steps: int = 1
@@ -944,6 +946,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"new sessions per client address per minute, 0 = no limit (default {d.max_sessions_per_minute})",
     )
     parser.add_argument(
+        "--malloc-arenas",
+        type=int,
+        default=d.malloc_arenas,
+        help="cap glibc's malloc arenas so RSS stays flat as sessions come and go; 0 = glibc's "
+        f"default; the MALLOC_ARENA_MAX variable wins when set (default {d.malloc_arenas})",
+    )
+    parser.add_argument(
         "--ice-loopback-only", action="store_true", help="offer and accept only 127.0.0.1 ICE candidates"
     )
     parser.add_argument(
@@ -975,6 +984,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         probe_rows=args.probe_rows,
         token=args.token or None,
         max_sessions_per_minute=args.max_sessions_per_minute,
+        malloc_arenas=args.malloc_arenas,
         **generator_options(args),
     )
 
@@ -986,6 +996,7 @@ def run_from_args(args: argparse.Namespace) -> None:
 
     # sessions run in parallel threads: one intra-op thread each avoids oversubscribing the cores
     torch.set_num_threads(getattr(args, "threads", 1))
+    limit_malloc_arenas(config.malloc_arenas)  # process-wide, so here and not in build_app
     print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)
     web.run_app(
         build_app(config),

@@ -812,6 +812,32 @@ class Session:
             trim_native_heap()
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_malloc_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas at ``count`` for this process (what ``MALLOC_ARENA_MAX``
+    does), unless that variable is set, which then wins. Returns whether the cap was applied.
+
+    glibc gives threads their own arenas, up to 8 per core, and an arena keeps its high-water
+    mark. Sessions start and end executor threads all day, so each new thread could open or
+    grow another arena: a 30-minute soak grew RSS 8.4 % before levelling off at minute 8.
+    With 2 arenas it stays flat (bench/soak.py; numbers in the note of issue #10)."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if count <= 0 or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(M_ARENA_MAX, count))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def trim_native_heap() -> None:
     """glibc's malloc_trim(0): return freed heap pages to the OS (no-op elsewhere)."""
     import ctypes

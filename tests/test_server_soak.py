@@ -45,7 +45,7 @@ def test_rss_growth_sees_a_climb_through_the_churn_sawtooth() -> None:
     flat = rss_growth([Sample(x, y, 33, 4, 30.0) for x, y in zip(t, sawtooth, strict=True)], 120, 240)
     assert flat["rss_growth_pct"] is not None and abs(flat["rss_growth_pct"]) < 1.0
     assert flat["rss_slope_mb_per_h"] is not None and abs(flat["rss_slope_mb_per_h"]) < 10
-    climbing = sawtooth + 0.05 * t  # 90 MB over the run
+    climbing = sawtooth + 0.05 * t  # 84 MB over the run after warm-up
     grown = rss_growth([Sample(x, y, 33, 4, 30.0) for x, y in zip(t, climbing, strict=True)], 120, 240)
-    assert grown["rss_growth_pct"] is not None and 10 < grown["rss_growth_pct"] < 13
+    assert grown["rss_growth_pct"] is not None and 8 < grown["rss_growth_pct"] < 11
     assert grown["rss_slope_mb_per_h"] == pytest.approx(180, rel=0.05)

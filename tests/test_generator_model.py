@@ -299,6 +299,34 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_training_crops_are_conditioned_like_the_runtime(synthetic_cache: Path) -> None:
+    # Regression: the conditioning divides depth by the tensor's side, which is the crop's in
+    # training and the window's at run time; crops must not see another depth scale.
+    from rt_portrait.training.dataset import AugmentConfig, PairCache, _crop_box, make_sample
+    from rt_portrait.training.evaluate import pair_input
+
+    pair = dict(PairCache(synthetic_cache / "cache").pair(0))
+    window = pair["labels"].shape[-1]
+    pair["depth"] = np.full_like(pair["depth"], 6.0)  # in working px: 6 * 4 / 48 = 0.5
+    pair["encoding"] = np.full_like(pair["encoding"], 0.05)
+    full = build_condition(pair_input(pair)[0])
+    aug = AugmentConfig(crop=32, flip=0, gain=0, bias=0, history_dropout=1.0, jitter=0, scale=0)
+    cond, *_ = make_sample(pair, aug, np.random.default_rng(0))
+    y0, x0 = _crop_box(np.asarray(pair["labels"]), 32, np.random.default_rng(0), 0.0)
+    torch.testing.assert_close(cond, full[:, y0 : y0 + 32, x0 : x0 + 32])
+    assert float(cond[23].mean()) == pytest.approx(6.0 * 4 / window)
+
+    # a zoom makes depths and displacements longer by the same factor
+    zooms = []
+    for seed in range(6):
+        cond, *_ = make_sample(pair, replace(aug, scale=0.3), np.random.default_rng(seed))
+        depth_zoom = float(cond[23].mean()) / (6.0 * 4 / window)
+        flow_zoom = float(cond[7].mean()) / (float(pair["encoding"].flat[0]) * 8)
+        assert depth_zoom == pytest.approx(flow_zoom, rel=1e-4)
+        zooms.append(depth_zoom)
+    assert min(zooms) < 0.95 and max(zooms) > 1.05 and all(0.69 < z < 1.31 for z in zooms)
+
+
 @pytest.mark.parametrize("mode", ["regress", "teacher"])
 def test_training_loss_falls(synthetic_cache: Path, mode: str, tmp_path: Path) -> None:
     from rt_portrait.training.train import run

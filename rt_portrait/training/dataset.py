@@ -2,7 +2,7 @@
 
 A batch is built in the training process (no worker processes: the CPU is scarce) from the
 memory-mapped cache of :mod:`.cache`: a pair is drawn, a square crop placed around the head
-(jittered), source and target augmented together (horizontal flip, colour gain and bias), the
+(jittered), source and target augmented together (zoom, horizontal flip, colour gain and bias), the
 history dropped out with probability ``history_dropout`` (a stream's first frame has none),
 and the condition built by :func:`rt_portrait.generator.conditioning.build_condition`: the
 same function the runtime calls, on the same fields, so there is no train/serve skew.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rt_portrait.flow.types import FlowFields
 from rt_portrait.generator.conditioning import build_condition
@@ -47,6 +48,7 @@ class AugmentConfig:
     bias: float = 0.05
     history_dropout: float = 0.5
     jitter: float = 0.35  # crop-centre jitter around the head centre, as a fraction of the crop
+    scale: float = 0.15  # zoom in [1 - scale, 1 + scale]: a region of crop / zoom px resized to crop
 
 
 class PairCache:
@@ -96,10 +98,18 @@ def _crop_box(labels: np.ndarray, size: int, rng: np.random.Generator, jitter: f
 def make_sample(
     pair: dict[str, np.ndarray], aug: AugmentConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cond, warped, target, face) of one augmented crop."""
+    """(cond, warped, target, face) of one augmented crop.
+
+    Lengths in the fields are rescaled so the crop's condition matches the runtime's at the
+    window size ``R`` of the cache: the conditioning divides depth by the tensor's side (the
+    crop's, here), and a zoom makes every displacement and depth ``zoom`` times longer."""
     s = aug.crop
-    y0, x0 = _crop_box(np.asarray(pair["labels"]), s, rng, aug.jitter)
-    sl = (Ellipsis, slice(y0, y0 + s), slice(x0, x0 + s))
+    window = int(pair["labels"].shape[-1])
+    zoom = float(rng.uniform(1 - aug.scale, 1 + aug.scale)) if aug.scale > 0 else 1.0
+    c = min(window, max(8, round(s / zoom)))  # the region to cut, resized to s
+    zoom = s / c
+    y0, x0 = _crop_box(np.asarray(pair["labels"]), c, rng, aug.jitter)
+    sl = (Ellipsis, slice(y0, y0 + c), slice(x0, x0 + c))
 
     def img(name: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(pair[name][sl])).float() / 255
@@ -111,6 +121,16 @@ def make_sample(
     vis = img("visibility")
     labels = torch.from_numpy(np.ascontiguousarray(pair["labels"][sl])).long()
     enc, depth, normal, flow = f32("encoding"), f32("depth"), f32("normal"), f32("flow")
+    if c != s:
+        warped, target, history, source, vis, enc, depth, normal, flow = _resize(
+            (warped, target, history, source, vis, enc, depth, normal, flow), s
+        )
+        labels = F.interpolate(labels[None, None].float(), size=(s, s), mode="nearest")[0, 0].long()
+    enc[0::4].mul_(zoom)  # u, v and the depth offset, in window units
+    enc[1::4].mul_(zoom)
+    enc[2::4].mul_(zoom)
+    flow.mul_(zoom)  # working px
+    depth.mul_(zoom * s / window)  # the conditioning divides by s; the runtime by the window
     if rng.random() < aug.flip:
         warped, target, history, source, vis, enc, depth, normal, flow = (
             t.flip(-1) for t in (warped, target, history, source, vis, enc, depth, normal, flow)
@@ -132,6 +152,14 @@ def make_sample(
     cond = build_condition(inputs)
     face = (labels != 0).float()[None]
     return cond, warped, target, face
+
+
+def _resize(tensors: tuple[torch.Tensor, ...], size: int) -> list[torch.Tensor]:
+    """Each (C, H, W) tensor resized to (C, size, size), bilinear with antialiasing."""
+    return [
+        F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        for t in tensors
+    ]
 
 
 def make_batch(cache: PairCache, batch: int, aug: AugmentConfig, rng: np.random.Generator) -> Batch:

@@ -378,6 +378,37 @@ def test_distill_runs_from_a_teacher(synthetic_cache: Path, tmp_path: Path) -> N
         assert r.step == 3 and all(np.isfinite(h["loss"]) for h in r.history)
 
 
+def test_adversarial_fine_tuning_trains_both_and_resumes_exactly(
+    synthetic_cache: Path, tmp_path: Path
+) -> None:
+    from rt_portrait.generator.diffusion import load_weights
+    from rt_portrait.training.train import run
+
+    teacher = _train_cfg(tmp_path, "teacher", steps=3)
+    teacher.cache = synthetic_cache / "cache"
+    run(teacher)
+
+    def cfg(out: str, steps: int, resume: bool = False):
+        c = _train_cfg(tmp_path / out, "adversarial", steps=steps, resume=resume)
+        c.cache, c.teacher = synthetic_cache / "cache", teacher.out / "weights.safetensors"
+        return c
+
+    straight = run(cfg("a", 4))
+    assert straight.disc is not None and all(np.isfinite(h["loss"]) for h in straight.history)
+    start = load_weights(teacher.out / "weights.safetensors")[0].state_dict()
+    moved = [k for k, v in straight.model.state_dict().items() if not torch.equal(v, start[k])]
+    assert moved, "the generator did not move"
+    run(cfg("b", 2))
+    resumed = run(cfg("b", 4, resume=True))
+    assert resumed.disc is not None
+    for a, b in zip(straight.disc.state_dict().values(), resumed.disc.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    meta = load_weights(tmp_path / "b" / "run-adversarial" / "weights.safetensors")[1]
+    assert meta["prediction"] == "sample" and meta["mode"] == "adversarial"
+
+
 # ---- the shipped weights ----------------------------------------------------------------------
 
 

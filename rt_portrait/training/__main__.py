@@ -1,4 +1,4 @@
-"""``python -m rt_portrait.training {cache,train,distill,regress,evaluate} ...``"""
+"""``python -m rt_portrait.training {cache,train,distill,adversarial,regress,evaluate} ...``"""
 
 from __future__ import annotations
 
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--student-steps", type=int, default=1)
     d.add_argument("--teacher-steps", type=int, default=8)
     d.add_argument("--gt-weight", type=float, default=0.5)
+    a = sub.add_parser("adversarial", help="fine-tune the one-step generator with a patch discriminator")
+    _train_args(a, "adversarial")
+    a.add_argument("--teacher", type=Path, required=True, help="the weights to start from (the teacher's)")
+    a.add_argument("--adv-weight", type=float, default=0.05, help="weight of the adversarial loss")
+    a.add_argument("--disc-lr", type=float, default=2e-4, help="the discriminator's learning rate")
     r = sub.add_parser("regress", help="ablation: the same UNet by plain L1 + SSIM regression")
     _train_args(r, "regress")
 
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_clips=args.max_clips,
             )
         )
-    elif args.cmd in ("train", "distill", "regress"):
+    elif args.cmd in ("train", "distill", "regress", "adversarial"):
         from rt_portrait.training.dataset import AugmentConfig
         from rt_portrait.training.train import TrainConfig, run
 
@@ -108,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
             cfg.student_steps = args.student_steps
             cfg.teacher_steps = args.teacher_steps
             cfg.gt_weight = args.gt_weight
+        if args.cmd == "adversarial":
+            cfg.teacher = args.teacher
+            cfg.adv_weight = args.adv_weight
+            cfg.disc_lr = args.disc_lr
         run(cfg)
     elif args.cmd == "evaluate":
         from rt_portrait.training.evaluate import main as evaluate_main

@@ -16,6 +16,12 @@ Modes:
 - ``distill``: a student initialised from the teacher learns to reach, in ``student_steps``
   Euler steps from the same noise, the teacher's ``teacher_steps``-step sample (L1 + SSIM in
   image space), plus ``gt_weight`` x the same loss to the real frame.
+- ``adversarial``: adversarial fine-tuning of the one-step generator, initialised from the
+  teacher: its one-step output (x0 predicted at t = 1 from the noise) is trained with the
+  teacher's L1 + SSIM to the real frame plus ``adv_weight`` x a hinge loss against a small
+  patch discriminator (:mod:`.discriminator`) that sees the image with its warp. The
+  regression losses alone give the conditional mean, which is blurred wherever the answer is
+  uncertain (revealed cheeks, teeth); the discriminator penalises that blur.
 - ``regress``: the ablation: the same UNet from zeros at t = 1, trained to output the
   residual directly with L1 + SSIM (no noise), saved with prediction = "regression".
 
@@ -38,10 +44,11 @@ from rt_portrait.generator.diffusion import load_weights, save_weights
 from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, x0_to_velocity
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
 from rt_portrait.training.dataset import AugmentConfig, Batch, PairCache, make_batch
+from rt_portrait.training.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, patch_weights
 from rt_portrait.training.losses import l1_ssim
 
 log = logging.getLogger(__name__)
-MODES = ("teacher", "distill", "regress")
+MODES = ("teacher", "distill", "regress", "adversarial")
 
 
 @dataclass
@@ -73,6 +80,10 @@ class TrainConfig:
     student_steps: int = 1
     teacher_steps: int = 8
     gt_weight: float = 0.5
+    # adversarial fine-tuning
+    adv_weight: float = 0.05
+    disc_lr: float = 2e-4
+    disc_channels: int = 32
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     log_every: int = 20
 
@@ -87,9 +98,9 @@ class _Run:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
-        if cfg.mode == "distill":
+        if cfg.mode in ("distill", "adversarial"):
             if cfg.teacher is None:
-                raise ValueError("distill needs --teacher (the teacher's .safetensors)")
+                raise ValueError(f"{cfg.mode} needs --teacher (the teacher's .safetensors)")
             teacher, meta = load_weights(cfg.teacher, self.device)
             if float(meta["residual_scale"]) != cfg.residual_scale:
                 raise ValueError(f"teacher residual_scale {meta['residual_scale']} != {cfg.residual_scale}")
@@ -101,6 +112,14 @@ class _Run:
             with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
                 torch.manual_seed(cfg.seed)
                 self.model = ConditionalUNet(UNetConfig(channels=cfg.channels)).to(self.device)
+        self.disc: PatchDiscriminator | None = None
+        self.disc_opt: torch.optim.Optimizer | None = None
+        if cfg.mode == "adversarial":
+            self.teacher = None  # only its weights (the student's start) are needed
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 1)
+                self.disc = PatchDiscriminator(cfg.disc_channels).to(self.device)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.0, 0.99))
         self.ema = ConditionalUNet(self.model.config).to(self.device).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -121,6 +140,11 @@ class _Run:
             "elapsed": self.elapsed,
             "history": self.history,
             "config": self.cfg.to_json(),
+            **(
+                {"disc": self.disc.state_dict(), "disc_opt": self.disc_opt.state_dict()}
+                if self.disc is not None and self.disc_opt is not None
+                else {}
+            ),
         }
 
     def load(self, state: dict) -> None:
@@ -132,6 +156,9 @@ class _Run:
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.history = list(state["history"])
+        if self.disc is not None and self.disc_opt is not None:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_opt"])
 
 
 def _randn(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -206,7 +233,37 @@ def loss_distill(run: _Run, batch: Batch) -> torch.Tensor:
     return l1_ssim(face_s, face_t, w) + cfg.gt_weight * l1_ssim(face_s, batch.target, w)
 
 
-LOSSES = {"teacher": loss_teacher, "distill": loss_distill, "regress": loss_regress}
+def loss_adversarial(run: _Run, batch: Batch) -> torch.Tensor:
+    """The generator's loss; the discriminator takes its own step here first, on the same
+    one-step images (detached), so one call is one step of both."""
+    cfg, dev = run.cfg, run.device
+    assert run.disc is not None and run.disc_opt is not None
+    b = batch.warped.shape[0]
+    eps = _randn(tuple(batch.warped.shape), run.gen, dev)
+    cond = _dropout(batch.cond, cfg, run.gen)
+    with _autocast(cfg):
+        x0_hat = run.model(eps, torch.ones(b, device=dev), cond).float()
+    face = batch.warped + x0_hat / (2 * cfg.residual_scale)
+
+    real_logits = run.disc(batch.target, batch.warped)
+    weight = patch_weights(batch.face, real_logits)
+    d_loss = hinge_d_loss(real_logits, run.disc(face.detach().clamp(0, 1), batch.warped), weight)
+    run.disc_opt.zero_grad(set_to_none=True)
+    d_loss.backward()
+    run.disc_opt.step()
+
+    run.disc.requires_grad_(False)
+    g_adv = hinge_g_loss(run.disc(face.clamp(0, 1), batch.warped), weight)
+    run.disc.requires_grad_(True)
+    return l1_ssim(face, batch.target, _weight(batch, cfg)) + cfg.adv_weight * g_adv
+
+
+LOSSES = {
+    "teacher": loss_teacher,
+    "distill": loss_distill,
+    "regress": loss_regress,
+    "adversarial": loss_adversarial,
+}
 
 
 def _autocast(cfg: TrainConfig):
@@ -224,7 +281,11 @@ def _export(run: _Run) -> Path:
         "mode": cfg.mode,
         "train_steps": str(run.step),
         "train_minutes": f"{run.elapsed / 60:.1f}",
-        "student_steps": str(cfg.student_steps) if cfg.mode == "distill" else "",
+        "student_steps": str(cfg.student_steps)
+        if cfg.mode == "distill"
+        else "1"
+        if cfg.mode == "adversarial"
+        else "",
     }
     save_weights(
         run.ema, path, cfg.residual_scale, "regression" if cfg.mode == "regress" else "sample", extra

@@ -60,9 +60,9 @@ from rt_portrait.server.session import (
     SessionLimits,
     close_peer,
     keep_loopback_candidates,
-    limit_malloc_arenas,
     loopback_ice,
     new_peer_connection,
+    tune_malloc,
 )
 
 log = logging.getLogger(__name__)
@@ -996,7 +996,7 @@ def run_from_args(args: argparse.Namespace) -> None:
 
     # sessions run in parallel threads: one intra-op thread each avoids oversubscribing the cores
     torch.set_num_threads(getattr(args, "threads", 1))
-    limit_malloc_arenas(config.malloc_arenas)  # process-wide, so here and not in build_app
+    tune_malloc(config.malloc_arenas)  # process-wide, so here and not in build_app
     print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)
     web.run_app(
         build_app(config),

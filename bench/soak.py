@@ -6,6 +6,7 @@ output fps, drops and errors, and any error line in the server's log.
 
     python bench/soak.py                              # 30 minutes, 4 sessions
     python bench/soak.py --minutes 10 --json soak.json
+    python bench/soak.py -- --malloc-mmap-threshold-kb 128   # more server options after --
 """
 
 from __future__ import annotations
@@ -282,9 +283,15 @@ def main() -> None:
         "--warmup-s", type=float, default=120.0, help="RSS growth is measured after this (default 120 s)"
     )
     parser.add_argument("--json", default=None, help="write the full report here")
+    parser.add_argument(
+        "server_args",
+        nargs=argparse.REMAINDER,
+        help="after --: more `rt-portrait serve` options, e.g. -- --malloc-mmap-threshold-kb 128",
+    )
     args = parser.parse_args()
+    extra = [a for a in args.server_args if a != "--"]
     report = asyncio.run(
-        soak(args.minutes, args.churn_s, args.sessions, args.size, args.sample_s, args.warmup_s)
+        soak(args.minutes, args.churn_s, args.sessions, args.size, args.sample_s, args.warmup_s, extra)
     )
     print(markdown(report))
     if args.json:

@@ -94,7 +94,7 @@ def test_twenty_sessions_in_a_row_leave_rss_and_threads_flat() -> None:
 
 def test_malloc_tuning_applies_unless_the_environment_sets_it() -> None:
     # Process-wide, so each case runs in a fresh interpreter. The soak (bench/soak.py) shows the
-    # effect: with glibc's defaults RSS grew 8.4 % over 30 minutes as sessions came and went.
+    # effect (numbers in tune_malloc's docstring).
     import json
     import os
     import platform
@@ -105,17 +105,20 @@ def test_malloc_tuning_applies_unless_the_environment_sets_it() -> None:
 
         pytest.skip("mallopt is glibc's")
 
-    def applied(arenas: int, **env: str) -> dict[str, bool]:
-        code = f"import json; from rt_portrait.server.session import tune_malloc; print(json.dumps(tune_malloc({arenas})))"
+    def applied(arenas: int, mmap_kb: int, **env: str) -> dict[str, bool]:
+        code = (
+            "import json; from rt_portrait.server.session import tune_malloc; "
+            f"print(json.dumps(tune_malloc({arenas}, {mmap_kb})))"
+        )
         clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
         out = subprocess.run(
             [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True
         )
         return json.loads(out.stdout)
 
-    assert applied(2) == {"arenas": True, "mmap_threshold": True}
-    assert applied(0) == {"arenas": False, "mmap_threshold": True}
-    assert applied(2, MALLOC_ARENA_MAX="4", MALLOC_MMAP_THRESHOLD_="65536") == {
+    assert applied(2, 0) == {"arenas": True, "mmap_threshold": False}
+    assert applied(0, 128) == {"arenas": False, "mmap_threshold": True}
+    assert applied(2, 128, MALLOC_ARENA_MAX="4", MALLOC_MMAP_THRESHOLD_="65536") == {
         "arenas": False,
         "mmap_threshold": False,
     }, "the environment's settings must win"

@@ -814,24 +814,24 @@ class Session:
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
 M_ARENA_MAX = -8
-MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, made fixed
 
 
-def tune_malloc(arenas: int) -> dict[str, bool]:
+def tune_malloc(arenas: int, mmap_threshold_kb: int = 0) -> dict[str, bool]:
     """Set glibc's allocator up for a long-running server; returns which settings applied.
     An environment variable of the same setting wins (``MALLOC_ARENA_MAX``,
     ``MALLOC_MMAP_THRESHOLD_``); elsewhere than glibc nothing happens.
 
     - ``arenas``: glibc gives threads their own arenas, up to 8 per core, and an arena keeps
       its high-water mark; sessions start and end executor threads all day. 0 = glibc's default.
-    - The mmap threshold, fixed at 128 KiB: by default glibc raises it to the size of each
-      large block freed (up to 32 MiB), so after the first frames the per-frame fields (MBs
-      each) come from the heap, where they interleave with long-lived blocks and fragment it.
-      Fixed, every block of 128 KiB or more is mapped and unmapped on its own.
+    - ``mmap_threshold_kb``: 0 keeps glibc's dynamic threshold, which rises to the size of each
+      large block freed, so the per-frame fields (MBs each) soon come from the heap, where they
+      fragment it. A fixed threshold maps and unmaps each large block on its own: RSS stays
+      flat, but every frame pays the page faults. Opt-in for that reason.
 
-    Measured with bench/soak.py (30 minutes, 4 sessions, churn every minute): with glibc's
-    defaults RSS grew 8.4 %; with 2 arenas alone 7.1 % (115 MB/h); numbers with both are in the
-    note of issue #10."""
+    Measured with bench/soak.py (30 minutes, 4 sessions at 256, churn every minute, a loaded
+    2-core CPU): glibc's defaults +8.4 % RSS after warm-up; 2 arenas +7.1 % (115 MB/h); 2 arenas
+    and a fixed 128 KiB threshold +1.9 % (34 MB/h), but 35-50 % more time per frame
+    (`rt-portrait bench`: total 34.6 -> 51 ms); 1-16 MiB thresholds still cost 15-20 %."""
     import ctypes
     import ctypes.util
     import os
@@ -845,8 +845,9 @@ def tune_malloc(arenas: int) -> dict[str, bool]:
         return {"arenas": False, "mmap_threshold": False}
     return {
         "arenas": arenas > 0 and "MALLOC_ARENA_MAX" not in os.environ and bool(mallopt(M_ARENA_MAX, arenas)),
-        "mmap_threshold": "MALLOC_MMAP_THRESHOLD_" not in os.environ
-        and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)),
+        "mmap_threshold": mmap_threshold_kb > 0
+        and "MALLOC_MMAP_THRESHOLD_" not in os.environ
+        and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold_kb * 1024)),
     }
 
 

@@ -831,17 +831,13 @@ def tune_malloc(arenas: int, mmap_threshold_kb: int = 0) -> dict[str, bool]:
     Measured with bench/soak.py (30 minutes, 4 sessions at 256, churn every minute, a loaded
     2-core CPU): glibc's defaults +8.4 % RSS after warm-up; 2 arenas +7.1 % (115 MB/h); 2 arenas
     and a fixed 128 KiB threshold +1.9 % (34 MB/h), but 35-50 % more time per frame
-    (`rt-portrait bench`: total 34.6 -> 51 ms); 1-16 MiB thresholds still cost 15-20 %."""
-    import ctypes
-    import ctypes.util
+    (`rt-portrait bench`: total 34.6 -> 51 ms). Any fixed threshold also pins the trim threshold
+    at 128 KiB (the cost); a 4 MiB mmap with a 256 MiB trim threshold is cheap but gave +7.4 %."""
     import os
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return {"arenas": False, "mmap_threshold": False}
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:  # not glibc
         return {"arenas": False, "mmap_threshold": False}
     return {
         "arenas": arenas > 0 and "MALLOC_ARENA_MAX" not in os.environ and bool(mallopt(M_ARENA_MAX, arenas)),
@@ -851,16 +847,25 @@ def tune_malloc(arenas: int, mmap_threshold_kb: int = 0) -> dict[str, bool]:
     }
 
 
-def trim_native_heap() -> None:
-    """glibc's malloc_trim(0): return freed heap pages to the OS (no-op elsewhere)."""
+def _libc() -> object | None:
+    """The C library, for glibc's allocator controls (None where it cannot be loaded)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).malloc_trim(0)
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def trim_native_heap() -> None:
+    """glibc's malloc_trim(0): return freed heap pages to the OS (no-op elsewhere)."""
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def _release(anim: object) -> None:

@@ -126,9 +126,7 @@ def make_sample(
             (warped, target, history, source, vis, enc, depth, normal, flow), s
         )
         labels = F.interpolate(labels[None, None].float(), size=(s, s), mode="nearest")[0, 0].long()
-    enc[0::4].mul_(zoom)  # u, v and the depth offset, in window units
-    enc[1::4].mul_(zoom)
-    enc[2::4].mul_(zoom)
+    enc.view(4, 4, s, s)[:, :3].mul_(zoom)  # each candidate's u, v and depth offset, in window units
     flow.mul_(zoom)  # working px
     depth.mul_(zoom * s / window)  # the conditioning divides by s; the runtime by the window
     if rng.random() < aug.flip:

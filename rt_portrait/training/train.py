@@ -104,7 +104,10 @@ class _Run:
             teacher, meta = load_weights(cfg.teacher, self.device)
             if float(meta["residual_scale"]) != cfg.residual_scale:
                 raise ValueError(f"teacher residual_scale {meta['residual_scale']} != {cfg.residual_scale}")
-            self.teacher: ConditionalUNet | None = teacher.requires_grad_(False)
+            # distillation samples the teacher every step; adversarial tuning only starts from it
+            self.teacher: ConditionalUNet | None = (
+                teacher.requires_grad_(False) if cfg.mode == "distill" else None
+            )
             self.model = ConditionalUNet(teacher.config).to(self.device)
             self.model.load_state_dict(teacher.state_dict())
         else:
@@ -115,7 +118,6 @@ class _Run:
         self.disc: PatchDiscriminator | None = None
         self.disc_opt: torch.optim.Optimizer | None = None
         if cfg.mode == "adversarial":
-            self.teacher = None  # only its weights (the student's start) are needed
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + 1)
                 self.disc = PatchDiscriminator(cfg.disc_channels).to(self.device)

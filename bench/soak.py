@@ -89,6 +89,8 @@ async def soak(
     server = ServerProcess(["--max-sessions", str(sessions + 1), "--size", str(size), *(server_args or [])])
     await server.wait_ready()
     pid = server.proc.pid
+    with open(f"/proc/{pid}/maps") as maps:  # the server may have re-executed itself on jemalloc
+        allocator = "jemalloc" if "libjemalloc" in maps.read() else "glibc"
     frames = {clip: face_frames(256, 120, video=clip[0], start=clip[1]) for clip in CLIPS}
     upload = io.BytesIO()
     Image.fromarray(default_portrait("grace_hopper")).save(upload, format="PNG")
@@ -190,6 +192,7 @@ async def soak(
         "size": size,
         "churn_s": churn_s,
         "churns": churns,
+        "allocator": allocator,
         "samples": [asdict(s) for s in samples],
         "session_records": [r.summary() for r in records],
         **growth,
@@ -234,7 +237,7 @@ def rss_growth(samples: list[Sample], warmup_s: float, window_s: float) -> dict[
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Soak: {report['sessions']} WHIP sessions, {report['minutes']} min, churn every {report['churn_s']:.0f} s "
-        f"({report['churns']} churns), working size {report['size']}",
+        f"({report['churns']} churns), working size {report['size']}, allocator {report.get('allocator', '?')}",
         "",
         "| t (min) | server RSS (MB) | threads | sessions | fps out (sum) |",
         "|---|---|---|---|---|",

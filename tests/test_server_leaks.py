@@ -23,7 +23,7 @@ from _webrtc_client import FaceVideoTrack, Usage, face_frames, process_usage, ru
 
 from rt_portrait.core.assets import default_portrait
 from rt_portrait.server.app import STATE, ServerConfig
-from rt_portrait.server.session import trim_native_heap
+from rt_portrait.server.memory import trim_native_heap
 
 SESSIONS = 20
 WARM_UP = 5  # sessions before the baseline: first-use caches, allocator arenas
@@ -90,35 +90,3 @@ def test_twenty_sessions_in_a_row_leave_rss_and_threads_flat() -> None:
     assert slope < 4.0, f"RSS grows {slope:.1f} MB per session: {rss}"
     early, late = np.median(rss[WARM_UP : WARM_UP + 5]), np.median(rss[-5:])
     assert late - early < 50, f"RSS {early:.0f} -> {late:.0f} MB after warm-up: {rss}"
-
-
-def test_malloc_tuning_applies_unless_the_environment_sets_it() -> None:
-    # Process-wide, so each case runs in a fresh interpreter. The soak (bench/soak.py) shows the
-    # effect (numbers in tune_malloc's docstring).
-    import json
-    import os
-    import platform
-    import subprocess
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        import pytest
-
-        pytest.skip("mallopt is glibc's")
-
-    def applied(arenas: int, mmap_kb: int, **env: str) -> dict[str, bool]:
-        code = (
-            "import json; from rt_portrait.server.session import tune_malloc; "
-            f"print(json.dumps(tune_malloc({arenas}, {mmap_kb})))"
-        )
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True
-        )
-        return json.loads(out.stdout)
-
-    assert applied(2, 0) == {"arenas": True, "mmap_threshold": False}
-    assert applied(0, 128) == {"arenas": False, "mmap_threshold": True}
-    assert applied(2, 128, MALLOC_ARENA_MAX="4", MALLOC_MMAP_THRESHOLD_="65536") == {
-        "arenas": False,
-        "mmap_threshold": False,
-    }, "the environment's settings must win"

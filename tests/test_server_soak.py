@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from soak import markdown, soak
 
+from rt_portrait.server.memory import jemalloc_library
+
 pytestmark = pytest.mark.soak
 
 
@@ -31,6 +33,8 @@ def test_two_minute_soak_with_churn() -> None:
     assert report["churns"] >= 1 and len(report["session_records"]) >= 5
     assert all(r["frames_out"] > 0 for r in report["session_records"]), report["session_records"]
     assert report["sessions_left"] == 0
+    # serve's default (--allocator auto) runs on jemalloc wherever it is installed (.ci/run installs it)
+    assert report["allocator"] == ("glibc" if jemalloc_library() is None else "jemalloc")
     assert report["server_exit_code"] == 0 and report["shutdown_s"] < 10
     # the 30-minute goal is < 5 %; two minutes leave allocator noise in the margin
     assert report["rss_growth_pct"] < 15, report["rss_growth_pct"]

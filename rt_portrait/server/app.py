@@ -54,6 +54,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from rt_portrait.generator import Generator
 from rt_portrait.generator.select import add_generator_arguments, build_generator, generator_options
 from rt_portrait.pipeline import Animator, AnimatorConfig
+from rt_portrait.server.memory import ALLOCATORS, Allocator, loaded_allocator, tune_malloc, use_allocator
 from rt_portrait.server.session import (
     ControlError,
     Session,
@@ -62,7 +63,6 @@ from rt_portrait.server.session import (
     keep_loopback_candidates,
     loopback_ice,
     new_peer_connection,
-    tune_malloc,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class ServerConfig:
     probe_rows: int = 0  # copy the driver's top rows onto the output (latency probes)
     token: str | None = None  # Bearer needed on POST /whip and /offer; also the admin token
     max_sessions_per_minute: int = 30  # new sessions per client address (0: no limit)
+    allocator: Allocator = "auto"  # jemalloc when installed (flat RSS over hours), else glibc
     malloc_arenas: int = 2  # glibc malloc arenas for the process (0: glibc's default, 8 per core)
     malloc_mmap_threshold_kb: int = 0  # fixed glibc mmap threshold (0: glibc's dynamic one); see tune_malloc
     # generator options (AnimatorConfig's): "auto", "diffusion" or "warp", steps, fusion weights
@@ -827,6 +828,7 @@ async def get_stats(request: web.Request) -> web.Response:
             "fps": cfg.fps,
             "echo": cfg.echo,
             "generator_backend": state.backend_summary(),
+            **({"allocator": loaded_allocator()} if admin else {}),
         }
     )
 
@@ -947,17 +949,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"new sessions per client address per minute, 0 = no limit (default {d.max_sessions_per_minute})",
     )
     parser.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default=d.allocator,
+        help="native allocator: auto = jemalloc when libjemalloc2 is installed (the server "
+        "re-executes itself with it preloaded; RSS stays flat over hours), else glibc; "
+        f"jemalloc = fail without it; glibc = never switch (default {d.allocator})",
+    )
+    parser.add_argument(
         "--malloc-arenas",
         type=int,
         default=d.malloc_arenas,
-        help="cap glibc's malloc arenas so RSS stays flat as sessions come and go; 0 = glibc's "
+        help="glibc only: cap its malloc arenas so RSS stays flatter as sessions come and go; 0 = glibc's "
         f"default; the MALLOC_ARENA_MAX variable wins when set (default {d.malloc_arenas})",
     )
     parser.add_argument(
         "--malloc-mmap-threshold-kb",
         type=int,
         default=d.malloc_mmap_threshold_kb,
-        help="fix glibc's mmap threshold (e.g. 128): flattest RSS over hours, but each frame pays "
+        help="glibc only: fix its mmap threshold (e.g. 128): flattest RSS over hours, but each frame pays "
         "page faults (measured 35-50 %% slower); 0 = glibc's dynamic threshold; "
         "MALLOC_MMAP_THRESHOLD_ wins when set (default 0)",
     )
@@ -993,6 +1003,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         probe_rows=args.probe_rows,
         token=args.token or None,
         max_sessions_per_minute=args.max_sessions_per_minute,
+        allocator=args.allocator,
         malloc_arenas=args.malloc_arenas,
         malloc_mmap_threshold_kb=args.malloc_mmap_threshold_kb,
         **generator_options(args),
@@ -1002,13 +1013,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def run_from_args(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
+    use_allocator(config.allocator)  # may replace the process: before any thread or socket
     import torch
 
     # sessions run in parallel threads: one intra-op thread each avoids oversubscribing the cores
     torch.set_num_threads(getattr(args, "threads", 1))
-    tune_malloc(
-        config.malloc_arenas, config.malloc_mmap_threshold_kb
-    )  # process-wide, so here and not in build_app
+    tune_malloc(config.malloc_arenas, config.malloc_mmap_threshold_kb)  # process-wide: not in build_app
+    log.info("native allocator: %s", loaded_allocator())
     print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)
     web.run_app(
         build_app(config),

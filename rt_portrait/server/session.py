@@ -36,6 +36,7 @@ from rt_portrait.generator.select import generator_kind, generator_steps, with_s
 from rt_portrait.head.edits import RANGES
 from rt_portrait.head.types import Edits, Strengths
 from rt_portrait.pipeline import AnimatedFrame, Animator, AnimatorSession
+from rt_portrait.server.memory import trim_native_heap
 from rt_portrait.tracking import TrackResult
 
 log = logging.getLogger(__name__)
@@ -810,62 +811,6 @@ class Session:
             # A session frees tens of MB in many small native blocks (tracker graphs, codec
             # contexts); hand them back so RSS tracks what is live, not the high-water mark.
             trim_native_heap()
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
-M_ARENA_MAX = -8
-
-
-def tune_malloc(arenas: int, mmap_threshold_kb: int = 0) -> dict[str, bool]:
-    """Set glibc's allocator up for a long-running server; returns which settings applied.
-    An environment variable of the same setting wins (``MALLOC_ARENA_MAX``,
-    ``MALLOC_MMAP_THRESHOLD_``); elsewhere than glibc nothing happens.
-
-    - ``arenas``: glibc gives threads their own arenas, up to 8 per core, and an arena keeps
-      its high-water mark; sessions start and end executor threads all day. 0 = glibc's default.
-    - ``mmap_threshold_kb``: 0 keeps glibc's dynamic threshold, which rises to the size of each
-      large block freed, so the per-frame fields (MBs each) soon come from the heap, where they
-      fragment it. A fixed threshold maps and unmaps each large block on its own: RSS stays
-      flat, but every frame pays the page faults. Opt-in for that reason.
-
-    Measured with bench/soak.py (30 minutes, 4 sessions at 256, churn every minute, a loaded
-    2-core CPU): glibc's defaults +8.4 % RSS after warm-up; 2 arenas +7.1 % (115 MB/h); 2 arenas
-    and a fixed 128 KiB threshold +1.9 % (34 MB/h), but 35-50 % more time per frame
-    (`rt-portrait bench`: total 34.6 -> 51 ms). Any fixed threshold also pins the trim threshold
-    at 128 KiB (the cost); a 4 MiB mmap with a 256 MiB trim threshold is cheap but gave +7.4 %."""
-    import os
-
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is None:  # not glibc
-        return {"arenas": False, "mmap_threshold": False}
-    return {
-        "arenas": arenas > 0 and "MALLOC_ARENA_MAX" not in os.environ and bool(mallopt(M_ARENA_MAX, arenas)),
-        "mmap_threshold": mmap_threshold_kb > 0
-        and "MALLOC_MMAP_THRESHOLD_" not in os.environ
-        and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold_kb * 1024)),
-    }
-
-
-def _libc() -> object | None:
-    """The C library, for glibc's allocator controls (None where it cannot be loaded)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return ctypes.CDLL(name)
-    except OSError:
-        return None
-
-
-def trim_native_heap() -> None:
-    """glibc's malloc_trim(0): return freed heap pages to the OS (no-op elsewhere)."""
-    malloc_trim = getattr(_libc(), "malloc_trim", None)
-    if malloc_trim is not None:
-        malloc_trim(0)
 
 
 def _release(anim: object) -> None:

@@ -79,6 +79,7 @@ class AnimatorConfig:
     steps: int = 1
     motion_weight: float = 1.0
     identity_weight: float = 1.0
+    detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
     generator_weights: str | None = None  # None: the shipped weights
     # the diffusion network's engine (rt_portrait.engines): "auto", "eager", "compile",
     # "onnxruntime" or "tensorrt", resolved once when the generator is built
@@ -94,6 +95,7 @@ class AnimatorConfig:
             steps=self.steps,
             motion_weight=self.motion_weight,
             identity_weight=self.identity_weight,
+            detail=self.detail,
             weights=self.generator_weights,
             device=self.device,
             backend=self.backend,

@@ -29,6 +29,8 @@ from rt_portrait.generator.diffusion import (
     DiffusionConfig,
     DiffusionGenerator,
     face_alpha,
+    gaussian_blur,
+    keep_warp_detail,
     save_weights,
     weights_available,
 )
@@ -260,6 +262,28 @@ def test_face_alpha_covers_the_head_softly() -> None:
     assert float(alpha[0, 0, 0, 0]) == 0  # far background: the warp
     edge = alpha[0, 0, 32, 40:52]
     assert bool(((edge > 0) & (edge < 1)).any())  # feathered, no hard edge
+
+
+def test_keep_warp_detail_lowpasses_the_correction_only_where_the_source_is_visible() -> None:
+    torch.manual_seed(0)
+    warped = torch.rand(1, 3, 64, 64) * 0.5 + 0.25  # textured: the real detail
+    yy = torch.arange(64).view(1, 1, -1, 1)
+    xx = torch.arange(64).view(1, 1, 1, -1)
+    checker = 0.1 * (((yy + xx) % 2) * 2 - 1).float().expand(1, 3, 64, 64)  # pure high frequency
+    face = (warped + 0.05 + checker - 0.5 * (warped - gaussian_blur(warped, 2.0))).clamp(0, 1)
+    visibility = torch.zeros(1, 64, 64)
+    visibility[:, :, :32] = 1  # left half visible, right half revealed
+    assert keep_warp_detail(face, warped, visibility, 0.0) is face  # off: the model's output as is
+    out = keep_warp_detail(face, warped, visibility, 2.0)
+    res_in, res_out = face - warped, out - warped
+    left, right = (slice(None), slice(None), slice(8, 56), slice(4, 20)), (..., slice(8, 56), slice(48, 60))
+    # visible: the checkerboard and the cancelled texture are gone, the smooth offset stays
+    assert float((res_out[left] - 0.05).abs().mean()) < 0.2 * float((res_in[left] - 0.05).abs().mean())
+    assert abs(float(res_out[left].mean()) - 0.05) < 0.01
+    # revealed: the generator's output untouched
+    assert torch.allclose(out[right], face[right], atol=1e-5)
+    # sharper than the model's output where visible: closer to the warp's texture
+    assert float((out[left] - warped[left]).abs().mean()) < float((face[left] - warped[left]).abs().mean())
 
 
 def test_missing_weights_name_the_file(tmp_path: Path) -> None:

@@ -225,9 +225,9 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
     from rt_portrait.generator.select import TEACHER_STEPS, teacher_weights, weights_metadata
 
     opts = dict(options or {})
-    # fusion weights and the network's engine apply to every diffusion method
+    # fusion weights, detail and the network's engine apply to every diffusion method
     fusion: dict[str, Any] = {
-        k: opts[k] for k in ("motion_weight", "identity_weight", "backend") if k in opts
+        k: opts[k] for k in ("motion_weight", "identity_weight", "detail", "backend") if k in opts
     }
     weights = opts.get("generator_weights")
     if name == "flow3d":

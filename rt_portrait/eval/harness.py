@@ -85,6 +85,7 @@ class EvalConfig:
     steps: int = 1
     motion_weight: float = 1.0
     identity_weight: float = 1.0
+    detail: float = 0.0
     generator_weights: str | None = None
     teacher_weights: str | None = None  # the ``teacher`` method's weights (default: the shipped ones)
     teacher_steps: int | None = None  # its sampling steps (default: its metadata's, else 16)
@@ -96,6 +97,7 @@ class EvalConfig:
             "steps": self.steps,
             "motion_weight": self.motion_weight,
             "identity_weight": self.identity_weight,
+            "detail": self.detail,
             "generator_weights": self.generator_weights,
             "teacher_weights": self.teacher_weights,
             "teacher_steps": self.teacher_steps,

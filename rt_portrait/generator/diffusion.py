@@ -84,6 +84,10 @@ class DiffusionConfig:
     dtype: str = "auto"  # "auto" (bf16 autocast on CPU, fp16 on CUDA), "float32", "bfloat16", "float16"
     feather: float = 1 / 32  # blend-mask dilation and feather, as a fraction of R
     history: bool = True  # use GeneratorInput.history when given
+    # Where the source is visible, keep only the residual's low frequencies (Gaussian sigma in
+    # working pixels), so the warp's real detail shows through; hidden regions keep the whole
+    # residual. 0 = off (the model's output as trained). See keep_warp_detail.
+    detail: float = 0.0
 
 
 def load_weights(
@@ -142,6 +146,38 @@ def face_alpha(labels: torch.Tensor, feather: float = 1 / 32) -> torch.Tensor:
     if coarse.shape[-1] != r:
         soft = F.interpolate(soft, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     return soft.clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, C, H, W) separable Gaussian blur, replicate-padded (sigma in pixels)."""
+    r = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma * sigma))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(
+        F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c
+    )
+
+
+def keep_warp_detail(
+    face: torch.Tensor, warped: torch.Tensor, visibility: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """(B, 3, R, R) ``face`` whose residual over ``warped`` keeps only its low frequencies where
+    the source is visible (``visibility`` (B, R, R) in [0, 1], softened by the same blur).
+
+    A one-step sample is the model's mean guess, so its residual also cancels the warp's fine
+    texture wherever that texture is slightly misplaced: the face comes out blurred. Where
+    the warp shows the real source, its texture is the best detail there is; where it shows
+    nothing (a revealed cheek, an opened mouth), the generator's own output stays whole.
+    Measured on val pairs it trades face PSNR for sharpness (README: Generator)."""
+    if sigma <= 0:
+        return face
+    residual = face - warped
+    v = gaussian_blur(visibility.reshape(-1, 1, *visibility.shape[-2:]).float(), sigma).clamp(0, 1)
+    residual = v * gaussian_blur(residual, sigma) + (1 - v) * residual
+    return (warped + residual).clamp(0, 1)
 
 
 class DiffusionGenerator:
@@ -219,6 +255,8 @@ class DiffusionGenerator:
         res = self.residual(cond)
         warped = torch.stack([x.warped.to(self.device).float() for x in inputs])
         face = (warped + res / (2 * self.residual_scale)).clamp(0, 1)
+        visibility = torch.stack([x.fields.visibility.to(self.device) for x in inputs])
+        face = keep_warp_detail(face, warped, visibility, self.config.detail)
         labels = torch.stack([x.fields.labels.to(self.device) for x in inputs])
         alpha = face_alpha(labels, self.config.feather)
         return [GeneratorOutput(face=face[i], alpha=alpha[i]) for i in range(len(inputs))]

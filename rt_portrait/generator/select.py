@@ -33,6 +33,7 @@ class GeneratorSpec:
     steps: int = 1  # sampling steps of the diffusion generator
     motion_weight: float = 1.0  # fusion weights (1 = as trained; see generator.sampling)
     identity_weight: float = 1.0
+    detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
     weights: str | Path | None = None  # None: the shipped weights (diffusion.DEFAULT_WEIGHTS)
     device: str = "cpu"
     # the diffusion network's backend (rt_portrait.engines: auto, eager, compile, onnxruntime,
@@ -102,6 +103,7 @@ def build_generator(spec: GeneratorSpec) -> Generator:
             steps=spec.steps,
             motion_weight=spec.motion_weight,
             identity_weight=spec.identity_weight,
+            detail=spec.detail,
             device=spec.device,
         )
     )
@@ -174,6 +176,15 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         help="fusion weight of the source (identity) condition (1 = as trained; >1 keeps likeness)",
     )
     g.add_argument(
+        "--detail",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="keep the warp's real detail where the source is visible: the generator's correction "
+        "is low-passed there with this Gaussian sigma in working pixels (e.g. 2: sharper, a little "
+        "less accurate); 0 = the model's output as trained (default)",
+    )
+    g.add_argument(
         "--generator-weights",
         default=None,
         metavar="FILE",
@@ -193,11 +204,14 @@ def generator_options(args: Any) -> dict[str, Any]:
     """``AnimatorConfig`` keyword arguments from :func:`add_generator_arguments`'s options."""
     if args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if not args.detail >= 0:
+        raise ValueError(f"--detail must be 0 or more, got {args.detail}")
     return {
         "generator": args.generator,
         "steps": args.steps,
         "motion_weight": args.motion_weight,
         "identity_weight": args.identity_weight,
+        "detail": args.detail,
         "generator_weights": args.generator_weights,
         "backend": args.backend,
     }

@@ -98,6 +98,7 @@ class ServerConfig:
     steps: int = 1
     motion_weight: float = 1.0
     identity_weight: float = 1.0
+    detail: float = 0.0
     generator_weights: str | None = None
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines), resolved once
 
@@ -192,6 +193,7 @@ class ServerState:
             steps=c.steps,
             motion_weight=c.motion_weight,
             identity_weight=c.identity_weight,
+            detail=c.detail,
             generator_weights=c.generator_weights,
             backend=c.backend,
         )

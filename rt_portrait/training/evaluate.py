@@ -36,17 +36,19 @@ class Method:
     steps: int = 1
     motion_weight: float = 1.0
     identity_weight: float = 1.0
+    detail: float = 0.0
 
 
 def parse_method(spec: str) -> Method:
-    """``PATH``, ``NAME=PATH``, ``NAME=PATH:STEPS`` or ``NAME=PATH:STEPS:MOTION_W:IDENTITY_W``."""
+    """``PATH``, ``NAME=PATH``, ``NAME=PATH:STEPS`` or ``NAME=PATH:STEPS:MOTION_W:IDENTITY_W[:DETAIL]``."""
     name, _, rest = spec.partition("=") if "=" in spec else ("", "", spec)
     path, *opts = rest.split(":")
     p = Path(path)
     steps = int(opts[0]) if opts else 1
     mw = float(opts[1]) if len(opts) > 1 else 1.0
     iw = float(opts[2]) if len(opts) > 2 else 1.0
-    return Method(name or p.parent.name or p.stem, p, steps, mw, iw)
+    detail = float(opts[3]) if len(opts) > 3 else 0.0
+    return Method(name or p.parent.name or p.stem, p, steps, mw, iw, detail)
 
 
 def pair_input(pair: dict[str, np.ndarray]) -> tuple[GeneratorInput, torch.Tensor]:
@@ -104,6 +106,7 @@ def evaluate(
                 steps=m.steps,
                 motion_weight=m.motion_weight,
                 identity_weight=m.identity_weight,
+                detail=m.detail,
             )
         )
         for m in methods

@@ -43,6 +43,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rt_portrait.server.memory import ALLOCATORS, loaded_allocator, use_allocator
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 ENDPOINTS = ("whip", "whep", "offer", "control", "source", "session", "paths", "length")
@@ -664,9 +666,17 @@ def main() -> None:
         "--endpoint", action="append", choices=ENDPOINTS, help="only these endpoints (repeatable)"
     )
     parser.add_argument("--json", default=None, help="write the report (counts by endpoint and status) here")
+    parser.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="auto",
+        help="the in-process server's native allocator, as `rt-portrait serve --allocator` (default auto)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    use_allocator(args.allocator)  # may re-execute this script with jemalloc preloaded, as serve does
     report = run(args.examples, args.endpoint or list(ENDPOINTS))
+    report["allocator"] = loaded_allocator()
     print(json.dumps(report, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

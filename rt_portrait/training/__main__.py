@@ -31,6 +31,9 @@ def _train_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--ssim-weight", type=float, default=0.5, help="loss = L1 + this x (1 - SSIM)")
+    p.add_argument(
+        "--texture-weight", type=float, default=0.0, help="+ this x the texture-energy loss (fine detail)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             ckpt_minutes=args.ckpt_minutes,
             resume=args.resume,
             ssim_weight=args.ssim_weight,
+            texture_weight=args.texture_weight,
             aug=AugmentConfig(crop=args.crop),
         )
         if args.cmd == "train":

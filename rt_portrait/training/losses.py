@@ -46,3 +46,31 @@ def l1_ssim(
         return l1
     s = ssim_map(pred, target)
     return l1 + ssim_weight * weighted_mean(1 - s, weight)
+
+
+_LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def texture_energy(img: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+    """Local high-frequency energy of (B, C, H, W) images: the Laplacian of the grey image,
+    squared, blurred by a Gaussian of ``sigma`` px and square-rooted (B, 1, H, W)."""
+    grey = img.mean(1, keepdim=True)
+    lap = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), grey.new_tensor(_LAPLACIAN)[None, None])
+    size = 2 * int(3 * sigma) + 1
+    g = _gaussian(size, sigma, img.device).to(img.dtype)
+    pad = size // 2
+    e = F.conv2d(F.pad(lap * lap, (pad, pad, 0, 0), mode="reflect"), g.view(1, 1, 1, size))
+    e = F.conv2d(F.pad(e, (0, 0, pad, pad), mode="reflect"), g.view(1, 1, size, 1))
+    return (e + 1e-6).sqrt()
+
+
+def texture_loss(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, sigma: float = 2.0
+) -> torch.Tensor:
+    """Weighted |texture energy(pred) - texture energy(target)|.
+
+    L1 and SSIM to a real frame reward the conditional mean, which is smooth wherever the
+    answer is uncertain (revealed cheeks, teeth, hair). This term asks only for as much fine
+    detail as the real frame has in each neighbourhood, not for the same detail in the same
+    place, so it penalises that blur without a pretrained perceptual network."""
+    return weighted_mean((texture_energy(pred, sigma) - texture_energy(target, sigma)).abs(), weight)

@@ -46,7 +46,7 @@ from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, 
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
 from rt_portrait.training.dataset import AugmentConfig, Batch, PairCache, make_batch
 from rt_portrait.training.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, patch_weights
-from rt_portrait.training.losses import l1_ssim
+from rt_portrait.training.losses import l1_ssim, texture_loss
 
 log = logging.getLogger(__name__)
 MODES = ("teacher", "distill", "regress", "adversarial")
@@ -73,6 +73,7 @@ class TrainConfig:
     channels: int = 24
     p_t1: float = 0.2  # share of each teacher batch at t = 1; 1.0 tunes the one-step output alone
     ssim_weight: float = 0.5  # loss = L1 + ssim_weight * (1 - SSIM), weighted up on the head
+    texture_weight: float = 0.0  # + texture_weight * texture_loss (local detail energy, see .losses)
     drop_motion: float = 0.1
     drop_identity: float = 0.1
     drop_history: float = 0.5  # history dropout (in the batch builder)
@@ -188,6 +189,16 @@ def _weight(batch: Batch, cfg: TrainConfig) -> torch.Tensor:
     return 1 + cfg.face_weight * batch.face
 
 
+def image_loss(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, cfg: TrainConfig
+) -> torch.Tensor:
+    """The loss of every mode against a real (or teacher) image: L1 + SSIM (+ texture)."""
+    loss = l1_ssim(pred, target, weight, cfg.ssim_weight)
+    if cfg.texture_weight:
+        loss = loss + cfg.texture_weight * texture_loss(pred, target, weight)
+    return loss
+
+
 def loss_teacher(run: _Run, batch: Batch) -> torch.Tensor:
     cfg, dev = run.cfg, run.device
     b = batch.warped.shape[0]
@@ -199,7 +210,7 @@ def loss_teacher(run: _Run, batch: Batch) -> torch.Tensor:
     with _autocast(cfg):
         x0_hat = run.model(interpolate(x0, eps, t), t, cond).float()
     face = batch.warped + x0_hat / (2 * cfg.residual_scale)
-    return l1_ssim(face, batch.target, _weight(batch, cfg), cfg.ssim_weight)
+    return image_loss(face, batch.target, _weight(batch, cfg), cfg)
 
 
 def loss_regress(run: _Run, batch: Batch) -> torch.Tensor:
@@ -209,7 +220,7 @@ def loss_regress(run: _Run, batch: Batch) -> torch.Tensor:
     with _autocast(cfg):
         res = run.model(torch.zeros_like(batch.warped), torch.ones(b, device=dev), cond).float()
     face = batch.warped + res / (2 * cfg.residual_scale)
-    return l1_ssim(face, batch.target, _weight(batch, cfg), cfg.ssim_weight)
+    return image_loss(face, batch.target, _weight(batch, cfg), cfg)
 
 
 def loss_distill(run: _Run, batch: Batch) -> torch.Tensor:
@@ -234,9 +245,7 @@ def loss_distill(run: _Run, batch: Batch) -> torch.Tensor:
     face_s = batch.warped + x0_s * k
     face_t = (batch.warped + x0_t * k).clamp(0, 1)
     w = _weight(batch, cfg)
-    return l1_ssim(face_s, face_t, w, cfg.ssim_weight) + cfg.gt_weight * l1_ssim(
-        face_s, batch.target, w, cfg.ssim_weight
-    )
+    return image_loss(face_s, face_t, w, cfg) + cfg.gt_weight * image_loss(face_s, batch.target, w, cfg)
 
 
 def loss_adversarial(run: _Run, batch: Batch) -> torch.Tensor:
@@ -261,7 +270,7 @@ def loss_adversarial(run: _Run, batch: Batch) -> torch.Tensor:
     run.disc.requires_grad_(False)
     g_adv = hinge_g_loss(run.disc(face.clamp(0, 1), batch.warped), weight)
     run.disc.requires_grad_(True)
-    return l1_ssim(face, batch.target, _weight(batch, cfg), cfg.ssim_weight) + cfg.adv_weight * g_adv
+    return image_loss(face, batch.target, _weight(batch, cfg), cfg) + cfg.adv_weight * g_adv
 
 
 LOSSES = {
@@ -289,6 +298,7 @@ def _export(run: _Run) -> Path:
         "train_minutes": f"{run.elapsed / 60:.1f}",
         "p_t1": str(cfg.p_t1) if cfg.mode == "teacher" else "",
         "ssim_weight": str(cfg.ssim_weight),
+        "texture_weight": str(cfg.texture_weight),
         "student_steps": str(cfg.student_steps)
         if cfg.mode == "distill"
         else "1"

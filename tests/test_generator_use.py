@@ -272,15 +272,6 @@ def test_eval_generator_methods(tiny_weights: Path) -> None:
 # --------------------------------------------------------------------------- shipped weights
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue #9 open: the shipped weights (teacher at step 21041, 1 step) do not beat the warp through "
-        "the pipeline on this clip (face L1 0.0352 vs 0.0344; on the near-still first target 0.0200 vs "
-        "0.0156), though they do on the val split; strict, so it fails the suite as soon as weights "
-        "that do are shipped and the marker must go"
-    ),
-)
 def test_shipped_weights_beat_the_warp_on_a_talking_face() -> None:
     """On a registry talking-face clip (not in the training data), the 1-step refined output is
     closer to the real frames than the warp alone, in the face (self-reenactment)."""

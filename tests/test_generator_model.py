@@ -486,7 +486,7 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
     synthetic_cache: Path, tmp_path: Path
 ) -> None:
     # One-step tuning: a teacher's run resumed with --p-t1 1 trains only the t = 1 output;
-    # the flags reach the loss and the exported weights say how they were trained.
+    # the flags reach the run and the exported weights say how they were trained.
     from rt_portrait.generator.diffusion import load_weights
     from rt_portrait.training.__main__ import main
 

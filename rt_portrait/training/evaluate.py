@@ -24,9 +24,7 @@ from rt_portrait.flow.types import FlowFields
 from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator
 from rt_portrait.generator.types import GeneratorInput
 from rt_portrait.training.dataset import PairCache
-from rt_portrait.training.losses import ssim_map
-
-LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+from rt_portrait.training.losses import LAPLACIAN, ssim_map
 
 
 @dataclass

@@ -48,14 +48,14 @@ def l1_ssim(
     return l1 + ssim_weight * weighted_mean(1 - s, weight)
 
 
-_LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])  # also the sharpness metric's
 
 
 def texture_energy(img: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     """Local high-frequency energy of (B, C, H, W) images: the Laplacian of the grey image,
     squared, blurred by a Gaussian of ``sigma`` px and square-rooted (B, 1, H, W)."""
     grey = img.mean(1, keepdim=True)
-    lap = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), grey.new_tensor(_LAPLACIAN)[None, None])
+    lap = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), LAPLACIAN.to(grey)[None, None])
     size = 2 * int(3 * sigma) + 1
     g = _gaussian(size, sigma, img.device).to(img.dtype)
     pad = size // 2

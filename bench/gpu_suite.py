@@ -49,6 +49,7 @@ class Plan:
     iters: int
     backends: tuple[str, ...]
     dry_run: bool
+    landmarks: Path | None = None  # the astronaut's (478, 3) landmarks, tracked elsewhere
 
 
 @dataclass
@@ -127,20 +128,24 @@ def flow_section(s: Suite) -> dict[str, Any]:
     from rt_portrait.flow.scene import SceneBuilder
     from rt_portrait.head import apply_edits, build_shell, fit_head, load_template
     from rt_portrait.head.types import Edits
-    from rt_portrait.tracking import track_image
 
     p = s.plan
     img = default_portrait("astronaut")
-    track = track_image(img)
+    if p.landmarks is not None:  # a GPU machine without mediapipe
+        landmarks = np.load(p.landmarks)
+    else:
+        from rt_portrait.tracking import track_image
+
+        landmarks = track_image(img).landmarks
     tpl = load_template()
-    state = fit_head(track.landmarks, img.shape[:2], template=tpl)
+    state = fit_head(landmarks, img.shape[:2], template=tpl)
     target_state = apply_edits(state, Edits(yaw=12.0, jaw_open=0.6), tpl)
     backends = ("triton", "torch") if not p.dry_run else ("torch",)
     out: dict[str, Any] = {}
     s.table.append("\n## flow: Triton kernels vs torch twins\n")
     s.table.append("| size | backend | ms | speed-up | max flow diff px |\n|---|---|---|---|---|")
     for size in p.sizes:
-        window = choose_window(track.landmarks, img.shape[:2], size)
+        window = choose_window(landmarks, img.shape[:2], size)
         builder = SceneBuilder(
             tpl, build_shell(tpl), window, img.shape[:2], device=p.device,
             head_scale=state.pose.scale, anchor_pose=state.pose,
@@ -359,11 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         default=390.0,
         help="skip what would run past this (default 390)",
     )
+    ap.add_argument(
+        "--landmarks",
+        type=Path,
+        default=None,
+        metavar="NPY",
+        help="the astronaut's (478, 3) landmarks from `rt-portrait track`-like tracking elsewhere, for a "
+        "GPU machine without mediapipe (the flow section needs them; the loop section still tracks)",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
-        plan = Plan("cpu", (64,), (1, 2), 128, 12, 3, ("eager", "onnxruntime"), True)
+        plan = Plan("cpu", (64,), (1, 2), 128, 12, 3, ("eager", "onnxruntime"), True, args.landmarks)
     elif torch.cuda.is_available():
         plan = Plan(
             "cuda",
@@ -374,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             30,
             ("eager", "onnxruntime", "tensorrt", "compile"),  # compile last: per-shape CUDA-graph compiles
             False,
+            args.landmarks,
         )
     else:
         msg = "gpu_suite: no CUDA GPU on this machine: nothing measured (use --dry-run to exercise the code on the CPU)"

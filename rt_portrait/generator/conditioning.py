@@ -90,32 +90,70 @@ def group_channels(group: str) -> list[int]:
 _REGION_ORDER = [rs[0] for _, rs in REGION_MASKS]
 
 
-def _fill(out: torch.Tensor, inputs: GeneratorInput, valid: bool) -> None:
-    """Write the condition of ``inputs`` into ``out`` (NUM_CHANNELS, R, R) in place (one
-    buffer, no concatenation: the stack is ~10 MB at 256^2 and copies dominate its cost)."""
-    f = inputs.fields
-    if f.encoding.shape[0] != 16:
+def _fill(
+    out: torch.Tensor,
+    warped: torch.Tensor,
+    source: torch.Tensor,
+    visibility: torch.Tensor,
+    encoding: torch.Tensor,
+    depth: torch.Tensor,
+    normal: torch.Tensor,
+    labels: torch.Tensor,
+    history: torch.Tensor | None,
+    valid: bool | torch.Tensor,
+) -> None:
+    """Write the condition into ``out`` (*lead, NUM_CHANNELS, R, R) in place (one buffer, no
+    concatenation: the stack is ~10 MB at 256^2 and copies dominate its cost).
+
+    The fields carry the same leading dims as ``out`` (none for one input, (B,) for a batch),
+    so the single and the batched conditioning are this one function. ``valid``: whether the
+    history counts, a bool or a bool tensor of shape ``lead`` (per batch item)."""
+    if encoding.shape[-3] != 16:
         raise ValueError(
-            f"conditioning expects the K=4 flow encoding (16 channels), got {f.encoding.shape[0]}"
+            f"conditioning expects the K=4 flow encoding (16 channels), got {encoding.shape[-3]}"
         )
-    r = out.shape[-1]
-    out[0:3].copy_(inputs.warped).mul_(2).sub_(1)
-    out[3:6].copy_(inputs.source).mul_(2).sub_(1)
-    out[6:7].copy_(f.visibility).clamp_(0, 1)
-    enc = out[7:23].view(4, 4, r, r)
-    enc.copy_(f.encoding.view(4, 4, r, r))
-    enc[:, :3].mul_(FLOW_GAIN).clamp_(-1, 1)
-    enc[:, 3].clamp_(0, 1)
-    out[23:24].copy_(f.depth).mul_(DEPTH_GAIN / r).clamp_(-1, 1)
-    out[24:27].copy_(f.normal).clamp_(-1, 1)
-    order = torch.tensor([int(x) for x in _REGION_ORDER], device=f.labels.device)
-    out[27:36].copy_(f.labels[None] == order[:, None, None])
-    if valid:
-        assert inputs.history is not None
-        out[36:39].copy_(inputs.history).mul_(2).sub_(1)
-        out[39].fill_(1)
-    else:
-        out[36:40].zero_()
+    lead, r = out.shape[:-3], out.shape[-1]
+    out[..., 0:3, :, :].copy_(warped).mul_(2).sub_(1)
+    out[..., 3:6, :, :].copy_(source).mul_(2).sub_(1)
+    out[..., 6:7, :, :].copy_(visibility).clamp_(0, 1)
+    enc = out[..., 7:23, :, :].view(*lead, 4, 4, r, r)
+    enc.copy_(encoding.view(*lead, 4, 4, r, r))
+    enc[..., :3, :, :].mul_(FLOW_GAIN).clamp_(-1, 1)
+    enc[..., 3, :, :].clamp_(0, 1)
+    out[..., 23:24, :, :].copy_(depth).mul_(DEPTH_GAIN / r).clamp_(-1, 1)
+    out[..., 24:27, :, :].copy_(normal).clamp_(-1, 1)
+    order = torch.tensor([int(x) for x in _REGION_ORDER], device=labels.device)
+    out[..., 27:36, :, :].copy_(labels[..., None, :, :] == order[:, None, None])
+    if isinstance(valid, bool):
+        if valid:
+            assert history is not None
+            out[..., 36:39, :, :].copy_(history).mul_(2).sub_(1)
+            out[..., 39, :, :].fill_(1)
+        else:
+            out[..., 36:40, :, :].zero_()
+        return
+    if history is None:
+        out[..., 36:40, :, :].zero_()
+        return
+    keep = valid.to(device=out.device, dtype=torch.bool)[..., None, None, None]
+    out[..., 36:39, :, :].copy_(history).mul_(2).sub_(1).masked_fill_(~keep, 0)
+    out[..., 39:40, :, :].copy_(keep.expand_as(out[..., 39:40, :, :]))
+
+
+def _fill_input(out: torch.Tensor, inputs: GeneratorInput, valid: bool) -> None:
+    f = inputs.fields
+    _fill(
+        out,
+        inputs.warped,
+        inputs.source,
+        f.visibility,
+        f.encoding,
+        f.depth,
+        f.normal,
+        f.labels,
+        inputs.history,
+        valid,
+    )
 
 
 def _valid(inputs: GeneratorInput, history_valid: bool | None) -> bool:
@@ -132,7 +170,7 @@ def build_condition(inputs: GeneratorInput, history_valid: bool | None = None) -
     """
     r = inputs.warped.shape[-1]
     out = torch.empty(NUM_CHANNELS, r, r, device=inputs.warped.device)
-    _fill(out, inputs, _valid(inputs, history_valid))
+    _fill_input(out, inputs, _valid(inputs, history_valid))
     return out
 
 
@@ -146,7 +184,30 @@ def build_condition_batch(
     r = inputs[0].warped.shape[-1]
     out = torch.empty(len(inputs), NUM_CHANNELS, r, r, device=inputs[0].warped.device)
     for i, (x, v) in enumerate(zip(inputs, hv, strict=True)):
-        _fill(out[i], x, _valid(x, v))
+        _fill_input(out[i], x, _valid(x, v))
+    return out
+
+
+def build_condition_batched(
+    warped: torch.Tensor,
+    source: torch.Tensor,
+    visibility: torch.Tensor,
+    encoding: torch.Tensor,
+    depth: torch.Tensor,
+    normal: torch.Tensor,
+    labels: torch.Tensor,
+    history: torch.Tensor | None,
+    history_valid: torch.Tensor,
+) -> torch.Tensor:
+    """(B, NUM_CHANNELS, R, R) condition of fields already stacked into (B, C, R, R) tensors
+    (labels (B, R, R)), ``history_valid`` a (B,) bool: what :func:`build_condition_batch`
+    gives for the same items, without a Python loop over them (the device batch builder of
+    training makes thousands a second)."""
+    b, r = warped.shape[0], warped.shape[-1]
+    if history_valid.shape != (b,):
+        raise ValueError(f"history_valid must be a ({b},) bool tensor, got {tuple(history_valid.shape)}")
+    out = torch.empty(b, NUM_CHANNELS, r, r, device=warped.device)
+    _fill(out, warped, source, visibility, encoding, depth, normal, labels, history, history_valid)
     return out
 
 

@@ -26,6 +26,12 @@ def _train_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--channels", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--batches",
+        choices=["cpu", "device"],
+        default="cpu",
+        help="build batches per sample on the CPU, or batched on --device (whole cache loaded there)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--amp", choices=["none", "bf16"], default="bf16")
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
@@ -49,11 +55,32 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--sources", type=int, default=2)
     c.add_argument("--targets", type=int, default=24)
     c.add_argument("--max-clips", type=int, default=None)
+    c.add_argument(
+        "--export-tracks",
+        type=Path,
+        default=None,
+        metavar="NPZ",
+        help="only track the split's pool frames into this file (for a machine that cannot track)",
+    )
+    c.add_argument(
+        "--from-tracks",
+        type=Path,
+        default=None,
+        metavar="NPZ",
+        help="render the cache from an --export-tracks file and the videos (OpenCV decodes them)",
+    )
+    c.add_argument("--workers", type=int, default=1, help="render processes (with --from-tracks)")
 
     t = sub.add_parser("train", help="teacher: flow matching on the residual over the warp")
     _train_args(t, "teacher")
     t.add_argument(
         "--p-t1", type=float, default=0.2, help="share of each batch at t = 1 (1.0: one-step tuning)"
+    )
+    t.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (.safetensors; fresh optimiser), e.g. one-step tuning of shipped weights",
     )
     d = sub.add_parser("distill", help="distil the teacher to a 1- or 2-step student")
     _train_args(d, "student1")
@@ -80,20 +107,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.cmd == "cache":
-        from rt_portrait.training.cache import DEFAULT_CACHE, CacheConfig, build_cache
+        from rt_portrait.training import cache
 
-        build_cache(
-            CacheConfig(
-                data=args.data,
-                out=args.out or DEFAULT_CACHE,
-                split=args.split,
-                size=args.size,
-                pool=args.pool,
-                sources=args.sources,
-                targets=args.targets,
-                max_clips=args.max_clips,
-            )
+        ccfg = cache.CacheConfig(
+            data=args.data,
+            out=args.out or cache.DEFAULT_CACHE,
+            split=args.split,
+            size=args.size,
+            pool=args.pool,
+            sources=args.sources,
+            targets=args.targets,
+            max_clips=args.max_clips,
         )
+        if args.export_tracks and args.from_tracks:
+            parser.error("--export-tracks and --from-tracks exclude each other")
+        if args.export_tracks:
+            cache.export_tracks(ccfg, args.export_tracks)
+        elif args.from_tracks:
+            cache.build_cache_from_tracks(ccfg, args.from_tracks, workers=args.workers)
+        else:
+            cache.build_cache(ccfg)
     elif args.cmd in ("train", "distill", "regress", "adversarial"):
         from rt_portrait.training.dataset import AugmentConfig
         from rt_portrait.training.train import TrainConfig, run
@@ -109,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             channels=args.channels,
             seed=args.seed,
             device=args.device,
+            batches=args.batches,
             threads=args.threads,
             amp=args.amp,
             ckpt_minutes=args.ckpt_minutes,
@@ -119,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.cmd == "train":
             cfg.p_t1 = args.p_t1
+            cfg.init = args.init
         if args.cmd == "distill":
             cfg.teacher = args.teacher
             cfg.student_steps = args.student_steps

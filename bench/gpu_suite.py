@@ -59,6 +59,7 @@ class Suite:
     t0: float = field(default_factory=time.perf_counter)
     results: dict[str, Any] = field(default_factory=dict)
     table: list[str] = field(default_factory=list)
+    out: Path | None = None  # written after every section: a killed run keeps what it measured
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.t0)
@@ -75,6 +76,19 @@ class Suite:
             self.results[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=4)}
             self.table.append(f"\n## {name}: ERROR {type(e).__name__}: {e}")
         self.results.setdefault("section_s", {})[name] = round(time.perf_counter() - t, 1)
+        self.save()
+
+    def save(self) -> None:
+        if self.out is None:
+            return
+        self.results["wall_s"] = round(time.perf_counter() - self.t0, 1)
+        for path, text in (
+            (self.out, json.dumps(self.results, indent=2, default=str)),
+            (self.out.with_suffix(".md"), "\n".join(self.table) + "\n"),
+        ):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
 
 
 def _sync(device: str) -> None:
@@ -396,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"status": "skipped: no CUDA GPU", "environment": environment("cpu")}, indent=2)
         )
         return 0
-    suite = Suite(plan, args.budget_s)
+    suite = Suite(plan, args.budget_s, out=out)
+    suite.results["status"] = "incomplete: stopped before its last section"
     suite.results["environment"] = environment(plan.device)
     suite.results["plan"] = plan.__dict__
     suite.table.append(
@@ -414,11 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         suite.section("loop", lambda: loop_section(suite, weights, cache), needs_s=60)
         suite.section("generator", lambda: generator_section(suite, weights, cache), needs_s=60)
     suite.results["status"] = "dry run (CPU)" if plan.dry_run else "measured"
-    suite.results["wall_s"] = round(time.perf_counter() - suite.t0, 1)
-    suite.table.append(f"\nwall time {suite.results['wall_s']} s")
+    suite.table.append(f"\nwall time {round(time.perf_counter() - suite.t0, 1)} s")
+    suite.save()
     table = "\n".join(suite.table)
-    out.write_text(json.dumps(suite.results, indent=2, default=str))
-    out.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0

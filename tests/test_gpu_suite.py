@@ -59,3 +59,38 @@ def test_a_section_over_budget_is_skipped_not_run(suite) -> None:
     assert not ran and "time budget" in s.results["slow"]["skipped"]
     s.section("broken", lambda: 1 / 0, needs_s=0)
     assert "ZeroDivisionError" in s.results["broken"]["error"]
+
+
+def test_each_section_is_on_disk_before_the_next_starts(suite, tmp_path) -> None:
+    """A run killed mid-way (the device tool's time limit, ``timeout``) keeps what it measured."""
+    plan = suite.Plan("cpu", (64,), (1,), 128, 2, 1, ("eager",), True)
+    out = tmp_path / "gpu.json"
+    s = suite.Suite(plan, budget_s=100.0, out=out)
+    seen = []
+
+    def second():
+        seen.append(json.loads(out.read_text()))
+        raise KeyboardInterrupt  # the kill
+
+    s.section("first", lambda: {"ms": 1.5}, needs_s=0)
+    with pytest.raises(KeyboardInterrupt):
+        s.section("second", second, needs_s=0)
+    assert seen[0]["first"] == {"ms": 1.5} and "second" not in seen[0]
+    assert out.with_suffix(".md").exists()
+
+
+def test_flow_section_takes_landmarks_tracked_elsewhere(suite, tmp_path, monkeypatch) -> None:
+    """On a GPU machine without mediapipe the flow section reads the portrait's landmarks."""
+    import numpy as np
+
+    from rt_portrait.core.assets import default_portrait
+    from rt_portrait.tracking import track_image
+
+    lm = tmp_path / "lm.npy"
+    np.save(lm, track_image(default_portrait("astronaut")).landmarks)
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # tracking would fail now
+    plan = suite.Plan("cpu", (64,), (1,), 128, 2, 1, ("eager",), True, lm)
+    s = suite.Suite(plan, budget_s=100.0)
+    s.section("flow", lambda: suite.flow_section(s), needs_s=0)
+    assert "error" not in s.results["flow"], s.results["flow"]
+    assert s.results["flow"]["64"]["ms"]["torch"] > 0

@@ -331,6 +331,9 @@ def _export(run: _Run) -> Path:
         "p_t1": str(cfg.p_t1) if cfg.mode == "teacher" else "",
         "ssim_weight": str(cfg.ssim_weight),
         "texture_weight": str(cfg.texture_weight),
+        "init": cfg.init.name if cfg.init is not None else "",
+        "batch": str(cfg.batch),
+        "device": str(cfg.device),
         "student_steps": str(cfg.student_steps)
         if cfg.mode == "distill"
         else "1"

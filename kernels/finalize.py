@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .splat_common import COVERAGE_SCALE, EMPTY_KEY, N_ACC, SplatParams
+from .splat_common import COVERAGE_SCALE, EMPTY_KEY, N_ACC, SplatParams, exp_twin
 
 N_BASE = 7  # flow 2, visibility 1, depth 1, normal 3
 
@@ -229,7 +229,7 @@ def finalize_compact(
     torch.mul(acc[1:3], inv, out=out[0:2])
     torch.mul(acc[3], inv, out=out[3])
     frac = (acc[7] * inv).clamp_(0.0, 1.0)
-    torch.mul(1.0 - torch.exp(-(sw * (1.0 / COVERAGE_SCALE))), frac, out=out[2])
+    torch.mul(1.0 - exp_twin(-(sw * (1.0 / COVERAGE_SCALE))), frac, out=out[2])
     nrm = acc[4:7]
     nn = torch.sqrt(nrm[0] * nrm[0] + nrm[1] * nrm[1] + nrm[2] * nrm[2])
     torch.div(nrm, torch.where(nn > 0, nn, 1.0), out=out[4:7])
@@ -252,7 +252,7 @@ def finalize_compact(
         torch.sub(cols[2].index_select(0, ij), depth_r, out=enc[j, 2])
     enc[:, 2].masked_fill_(empty, 0.0)
     d2 = words[..., 1].view(torch.float32)  # empty keys: +inf -> weight exp(-inf) = 0
-    torch.mul(torch.exp(d2 * -params.inv_two_sigma2), inv, out=enc[:, 3])
+    torch.mul(exp_twin(d2 * -params.inv_two_sigma2), inv, out=enc[:, 3])
     lab = torch.cat([label, label.new_zeros(1)])  # BACKGROUND for a (never expected) empty nearest key
     labels = lab.index_select(0, idx[0]).to(torch.int64)
     return out, labels

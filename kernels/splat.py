@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .splat_common import EMPTY_KEY, MAX_PAIRS, N_ACC, N_ATTR, SplatParams, check_points
+from .splat_common import EMPTY_KEY, MAX_PAIRS, N_ACC, N_ATTR, SplatParams, check_points, exp_twin
 from .zbuffer import Pairs, candidate_pairs
 
 try:  # optional: the package works without triton
@@ -247,7 +247,7 @@ def _splat_chunk(
     if cid_map is not None:
         pix = cid_map.index_select(0, pix)
     d2 = pairs.d2.index_select(0, sel)
-    w = torch.exp(-(d2 * params.inv_two_sigma2))
+    w = exp_twin(-(d2 * params.inv_two_sigma2))
     a = attrs[start:stop]
     chans = torch.cat([a[:, :2].T, zc[None], a[:, 2:].T])  # (7, n): fu, fv, z, nx, ny, nz, vis
     # scatter_add_ over an expanded index beats index_add_ along dim 1 on the CPU (2x)

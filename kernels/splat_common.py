@@ -89,3 +89,14 @@ def check_points(xy: torch.Tensor, z: torch.Tensor) -> None:
         )
     if xy.shape[0] >= 2**31:
         raise ValueError("too many points for 32-bit point indices")
+
+
+def exp_twin(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x)`` for the torch twins, computed in float64 and returned in ``x``'s dtype.
+
+    The torch 2.13 CPU build's float32 ``exp`` is off by up to 1e-4 relative on the first
+    call of about one process in 40 (later calls agree; measured with a fresh process per
+    trial): enough to fail the 1e-5 kernel checks at random and to make the CPU flow's first
+    frame differ. Its float64 ``exp`` agreed to the last float32 bit in 99 of 100 such trials
+    and to 1 ulp in the other; on a few thousand pairs per frame it costs microseconds."""
+    return torch.exp(x.double()).to(x.dtype)

@@ -490,15 +490,29 @@ class AnimatorSession:
         return self._render(target, found, {"track": 0.0, **timings}, t0)
 
     def render_target(
-        self, target: HeadState, found: bool, timings: dict[str, float], t0: float | None = None
+        self,
+        target: HeadState,
+        found: bool,
+        timings: dict[str, float],
+        t0: float | None = None,
+        generator: Generator | None = None,
     ) -> AnimatedFrame:
         """The second half of calling the session: render a target from ``drive`` (so a caller
         can handle a failing tracker and a failing generator apart). ``t0``: when the frame's
-        work began, for the total time."""
-        return self._render(target, found, dict(timings), time.perf_counter() if t0 is None else t0)
+        work began, for the total time; ``generator``: this frame's, instead of the session's
+        (a fallback for one frame that leaves the session's choice alone)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        return self._render(target, found, dict(timings), t0, generator)
 
-    def _render(self, target: HeadState, found: bool, timings: dict[str, float], t0: float) -> AnimatedFrame:
-        r = self.animator.render_frame(target, self.size, self.history, self.generator)
+    def _render(
+        self,
+        target: HeadState,
+        found: bool,
+        timings: dict[str, float],
+        t0: float,
+        generator: Generator | None = None,
+    ) -> AnimatedFrame:
+        r = self.animator.render_frame(target, self.size, self.history, generator or self.generator)
         self.history, self.history_valid = r.history, r.history_valid
         timings.update(r.timings_ms)
         timings["total"] = (time.perf_counter() - t0) * 1e3

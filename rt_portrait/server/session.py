@@ -584,19 +584,17 @@ class Session:
                 found=False, face=None, image_size=(rgb.shape[0], rgb.shape[1]), message="tracker failed"
             )
             target, found, timings = anim.drive_track(lost, t)
+        # the generator this frame renders with, read once: controls and degradation may swap
+        # the session's meanwhile, and the fallback must not be mistaken for the failure
+        generator = anim.generator
         try:
-            return anim.render_target(target, found, timings, t0)
+            return anim.render_target(target, found, timings, t0, generator)
         except Exception as exc:
             warp = anim.animator.warp_generator
-            if anim.generator is warp:
+            if generator is warp:
                 raise
             self._fault("generator", exc)
-            current, anim.generator = anim.generator, warp
-            try:
-                return anim.render_target(target, found, timings, t0)
-            finally:
-                if anim.generator is warp:  # unless it was swapped meanwhile (controls, degradation)
-                    anim.generator = current
+            return anim.render_target(target, found, timings, t0, warp)
 
     def _fault(self, stage: str, exc: Exception) -> None:
         """A recovered failure: counted per stage; the first one logged with its traceback,

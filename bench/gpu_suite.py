@@ -49,7 +49,6 @@ class Plan:
     iters: int
     backends: tuple[str, ...]
     dry_run: bool
-    landmarks: Path | None = None  # the astronaut's (478, 3) landmarks, tracked elsewhere
 
 
 @dataclass
@@ -137,7 +136,7 @@ def environment(device: str) -> dict[str, Any]:
 
 def flow_section(s: Suite) -> dict[str, Any]:
     from rt_portrait.compose import choose_window
-    from rt_portrait.core.assets import default_portrait
+    from rt_portrait.core.assets import default_portrait, default_portrait_landmarks
     from rt_portrait.flow import FlowConfig, compute_flow, source_background_visibility, source_visibility
     from rt_portrait.flow.scene import SceneBuilder
     from rt_portrait.head import apply_edits, build_shell, fit_head, load_template
@@ -145,12 +144,7 @@ def flow_section(s: Suite) -> dict[str, Any]:
 
     p = s.plan
     img = default_portrait("astronaut")
-    if p.landmarks is not None:  # a GPU machine without mediapipe
-        landmarks = np.load(p.landmarks)
-    else:
-        from rt_portrait.tracking import track_image
-
-        landmarks = track_image(img).landmarks
+    landmarks = default_portrait_landmarks("astronaut")  # packaged: GPU machines may lack mediapipe
     tpl = load_template()
     state = fit_head(landmarks, img.shape[:2], template=tpl)
     target_state = apply_edits(state, Edits(yaw=12.0, jaw_open=0.6), tpl)
@@ -378,19 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         default=390.0,
         help="skip what would run past this (default 390)",
     )
-    ap.add_argument(
-        "--landmarks",
-        type=Path,
-        default=None,
-        metavar="NPY",
-        help="the astronaut's (478, 3) landmarks from `rt-portrait track`-like tracking elsewhere, for a "
-        "GPU machine without mediapipe (the flow section needs them; the loop section still tracks)",
-    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
-        plan = Plan("cpu", (64,), (1, 2), 128, 12, 3, ("eager", "onnxruntime"), True, args.landmarks)
+        plan = Plan("cpu", (64,), (1, 2), 128, 12, 3, ("eager", "onnxruntime"), True)
     elif torch.cuda.is_available():
         plan = Plan(
             "cuda",
@@ -401,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
             30,
             ("eager", "onnxruntime", "tensorrt", "compile"),  # compile last: per-shape CUDA-graph compiles
             False,
-            args.landmarks,
         )
     else:
         msg = "gpu_suite: no CUDA GPU on this machine: nothing measured (use --dry-run to exercise the code on the CPU)"

@@ -7,7 +7,6 @@
 # travels in $G (an ignored folder, deleted after the lease; the clips are research-only):
 #   $G/tracks.npz                  python -m rt_portrait.training cache --pool 60 --export-tracks ...
 #   $G/data/MANIFEST.tsv, clips/   the train clips' videos
-#   $G/astronaut_landmarks.npy     the landmarks the GPU suite's flow section needs
 #
 # Timeline (seconds): 0 the cache renders on 12 CPU workers while the CUDA tests and the GPU
 # suite run; then two one-step-tuning variants train side by side until $DEADLINE; their
@@ -45,7 +44,7 @@ RENDER=$!
 [ "$CHECKS" = 1 ] && timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_engines.py \
     tests/test_tensorrt.py tests/test_flow.py -k "cuda or gpu or compiled or graph" >"$OUT/tests.log" 2>&1
 log "tests rc=$?"
-[ "$CHECKS" = 1 ] && timeout 170 $PY bench/gpu_suite.py --budget-s 120 --landmarks "$G/astronaut_landmarks.npy" \
+[ "$CHECKS" = 1 ] && timeout 170 $PY bench/gpu_suite.py --budget-s 120 \
     --out "$OUT/gpu_suite.json" >/tmp/suite.log 2>&1
 log "gpu suite rc=$?"
 

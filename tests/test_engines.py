@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from rt_portrait.core.assets import default_portrait_landmarks
 from rt_portrait.engines.base import BackendUnavailable, Precision
 from rt_portrait.engines.graph import GeneratorGraph, GraphSpec, LoadedGraph, load_graph
 from rt_portrait.engines.resolver import (
@@ -32,6 +33,7 @@ from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, DiffusionConfig, Di
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
 from rt_portrait.generator.warp_fill import WarpFillGenerator
+from rt_portrait.tracking.types import TrackResult
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -75,7 +77,9 @@ def real_inputs(astronaut) -> list[GeneratorInput]:
     from rt_portrait.pipeline import Animator, AnimatorConfig
 
     cap = _Capture()
-    animator = Animator(astronaut, AnimatorConfig(size=128), generator=cap)
+    # the packaged landmarks, not the tracker: these tests also run on GPU machines without mediapipe
+    track = TrackResult.from_landmarks(default_portrait_landmarks("astronaut"), astronaut.shape[:2])
+    animator = Animator(astronaut, AnimatorConfig(size=128), generator=cap, source_track=track)
     animator.render_edits(Edits(yaw=20.0, smile=0.6, jaw_open=0.4))
     animator.render_edits(Edits(pitch=-10.0, blink_left=1.0))
     assert len(cap.inputs) == 2

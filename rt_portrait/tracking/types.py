@@ -39,6 +39,15 @@ class TrackResult:
     # them; ``face`` is the one chosen by the selection rule (for UIs and checks)
     boxes: tuple[tuple[float, float, float, float], ...] = ()
 
+    @classmethod
+    def from_landmarks(cls, landmarks: np.ndarray, image_size: tuple[int, int]) -> TrackResult:
+        """A found face from landmarks tracked elsewhere (a stored track, packaged landmarks);
+        its box is the landmarks' bounds."""
+        x0, y0 = landmarks[:, :2].min(0)
+        x1, y1 = landmarks[:, :2].max(0)
+        face = FaceObservation(landmarks, (float(x0), float(y0), float(x1), float(y1)))
+        return cls(True, face, image_size, num_faces=1)
+
     @property
     def landmarks(self) -> np.ndarray:
         if self.face is None:

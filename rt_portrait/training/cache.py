@@ -312,18 +312,14 @@ class ClipTracks:
     landmarks: np.ndarray  # (M, 478, 3) float32 (zeros where not found)
 
     def track(self, i: int) -> TrackResult:
-        from rt_portrait.tracking.types import FaceObservation, TrackResult
+        from rt_portrait.tracking.types import TrackResult
 
         row = np.searchsorted(self.indices, i)
         if row >= len(self.indices) or self.indices[row] != i:
             raise KeyError(f"{self.name}: frame {i} was not tracked")
         if not self.found[row]:
             return TrackResult(False, None, self.image_size, message="no face (tracks file)")
-        lm = self.landmarks[row]
-        x0, y0 = lm[:, :2].min(0)
-        x1, y1 = lm[:, :2].max(0)
-        face = FaceObservation(lm, (float(x0), float(y0), float(x1), float(y1)))
-        return TrackResult(True, face, self.image_size, num_faces=1)
+        return TrackResult.from_landmarks(self.landmarks[row], self.image_size)
 
     def pack(self) -> dict[str, np.ndarray]:
         centre = self.landmarks.mean(1, keepdims=True).astype(np.float32)

@@ -512,7 +512,8 @@ class AnimatorSession:
         t0: float,
         generator: Generator | None = None,
     ) -> AnimatedFrame:
-        r = self.animator.render_frame(target, self.size, self.history, generator or self.generator)
+        gen = generator if generator is not None else self.generator
+        r = self.animator.render_frame(target, self.size, self.history, gen)
         self.history, self.history_valid = r.history, r.history_valid
         timings.update(r.timings_ms)
         timings["total"] = (time.perf_counter() - t0) * 1e3

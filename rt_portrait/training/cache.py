@@ -252,6 +252,10 @@ def render_clip(
     return {k: np.stack(v) for k, v in out.items()}
 
 
+def _save_config(root: Path, cfg: CacheConfig) -> None:
+    (root / "config.json").write_text(json.dumps({k: str(v) for k, v in vars(cfg).items()}, indent=1))
+
+
 def _save_clip(dest: Path, arrays: dict[str, np.ndarray]) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for k, v in arrays.items():
@@ -286,7 +290,7 @@ def build_cache(cfg: CacheConfig) -> Path:
             continue
         _save_clip(dest, arrays)
         done += 1
-    (root / "config.json").write_text(json.dumps({k: str(v) for k, v in vars(cfg).items()}, indent=1))
+    _save_config(root, cfg)
     log.info("cache %s: %d clips in %.0f s", root, done, time.time() - t0)
     return root
 
@@ -474,6 +478,6 @@ def build_cache_from_tracks(cfg: CacheConfig, tracks_file: Path, workers: int = 
             if err:
                 log.warning("%s: skipped (%s)", name, err)
             pairs += n
-    (root / "config.json").write_text(json.dumps({k: str(v) for k, v in vars(cfg).items()}, indent=1))
+    _save_config(root, cfg)
     log.info("cache %s from %s: %d new pairs in %.0f s", root, tracks_file.name, pairs, time.time() - t0)
     return root

@@ -389,7 +389,7 @@ def crop_batch(dc: DeviceCache, p: BatchParams, aug: AugmentConfig) -> Crop:
     else:
         x = x.contiguous()
 
-    enc, depth, normal, flow = torch.split(x[:, 13:], [c for _, c in _F16], dim=1)
+    enc, depth, normal, flow = torch.split(x[:, nu8:], [c for _, c in _F16], dim=1)
     zoom = s / p.side.double()
     enc.view(b, 4, 4, s, s)[:, :, :3].mul_(zoom.float()[:, None, None, None, None])
     flow.mul_(zoom.float()[:, None, None, None])
@@ -398,10 +398,10 @@ def crop_batch(dc: DeviceCache, p: BatchParams, aug: AugmentConfig) -> Crop:
     enc[:, 0::4].mul_(sign[:, None])
     flow[:, 0].mul_(sign)
     normal[:, 0].mul_(sign)
-    images = x[:, :12].reshape(b, 4, 3, s, s)
+    images = x[:, : nu8 - 1].reshape(b, 4, 3, s, s)  # the four RGB images, then visibility
     images = (images * p.gain[:, None, :, None, None] + p.bias[:, None, :, None, None]).clamp(0, 1)
     warped, target, history, source = (images[:, k] for k in range(4))
-    vis = x[:, 12:13]
+    vis = x[:, nu8 - 1 : nu8]
 
     j = torch.arange(s, device=dev)
     side = p.side[:, None]

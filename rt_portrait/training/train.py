@@ -109,6 +109,15 @@ class TrainConfig:
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}, indent=1)
 
 
+def _load_start(path: Path, cfg: TrainConfig, device: torch.device) -> ConditionalUNet:
+    """The weights a run starts from (a teacher, or ``--init``), checked against the run's
+    residual scale."""
+    model, meta = load_weights(path, device)
+    if float(meta["residual_scale"]) != cfg.residual_scale:
+        raise ValueError(f"{path}: residual_scale {meta['residual_scale']} != {cfg.residual_scale}")
+    return model
+
+
 class _Run:
     """Model, EMA, optimiser and generators of one run (everything a checkpoint holds)."""
 
@@ -118,9 +127,7 @@ class _Run:
         if cfg.mode in ("distill", "adversarial"):
             if cfg.teacher is None:
                 raise ValueError(f"{cfg.mode} needs --teacher (the teacher's .safetensors)")
-            teacher, meta = load_weights(cfg.teacher, self.device)
-            if float(meta["residual_scale"]) != cfg.residual_scale:
-                raise ValueError(f"teacher residual_scale {meta['residual_scale']} != {cfg.residual_scale}")
+            teacher = _load_start(cfg.teacher, cfg, self.device)
             # distillation samples the teacher every step; adversarial tuning only starts from it
             self.teacher: ConditionalUNet | None = (
                 teacher.requires_grad_(False) if cfg.mode == "distill" else None
@@ -129,11 +136,7 @@ class _Run:
             self.model.load_state_dict(teacher.state_dict())
         elif cfg.init is not None:
             self.teacher = None
-            start, meta = load_weights(cfg.init, self.device)
-            if float(meta["residual_scale"]) != cfg.residual_scale:
-                raise ValueError(
-                    f"{cfg.init}: residual_scale {meta['residual_scale']} != {cfg.residual_scale}"
-                )
+            start = _load_start(cfg.init, cfg, self.device)
             self.model = ConditionalUNet(start.config).to(self.device)
             self.model.load_state_dict(start.state_dict())
         else:

@@ -80,6 +80,9 @@ class AnimatorConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
+    # compose the generator's face as a correction of the full-resolution warp where the source
+    # is visible, so detail finer than the working grid survives (compose.compose's ``warped``)
+    frame_detail: bool = True
     generator_weights: str | None = None  # None: the shipped weights
     # the diffusion network's engine (rt_portrait.engines): "auto", "eager", "compile",
     # "onnxruntime" or "tensorrt", resolved once when the generator is built
@@ -391,7 +394,14 @@ class Animator:
             )
         )
         t2 = time.perf_counter()
-        frame = compose(self.source_tensor, fields, scene.frame_warp, out.face, out.alpha)
+        frame = compose(
+            self.source_tensor,
+            fields,
+            scene.frame_warp,
+            out.face,
+            out.alpha,
+            warped if self.config.frame_detail else None,
+        )
         image = to_image(frame)
         t3 = time.perf_counter()
         timings["generator"] = (t2 - t1) * 1e3

@@ -154,3 +154,48 @@ def test_full_face_soft_mask_lands_the_correction_without_a_seam() -> None:
     hard = compose(source, fields, FrameWarp(window, (h, w)), face, head[None].float())
     hard_steps = ((hard - source).mean(0)[cy, 1:] - (hard - source).mean(0)[cy, :-1]).abs()
     assert float(hard_steps.max()) > correction / 2  # a hard mask would show a seam: the test can tell
+
+
+def _laplacian_var(x: torch.Tensor) -> float:
+    g = x.mean(0)
+    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def test_frame_detail_keeps_the_full_resolution_warp_under_the_face(source: torch.Tensor) -> None:
+    """With ``warped`` given: where the source is visible, the face's correction over the
+    working-grid warp lands on the full-resolution warp (detail finer than the grid survives);
+    where it is hidden, the upsampled face alone shows."""
+    from rt_portrait.compose import crop_window, warp_working
+
+    _, h, w = source.shape
+    window = Window(x0=0.0, y0=0.0, side=float(w), size=R)  # 4 frame px per working px
+    warp = FrameWarp(window, (h, w))
+    flow = torch.zeros(2, R, R)
+    flow[0] = 1.5
+    fields = _fields(flow)
+    warped = warp_working(crop_window(source, window), flow)
+    alpha = torch.zeros(1, R, R)
+    alpha[:, 8:56, 8:56] = 1.0
+    box = (slice(None), slice(12 * 4, 52 * 4), slice(12 * 4, 52 * 4))
+    full = warp(source, flow)
+
+    # no correction: the full-resolution warp itself, not the grid's softer copy
+    kept = compose(source, fields, warp, warped, alpha, warped)
+    assert torch.allclose(kept[box], full[box], atol=1e-5)
+    soft = compose(source, fields, warp, warped, alpha)
+    assert _laplacian_var(kept[box]) > 2 * _laplacian_var(soft[box])
+
+    # a correction (a brighter face) is added to the full-resolution warp
+    brighter = (warped + 0.1).clamp(0, 1)
+    out = compose(source, fields, warp, brighter, alpha, warped)
+    inc = (out - full)[box]
+    want = (brighter - warped)[:, 12:52, 12:52].repeat_interleave(4, 1).repeat_interleave(4, 2)
+    assert float((inc - want).abs().mean()) < 5e-3
+
+    # hidden source: the face as upsampled, whatever the warp shows there
+    hidden = replace(fields, visibility=torch.zeros(1, R, R))
+    green = torch.zeros(3, R, R)
+    green[1] = 1.0
+    out = compose(source, hidden, warp, green, alpha, warped)
+    assert torch.allclose(out[box], green[:, :1, :1].expand_as(out[box]), atol=1e-6)

@@ -64,6 +64,26 @@ def test_identical_images_score_perfectly(astronaut):
     assert (s.face_l1, s.full_l1) == (0.0, 0.0)
     assert s.face_psnr == s.full_psnr == M.PSNR_CAP_DB
     assert s.face_ssim == pytest.approx(1.0, abs=1e-9) and s.full_ssim == pytest.approx(1.0, abs=1e-9)
+    assert s.face_sharpness == pytest.approx(1.0)
+
+
+def test_sharpness_ratio_falls_with_blur_and_rises_with_noise(astronaut):
+    import cv2
+
+    mask = np.zeros(astronaut.shape[:2], bool)
+    mask[100:300, 150:350] = True
+    ratios = [
+        M.sharpness_ratio(cv2.GaussianBlur(astronaut, (0, 0), s), astronaut, mask) for s in (0.7, 1.5, 3)
+    ]
+    assert 1.0 > ratios[0] > ratios[1] > ratios[2] > 0.0
+    noisy = np.clip(astronaut + np.random.default_rng(0).normal(0, 8, astronaut.shape), 0, 255).astype(
+        np.uint8
+    )
+    assert M.sharpness_ratio(noisy, astronaut, mask) > 1.2
+    # only the mask counts: blurring outside it changes nothing
+    out = astronaut.copy()
+    out[:90] = cv2.GaussianBlur(astronaut, (0, 0), 3)[:90]
+    assert M.sharpness_ratio(out, astronaut, mask) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("k", [1, 4, 16])

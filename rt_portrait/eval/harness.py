@@ -49,6 +49,7 @@ SUMMARY_METRICS: tuple[tuple[str, bool], ...] = (
     ("face_l1", False),
     ("face_psnr", True),
     ("face_ssim", True),
+    ("face_sharpness", True),
     ("full_psnr", True),
     ("full_ssim", True),
     ("landmark_err", False),
@@ -86,6 +87,7 @@ class EvalConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     detail: float = 0.0
+    frame_detail: bool = True  # AnimatorConfig.frame_detail, for every method (flow3d too)
     generator_weights: str | None = None
     teacher_weights: str | None = None  # the ``teacher`` method's weights (default: the shipped ones)
     teacher_steps: int | None = None  # its sampling steps (default: its metadata's, else 16)
@@ -98,6 +100,7 @@ class EvalConfig:
             "motion_weight": self.motion_weight,
             "identity_weight": self.identity_weight,
             "detail": self.detail,
+            "frame_detail": self.frame_detail,
             "generator_weights": self.generator_weights,
             "teacher_weights": self.teacher_weights,
             "teacher_steps": self.teacher_steps,
@@ -179,6 +182,7 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "face_l1": "mean |output - target| in [0,1] units inside the target's face-oval mask",
     "face_psnr": "PSNR (dB, capped at 100) inside the face mask",
     "face_ssim": "Gaussian-window SSIM map (sigma 1.5, per RGB channel) averaged inside the face mask",
+    "face_sharpness": "variance of the grey 4-neighbour Laplacian inside the face mask, / the target's (1 = as sharp as the real frame)",
     "full_l1": "mean |output - target| over the whole frame",
     "full_psnr": "PSNR (dB) over the whole frame",
     "full_ssim": "SSIM map averaged over the whole frame",
@@ -378,6 +382,7 @@ def _run_method(
             "face_l1",
             "face_psnr",
             "face_ssim",
+            "face_sharpness",
             "full_l1",
             "full_psnr",
             "full_ssim",

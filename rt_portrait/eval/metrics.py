@@ -235,11 +235,27 @@ def jitter(sequence: list[np.ndarray | None], scale: float) -> float:
     return float(per_step[ok].mean() / scale)
 
 
+def laplacian_variance(image: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Variance of the grey image's 4-neighbour Laplacian (inside ``mask`` when given): the
+    sharpness measure (a blurred image has less, a noisy one more)."""
+    grey = _as_float(image, "image").mean(axis=2)
+    lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]
+    m = _check_mask(mask, grey.shape)
+    return float(lap.var() if m is None else lap[m[1:-1, 1:-1]].var())
+
+
+def sharpness_ratio(output: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The output's Laplacian variance over the target's (1 = as sharp as the real frame)."""
+    a, b = _pair(output, target)
+    return laplacian_variance(a, mask) / max(laplacian_variance(b, mask), 1e-12)
+
+
 @dataclass(frozen=True)
 class ImageScores:
     face_l1: float
     face_psnr: float
     face_ssim: float
+    face_sharpness: float  # Laplacian variance inside the face mask, / the target's
     full_l1: float
     full_psnr: float
     full_ssim: float
@@ -257,6 +273,7 @@ def image_scores(output: np.ndarray, target: np.ndarray, mask: np.ndarray) -> Im
         face_l1=float(absd[m].mean()),
         face_psnr=psnr_from_mse(float(sq[m].mean())),
         face_ssim=float(smap[m].mean()),
+        face_sharpness=sharpness_ratio(a, b, m),
         full_l1=float(absd.mean()),
         full_psnr=psnr_from_mse(float(sq.mean())),
         full_ssim=float(smap.mean()),

@@ -15,6 +15,7 @@ The diffusion module is imported lazily: the warp path never loads safetensors o
 
 from __future__ import annotations
 
+import argparse
 import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -186,6 +187,14 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         "less accurate); 0 = the model's output as trained (default)",
     )
     g.add_argument(
+        "--frame-detail",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compose the generator's face as a correction of the full-resolution warp where the "
+        "source is visible, so detail finer than the working grid survives (default: on; "
+        "--no-frame-detail upsamples the working-resolution face as is)",
+    )
+    g.add_argument(
         "--generator-weights",
         default=None,
         metavar="FILE",
@@ -213,6 +222,7 @@ def generator_options(args: Any) -> dict[str, Any]:
         "motion_weight": args.motion_weight,
         "identity_weight": args.identity_weight,
         "detail": args.detail,
+        "frame_detail": args.frame_detail,
         "generator_weights": args.generator_weights,
         "backend": args.backend,
     }

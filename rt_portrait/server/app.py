@@ -99,6 +99,7 @@ class ServerConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     detail: float = 0.0
+    frame_detail: bool = True
     generator_weights: str | None = None
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines), resolved once
 
@@ -194,6 +195,7 @@ class ServerState:
             motion_weight=c.motion_weight,
             identity_weight=c.identity_weight,
             detail=c.detail,
+            frame_detail=c.frame_detail,
             generator_weights=c.generator_weights,
             backend=c.backend,
         )

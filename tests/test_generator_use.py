@@ -300,3 +300,22 @@ def test_shipped_weights_beat_the_warp_on_a_talking_face() -> None:
             errs.append(l1(out, target, face_mask(track.landmarks, target.shape[:2])))
         errors[name] = errs
     assert np.mean(errors["diffusion"]) < np.mean(errors["warp"]), errors
+
+
+def test_frame_detail_keeps_a_large_portraits_sharpness(astronaut: np.ndarray) -> None:
+    """A 512-px portrait at working size 256: composed as the full-resolution warp plus the
+    generator's correction, the still face keeps most of its own fine detail; the working-grid
+    face upsampled as is loses most of it (the output of the old compose)."""
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip(f"the generator weights are not installed ({DEFAULT_WEIGHTS} is absent)")
+    from rt_portrait.eval.metrics import face_mask, sharpness_ratio
+
+    source = fit_long_side(astronaut, 512)
+    ratios = {}
+    for frame_detail in (True, False):
+        config = AnimatorConfig(size=256, generator="diffusion", frame_detail=frame_detail)
+        animator = Animator(source, config)
+        out = animator.render_edits(Edits()).image
+        mask = face_mask(animator.source_landmarks, source.shape[:2])
+        ratios[frame_detail] = sharpness_ratio(out, source, mask)
+    assert ratios[True] > 0.85 and ratios[False] < 0.4, ratios  # measured 0.99 and 0.18

@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--size", type=int, default=256)
     c.add_argument("--pool", type=int, default=80)
     c.add_argument("--sources", type=int, default=2)
-    c.add_argument("--targets", type=int, default=24)
+    c.add_argument("--targets", type=int, default=24, help="targets per source, biased to large motion")
+    c.add_argument(
+        "--near",
+        type=int,
+        default=0,
+        help="per source also the source itself and its NEAR-1 closest frames (still and small motion)",
+    )
     c.add_argument("--max-clips", type=int, default=None)
     c.add_argument(
         "--export-tracks",
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             pool=args.pool,
             sources=args.sources,
             targets=args.targets,
+            near=args.near,
             max_clips=args.max_clips,
         )
         if args.export_tracks and args.from_tracks:

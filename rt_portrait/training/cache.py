@@ -60,7 +60,10 @@ class CacheConfig:
     size: int = 256
     pool: int = 80  # frames tracked per clip to choose pairs from
     sources: int = 2  # sources per clip
-    targets: int = 24  # targets per source
+    targets: int = 24  # targets per source, drawn with a bias toward large pose and expression changes
+    # and per source the source frame itself plus its near - 1 closest frames as targets: with
+    # the biased draw alone the model never sees a still head, and changed a face that did not move
+    near: int = 0
     history_gap: int = 2  # frames between the history frame and the target
     seed: int = 0
     max_clips: int | None = None
@@ -205,7 +208,10 @@ def render_clip(
         d = np.array([_pose_expr_distance(states[i], states[s]) for i in cands])
         p = (d + 1e-3) ** 1.5
         p = p / p.sum()
-        chosen = rng.choice(cands, size=min(cfg.targets, len(cands)), replace=False, p=p)
+        chosen = list(rng.choice(cands, size=min(cfg.targets, len(cands)), replace=False, p=p))
+        if cfg.near > 0:
+            closest = [cands[j] for j in np.argsort(d, kind="stable") if cands[j] not in chosen]
+            chosen += [s, *closest[: cfg.near - 1]]
         for t in chosen:
             t = int(t)
             tstate = fit_head(

@@ -120,3 +120,38 @@ def test_more_sources_give_more_pairs_of_the_same_tracks(
 def _round_trip(tracks: ClipTracks) -> list[ClipTracks]:
     packed = tracks.pack()
     return [ClipTracks.unpack(packed, tracks.name)]
+
+
+def test_near_pairs_are_the_still_source_and_its_closest_frames(
+    clip: Path, tracks: ClipTracks, cfg: CacheConfig
+) -> None:
+    """``near``: per source, the source frame itself (no motion: the warp is the target) and
+    the next-closest frames by pose and expression, whatever the biased draw took."""
+    near = replace(cfg, targets=0, near=3)
+    frames = read_frames_cv2(clip, tracks.indices, tracks.frame_count)
+    arrays = render_clip(frames, tracks.track, tracks.pool, tracks.image_size, near, np.random.default_rng(0))
+    assert arrays is not None and len(arrays["warped"]) == 3
+    source, target, dist = arrays["meta"].T
+    assert target[0] == source[0] and dist[0] < 1e-6
+    assert np.array_equal(arrays["warped"][0], arrays["target"][0])  # nothing moved, nothing to fix
+    assert dist[1] > 0 and dist[2] > 0
+    # the two closest candidates by the sampler's own measure
+    from rt_portrait.head import fit_head
+    from rt_portrait.training.cache import _pose_expr_distance
+
+    s0 = int(source[0])
+    state = {
+        int(i): fit_head(tracks.track(int(i)).landmarks, tracks.image_size)
+        for i in tracks.pool
+        if tracks.track(int(i)).found
+    }
+    cands = [i for i in state if abs(i - s0) > near.history_gap]
+    closest = sorted(cands, key=lambda i: _pose_expr_distance(state[i], state[s0]))[:2]
+    assert [int(t) for t in target[1:]] == closest
+    # with the biased draw too, the near pairs come on top
+    both = render_clip(
+        frames, tracks.track, tracks.pool, tracks.image_size, replace(cfg, near=3), np.random.default_rng(0)
+    )
+    plain = render_clip(frames, tracks.track, tracks.pool, tracks.image_size, cfg, np.random.default_rng(0))
+    assert both is not None and plain is not None
+    assert len(both["warped"]) == len(plain["warped"]) + 1  # targets=100 took every candidate already

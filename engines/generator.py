@@ -93,6 +93,7 @@ class EngineGenerator(DiffusionGenerator):
                 self._eager_sizes.add(size)
                 log.info("generator: size %d not prepared for %s, eager at that size", size, self.engine.name)
             return super().generate_batch(inputs)
+        inputs = self.with_base(inputs)
         cond = self.condition(inputs)
         n, _, h, w = cond.shape
         dev = self.engine_device

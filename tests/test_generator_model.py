@@ -253,6 +253,26 @@ def test_untrained_generator_returns_the_warp(tmp_path: Path) -> None:
     assert torch.allclose(out_reg.face, inp.warped)
 
 
+def test_a_warp_fill_model_adds_its_residual_to_the_filled_warp(tmp_path: Path) -> None:
+    from rt_portrait.generator.diffusion import fill_warp
+    from rt_portrait.generator.warp_fill import WarpFillGenerator
+
+    inp = _inputs(r=48, history=False)
+    inp = replace(inp, fields=replace(inp.fields, visibility=(inp.fields.visibility > 0.3).float()))
+    filled = WarpFillGenerator()(inp).face
+    assert (filled - inp.warped).abs().amax() > 0.1  # the fill changes the hidden pixels
+    assert torch.equal(fill_warp(inp, WarpFillGenerator()).warped, filled)
+    path = tmp_path / "zero_fill.safetensors"
+    save_weights(ConditionalUNet(SMALL), path, residual_scale=2.0, extra={"base": "warp_fill"})
+    gen = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32"))
+    assert gen.base == "warp_fill"
+    assert torch.allclose(gen(inp).face, filled, atol=1e-6)  # a zero residual: the filled warp
+    bad = tmp_path / "bad_base.safetensors"
+    save_weights(ConditionalUNet(SMALL), bad, residual_scale=2.0, extra={"base": "inpaint"})
+    with pytest.raises(ValueError, match="unknown residual base 'inpaint'"):
+        DiffusionGenerator(DiffusionConfig(weights=bad))
+
+
 def test_face_alpha_covers_the_head_softly() -> None:
     labels = torch.zeros(1, 64, 64, dtype=torch.long)
     labels[0, 16:48, 20:44] = int(Region.SKIN)
@@ -500,6 +520,17 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
     assert state["step"] == 4
     meta = load_weights(out / "weights.safetensors")[1]
     assert (meta["p_t1"], meta["ssim_weight"], meta["train_steps"]) == ("1.0", "1.0", "4")
+    assert meta["base"] == "warp"  # the synthetic cache has no config: the raw warp
+
+
+def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) -> None:
+    import json
+
+    from rt_portrait.training.train import cache_base
+
+    assert cache_base(tmp_path) == "warp"
+    (tmp_path / "config.json").write_text(json.dumps({"split": "train", "base": "warp_fill"}))
+    assert cache_base(tmp_path) == "warp_fill"
 
 
 def test_ssim_weight_changes_the_loss(synthetic_cache: Path, tmp_path: Path) -> None:

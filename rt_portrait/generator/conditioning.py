@@ -5,7 +5,8 @@ Channel table (``CHANNEL_GROUPS`` holds the same as data; ``NUM_CHANNELS`` = 40)
 =========  ==========  =====  ===========================================================
 group      name        chans  content and range
 =========  ==========  =====  ===========================================================
-warp       warped      0-2    source warped by the flow, RGB in [-1, 1]
+warp       warped      0-2    source warped by the flow (for a ``warp_fill`` model with its
+                              holes filled, ``diffusion.BASES``), RGB in [-1, 1]
 identity   source      3-5    the source window, RGB in [-1, 1]
 motion     visibility  6      source visibility in [0, 1] (0 = no source correspondence)
 motion     encoding    7-22   K=4 candidates x (flow u, flow v, depth offset, weight): the

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_bat
 from rt_portrait.generator.sampling import SAMPLERS, fused_model_fn, schedule, x0_to_velocity
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+from rt_portrait.generator.warp_fill import WarpFillGenerator
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # The shipped 1-step weights: the best 1-step model of the CPU runs (see weights/MODEL_CARD.md:
@@ -56,6 +57,19 @@ REGRESSION_WEIGHTS = WEIGHTS_DIR / "generator_regression.safetensors"  # the abl
 TEACHER_STEPS = 16
 WEIGHTS_FORMAT = "rt-portrait-generator-v1"
 PREDICTIONS = ("sample", "velocity", "regression")
+# What the residual is added to (metadata ``base``): the raw warp, or the warp with its holes
+# filled by the learning-free generator (``warp_fill``). The raw warp shows, where the source
+# hides the target's surface, whatever hid it (a ghost of the nose, an eye or the old
+# jawline), which a small model's residual has to cancel pixel for pixel; the filled warp
+# starts from hair, skin and the mean open mouth there instead.
+BASES = ("warp", "warp_fill")
+
+
+def fill_warp(inputs: GeneratorInput, fill: WarpFillGenerator) -> GeneratorInput:
+    """``inputs`` with its warp's holes filled by the learning-free generator: the base of a
+    ``warp_fill`` model (its condition's warped source, and what its residual is added to).
+    The training cache renders its pairs through this too, so train and serve agree."""
+    return replace(inputs, warped=fill(inputs).face)
 
 
 def default_weights(steps: int = 1) -> Path:
@@ -203,6 +217,10 @@ class DiffusionGenerator:
         self.prediction = self.meta.get("prediction", "sample")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"{path}: unknown prediction {self.prediction!r}; expected one of {PREDICTIONS}")
+        self.base = self.meta.get("base", "warp")
+        if self.base not in BASES:
+            raise ValueError(f"{path}: unknown residual base {self.base!r}; expected one of {BASES}")
+        self._fill = WarpFillGenerator() if self.base == "warp_fill" else None
         self._noise: dict[tuple[int, int], torch.Tensor] = {}
 
     def _autocast(self) -> AbstractContextManager[object]:
@@ -247,9 +265,14 @@ class DiffusionGenerator:
         x_t = self.noise(h, w).expand(b, -1, -1, -1)
         return SAMPLERS[cfg.sampler](fn, x_t, schedule(cfg.steps, device=cond.device), cond)
 
+    def with_base(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorInput]:
+        """The inputs as the model reads them: the warp, or the filled warp (see ``BASES``)."""
+        return list(inputs) if self._fill is None else [fill_warp(x, self._fill) for x in inputs]
+
     @torch.inference_mode()
     def generate_batch(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorOutput]:
         """One batched sampling for several inputs (e.g. several sessions' frames)."""
+        inputs = self.with_base(inputs)
         hv = [self.config.history and x.history is not None for x in inputs]
         cond = build_condition_batch([x.to(self.device) for x in inputs], hv)
         res = self.residual(cond)

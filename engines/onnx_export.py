@@ -99,6 +99,13 @@ def export_onnx(
             do_constant_folding=True,
         )
     model = onnx.load(str(tmp))
+    # the tracer leaves the output's channel dim symbolic when the graph concatenates (a
+    # displacing model's face and displacement): pin (C, R, R), which runtimes size buffers by
+    for dim, value in zip(
+        model.graph.output[0].type.tensor_type.shape.dim[1:], (graph.out_channels, size, size), strict=True
+    ):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
     spec = graph.spec
     meta = {
         "rt_portrait.format": "rt-portrait-generator-onnx-v1",
@@ -106,6 +113,7 @@ def export_onnx(
         "rt_portrait.weights_file": loaded.weights.name,
         "rt_portrait.channel_layout": CHANNEL_LAYOUT,
         "rt_portrait.cond_channels": str(nc),
+        "rt_portrait.out_channels": str(graph.out_channels),
         "rt_portrait.size": str(size),
         "rt_portrait.steps": str(spec.steps),
         "rt_portrait.sampler": spec.sampler,

@@ -145,7 +145,8 @@ class OrtEngine:
         """I/O binding: ORT reads the inputs and writes the output in torch's own memory."""
         cond = cond.detach().to(self.device, torch.float32).contiguous()
         noise = noise.detach().to(self.device, torch.float32).contiguous()
-        out = torch.empty(cond.shape[0], 3, *cond.shape[-2:], device=self.device)
+        channels = int(sess.get_outputs()[0].shape[1])  # 3, or 5 for a displacing model
+        out = torch.empty(cond.shape[0], channels, *cond.shape[-2:], device=self.device)
         kind, dev = self.device.type, self.device.index or 0
         binding = sess.io_binding()
         for name, t in zip(INPUTS, (cond, noise), strict=True):

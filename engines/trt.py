@@ -184,6 +184,7 @@ class _Loaded:
     engine: Any
     context: Any
     out_dtype: torch.dtype
+    out_channels: int  # 3 (the face), 5 for a displacing model (face, displacement)
 
 
 class TrtEngine:
@@ -223,7 +224,8 @@ class TrtEngine:
                     "tensorrt", "build failed", f"{plan}: unexpected I/O tensors {sorted(names)}"
                 )
             out_dtype = _TORCH_DTYPES.get(engine.get_tensor_dtype(OUTPUT).name, torch.float32)
-            self._engines[size] = _Loaded(engine, engine.create_execution_context(), out_dtype)
+            channels = int(engine.get_tensor_shape(OUTPUT)[1])
+            self._engines[size] = _Loaded(engine, engine.create_execution_context(), out_dtype, channels)
         return self._engines[size]
 
     def prepare(self, size: int) -> None:
@@ -244,7 +246,13 @@ class TrtEngine:
         with self._lock:
             loaded = self._load(cond.shape[-1])
             ctx = loaded.context
-            out = torch.empty(cond.shape[0], 3, *cond.shape[-2:], device=self.device, dtype=loaded.out_dtype)
+            out = torch.empty(
+                cond.shape[0],
+                loaded.out_channels,
+                *cond.shape[-2:],
+                device=self.device,
+                dtype=loaded.out_dtype,
+            )
             for name, t in (("cond", cond), ("noise", noise)):
                 ctx.set_input_shape(name, tuple(t.shape))
                 ctx.set_tensor_address(name, t.data_ptr())

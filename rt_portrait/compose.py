@@ -8,12 +8,27 @@ inside it the flow is tapered to zero at window edges that lie inside the frame.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rt_portrait.core.fill import nonzero_box
+from rt_portrait.core.fill import nonzero_box, warp_working
 from rt_portrait.flow.types import FlowFields, Window
+
+__all__ = [
+    "FrameWarp",
+    "choose_window",
+    "compose",
+    "crop_window",
+    "displace_fields",
+    "to_image",
+    "to_tensor",
+    "upsample_to_frame",
+    "warp_working",  # (in core.fill since the generator displaces its base with it)
+    "window_taper",
+]
 
 
 def choose_window(
@@ -77,15 +92,14 @@ def crop_window(source: torch.Tensor, window: Window) -> torch.Tensor:
     ]
 
 
-def warp_working(source_working: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward-warp a (C, R, R) working image by a (2, R, R) flow in working pixels."""
-    r = flow.shape[-1]
-    base = torch.arange(r, device=flow.device, dtype=torch.float32) + 0.5
-    gy, gx = torch.meshgrid(base, base, indexing="ij")
-    grid = torch.stack((gx + flow[0], gy + flow[1]), -1) * (2.0 / r) - 1
-    return F.grid_sample(
-        source_working[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False
-    )[0]
+def displace_fields(fields: FlowFields, displacement: torch.Tensor) -> FlowFields:
+    """The flow and visibility a generator's displaced base was sampled through: each pixel
+    reads the warp at itself plus ``displacement`` (2, R, R), and the warp there reads the
+    source at that point plus its flow, so the composed flow is ``d + flow(x + d)``.
+    Compose then warps the full-resolution source by it, as the face was built."""
+    flow = displacement + warp_working(fields.flow, displacement)
+    visibility = warp_working(fields.visibility.reshape(1, *flow.shape[-2:]), displacement)
+    return replace(fields, flow=flow, visibility=visibility)
 
 
 def _frame_grid(

@@ -32,6 +32,7 @@ from rt_portrait.compose import (
     choose_window,
     compose,
     crop_window,
+    displace_fields,
     to_image,
     to_tensor,
     warp_working,
@@ -393,6 +394,9 @@ class Animator:
                 landmarks=landmarks,
             )
         )
+        if out.displacement is not None:  # the face was built on a displaced warp: so is the frame
+            fields = displace_fields(fields, out.displacement)
+            warped = warp_working(warped, out.displacement)
         t2 = time.perf_counter()
         frame = compose(
             self.source_tensor,

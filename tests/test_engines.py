@@ -565,3 +565,59 @@ def test_an_unprepared_size_runs_eager_rather_than_building_mid_stream(
     want = gen.generate_batch(real_inputs)
     assert all(torch.equal(g.face, w.face) for g, w in zip(got, want, strict=True))  # the eager path itself
     assert not list(tmp_path.glob("*_128.onnx"))  # nothing was exported for it
+
+
+@pytest.fixture(scope="module")
+def displacing_weights(tmp_path_factory) -> Path:
+    """A random UNet with two flow channels (a displacing model), its flow head drawn large
+    enough that the displacement is a few working pixels."""
+    torch.manual_seed(5)
+    unet = ConditionalUNet(UNetConfig(flow_channels=2))
+    torch.nn.init.normal_(unet.out.weight, std=0.05)
+    with torch.no_grad():
+        unet.out.weight[12:] *= 40  # the flow channels (PixelShuffle: conv channels 12..19)
+    path = tmp_path_factory.mktemp("weights") / "displacing.safetensors"
+    save_weights(unet, path, residual_scale=2.0)
+    return path
+
+
+def test_a_displacing_model_runs_the_same_on_every_cpu_path(
+    displacing_weights, real_inputs, tmp_path
+) -> None:
+    """Graph (1 and 2 steps, fusion), engine generator (eager, ONNX Runtime) and ORT's I/O
+    binding all give the diffusion generator's face and displacement."""
+    from rt_portrait.engines.generator import EngineGenerator, with_backend
+    from rt_portrait.engines.onnx_export import export_onnx
+    from rt_portrait.engines.ort import OrtEngine
+
+    for steps, mw in ((1, 1.0), (2, 1.0), (1, 1.5)):
+        gen = DiffusionGenerator(
+            DiffusionConfig(weights=displacing_weights, steps=steps, motion_weight=mw, dtype="float32")
+        )
+        want = gen.generate_batch(real_inputs)
+        disp = torch.stack([o.displacement for o in want])  # type: ignore[misc]
+        assert disp.shape == (2, 2, 128, 128) and 0.5 < float(disp.abs().max()) <= 8.0
+        loaded = load_graph(displacing_weights, GraphSpec(steps=steps, motion_weight=mw))
+        with torch.inference_mode():
+            got = loaded.graph(build_condition_batch(real_inputs), gen.noise(128, 128).expand(2, -1, -1, -1))
+        assert got.shape == (2, 5, 128, 128)
+        assert torch.allclose(got[:, :3], torch.stack([o.face for o in want]), atol=1e-5)
+        assert torch.allclose(got[:, 3:], disp, atol=1e-4), (
+            steps,
+            mw,
+            float((got[:, 3:] - disp).abs().max()),
+        )
+    gen = DiffusionGenerator(DiffusionConfig(weights=displacing_weights, dtype="float32"))
+    want = gen.generate_batch(real_inputs)
+    for backend in ("eager", "onnxruntime"):
+        eg = with_backend(gen, 128, EngineConfig(backend=backend, cache_dir=tmp_path, threads=1))
+        assert isinstance(eg, EngineGenerator) and eg.engine.name == backend
+        for g, w in zip(eg.generate_batch(real_inputs), want, strict=True):
+            assert g.displacement is not None and w.displacement is not None
+            assert torch.allclose(g.face, w.face, atol=2e-3)
+            assert torch.allclose(g.displacement, w.displacement, atol=2e-3)
+    info = export_onnx(load_graph(displacing_weights), tmp_path / "d.onnx", 128)
+    cond, noise = build_condition_batch(real_inputs), _noise(2, 128)
+    plain = OrtEngine.from_files([info.path], threads=1)(cond, noise)
+    bound = OrtEngine.from_files([info.path], threads=1, io_binding=True)(cond, noise)
+    assert plain.shape == (2, 5, 128, 128) and torch.equal(bound, plain)

@@ -564,3 +564,90 @@ def test_texture_loss_asks_for_detail_not_for_its_phase() -> None:
     # L1 calls the shifted copy worse than the blur; the texture term says the opposite
     assert float((shifted - real).abs().mean()) > float((blurred - real).abs().mean())
     assert float(texture_loss(shifted, real, w)) < 0.2 * float(texture_loss(blurred, real, w))
+
+
+# ---- displacement (a model that also moves its base) -------------------------------------------
+
+
+def test_added_flow_channels_start_at_zero_and_keep_the_prediction() -> None:
+    from rt_portrait.generator.unet import add_flow_channels
+
+    model = _randomised(ConditionalUNet(SMALL))
+    grown = add_flow_channels(model).eval()
+    assert grown.config.flow_channels == 2 and grown.config.out_channels == 3
+    inp = _inputs()
+    cond = build_condition_batch([inp])
+    x, t = torch.randn(1, 3, 32, 32), torch.ones(1)
+    with torch.no_grad():
+        a, b = model(x, t, cond), grown(x, t, cond)
+    assert b.shape == (1, 5, 32, 32)
+    torch.testing.assert_close(b[:, :3], a)
+    assert torch.equal(b[:, 3:], torch.zeros_like(b[:, 3:]))
+    with pytest.raises(ValueError, match="already has 2 flow channels"):
+        add_flow_channels(grown)
+
+
+def test_displacement_field_is_smooth_and_bounded() -> None:
+    from rt_portrait.generator.diffusion import DISPLACEMENT_LIMIT, displacement_field
+
+    raw = torch.zeros(1, 2, 32, 32)
+    raw[:, 0] = 3.0
+    torch.testing.assert_close(displacement_field(raw)[:, 0], torch.full((1, 32, 32), 8 * np.tanh(3 / 8)))
+    noisy = torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(0)) * 100
+    d = displacement_field(noisy)
+    assert float(d.abs().max()) <= DISPLACEMENT_LIMIT
+    # averaged over 4x4 cells and interpolated: neighbours differ far less than the raw channels
+    assert float((d[..., 1:] - d[..., :-1]).abs().mean()) < 0.1 * float(
+        (noisy[..., 1:] - noisy[..., :-1]).abs().mean()
+    )
+
+
+def test_a_displacing_model_moves_its_base_and_reports_it(tmp_path: Path) -> None:
+    """Flow channels that ask for a constant shift of 2 px right: the face is the warp read 2
+    px to the right (a zero residual), and the output carries the displacement for compose."""
+    from rt_portrait.generator.unet import add_flow_channels
+
+    model = add_flow_channels(ConditionalUNet(SMALL))
+    raw = float(8 * np.arctanh(2 / 8))  # displacement_field's bound maps it to 2 px
+    with torch.no_grad():
+        model.out.bias[12:16] = raw  # flow channel x (conv channels 12..15 after PixelShuffle)
+    path = tmp_path / "shift.safetensors"
+    save_weights(model, path, residual_scale=2.0)
+    inp = _inputs(r=32)
+    for steps in (1, 2):
+        out = DiffusionGenerator(DiffusionConfig(weights=path, steps=steps, dtype="float32"))(inp)
+        assert out.displacement is not None and out.displacement.shape == (2, 32, 32)
+        torch.testing.assert_close(out.displacement[0], torch.full((32, 32), 2.0))
+        torch.testing.assert_close(out.displacement[1], torch.zeros(32, 32))
+        torch.testing.assert_close(out.face[:, :, :-2], inp.warped[:, :, 2:])
+    # a model without flow channels reports none
+    plain = tmp_path / "plain.safetensors"
+    save_weights(ConditionalUNet(SMALL), plain, residual_scale=2.0)
+    assert DiffusionGenerator(DiffusionConfig(weights=plain, dtype="float32"))(inp).displacement is None
+
+
+def test_displacement_training_learns_and_resumes(synthetic_cache: Path, tmp_path: Path) -> None:
+    """``--displacement``: flow channels added to the start at zero, trained with the face
+    built on the displaced base; the run's loss falls, and a resume continues the same state."""
+    from rt_portrait.training.train import run
+
+    def cfg(out: Path, steps: int, resume: bool = False):
+        c = _train_cfg(out, "teacher", steps=steps, resume=resume)
+        c.cache, c.p_t1, c.displacement = synthetic_cache / "cache", 1.0, True
+        return c
+
+    r = run(cfg(tmp_path / "a", 30))
+    assert r.model.config.flow_channels == 2
+    losses = [h["loss"] for h in r.history]
+    assert np.mean(losses[-6:]) < 0.7 * np.mean(losses[:3]), losses
+    assert float(r.model.out.weight[4 * 3 :].abs().max()) > 0  # the flow head has learned something
+    gen = DiffusionGenerator(DiffusionConfig(weights=tmp_path / "a" / "run-teacher" / "weights.safetensors"))
+    assert gen(_inputs()).displacement is not None
+    run(cfg(tmp_path / "b", 15))
+    resumed = run(cfg(tmp_path / "b", 30, resume=True))
+    for a, b in zip(r.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    bad = cfg(tmp_path / "c", 2)
+    bad.p_t1 = 0.2
+    with pytest.raises(ValueError, match="--p-t1 1"):
+        run(bad)

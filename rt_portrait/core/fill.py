@@ -43,3 +43,20 @@ def push_pull_fill(image: torch.Tensor, weight: torch.Tensor, levels: int = 6) -
         conf = (ww * 2).clamp(max=1)
         filled = conf * (iw / ww.clamp_min(1e-6)) + (1 - conf) * up
     return filled
+
+
+def warp_batch(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward-warp (B, C, H, W) images by (B, 2, H, W) flows in pixels: each output pixel
+    samples its image at its own centre plus its flow (x, y), bilinearly, border-padded."""
+    h, w = flow.shape[-2:]
+    ys = torch.arange(h, device=flow.device, dtype=flow.dtype) + 0.5
+    xs = torch.arange(w, device=flow.device, dtype=flow.dtype) + 0.5
+    gx = (xs[None, None, :] + flow[:, 0]) * (2.0 / w) - 1
+    gy = (ys[None, :, None] + flow[:, 1]) * (2.0 / h) - 1
+    grid = torch.stack((gx, gy), -1).to(images.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def warp_working(source_working: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward-warp a (C, R, R) working image by a (2, R, R) flow in working pixels."""
+    return warp_batch(source_working[None], flow[None])[0]

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rt_portrait.core.fill import warp_batch
 from rt_portrait.core.types import Region
 from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch, drop_groups
 from rt_portrait.generator.sampling import SAMPLERS, fused_model_fn, schedule, x0_to_velocity
@@ -63,6 +64,34 @@ PREDICTIONS = ("sample", "velocity", "regression")
 # jawline), which a small model's residual has to cancel pixel for pixel; the filled warp
 # starts from hair, skin and the mean open mouth there instead.
 BASES = ("warp", "warp_fill")
+# A model with two flow channels (UNetConfig.flow_channels) also *displaces* its base: the face
+# samples the base at each pixel plus a smooth displacement field, then adds the residual.
+# Most of what the residual alone cannot fix is texture a pixel or two out of place (the head
+# model's misfit, the tracker's error): a residual can only blur it away, a displacement moves
+# it, and stays sharp. The field is the network's two extra channels averaged over
+# DISPLACEMENT_POOL x DISPLACEMENT_POOL cells (smooth by construction), bounded softly by
+# DISPLACEMENT_LIMIT working pixels, and upsampled bilinearly.
+DISPLACEMENT_POOL = 4
+DISPLACEMENT_LIMIT = 8.0
+
+
+def displacement_field(raw: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) displacement in working pixels from the network's (B, 2, H, W) flow channels."""
+    h, w = raw.shape[-2:]
+    coarse = F.avg_pool2d(raw.float(), DISPLACEMENT_POOL, ceil_mode=True)
+    coarse = DISPLACEMENT_LIMIT * torch.tanh(coarse / DISPLACEMENT_LIMIT)
+    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def displaced_face(
+    base: torch.Tensor, residual: torch.Tensor, displacement: torch.Tensor | None, residual_scale: float
+) -> torch.Tensor:
+    """(B, 3, H, W) face: the base (displaced, when a displacement is given) plus the residual
+    (in [-1, 1] x residual_scale units), not clamped (training needs the gradient everywhere;
+    the runtime clamps). Training and every runtime path use this."""
+    if displacement is not None:
+        base = warp_batch(base, displacement)
+    return base + residual / (2 * residual_scale)
 
 
 def fill_warp(inputs: GeneratorInput, fill: WarpFillGenerator) -> GeneratorInput:
@@ -243,27 +272,51 @@ class DiffusionGenerator:
     def _model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The velocity (sampling's model_fn), whatever the network predicts."""
         with self._autocast():
-            out = self.model(x, t, cond).float()
+            out = self.model(x, t, cond).float()[:, :3]
         return x0_to_velocity(x, t, out) if self.prediction == "sample" else out
 
     @torch.inference_mode()
     def residual(self, cond: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) predicted residual (image units in [-1, 1] x residual_scale) for a
         condition batch."""
+        return self.sample(cond)[0]
+
+    @torch.inference_mode()
+    def sample(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The predicted residual (B, 3, R, R) and, for a displacing model, the displacement
+        (B, 2, R, R) of its base in working pixels (else None), for a condition batch.
+
+        The displacement is read from the first network call (t = 1, from the fixed noise,
+        the full condition's rows): the one call every step count and fusion makes."""
         b, _, h, w = cond.shape
         cfg = self.config
         if self.prediction == "regression":  # plain regression (ablation): one forward from zeros
             x = torch.zeros(b, 3, h, w, device=cond.device)
             with self._autocast():
-                return self.model(x, torch.ones(b, device=cond.device), cond).float()
+                out = self.model(x, torch.ones(b, device=cond.device), cond).float()
+            return out[:, :3], self._displacement(out[:, 3:])
+        first: list[torch.Tensor] = []
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out = self.model(x, t, c).float()
+            if not first:
+                first.append(out[:b, 3:])
+            x0 = out[:, :3]
+            return x0_to_velocity(x, t, x0) if self.prediction == "sample" else x0
+
         fn = fused_model_fn(
-            self._model_fn,
+            model_fn,
             lambda c, group: drop_groups(c, {group: True}),
             cfg.motion_weight,
             cfg.identity_weight,
         )
         x_t = self.noise(h, w).expand(b, -1, -1, -1)
-        return SAMPLERS[cfg.sampler](fn, x_t, schedule(cfg.steps, device=cond.device), cond)
+        res = SAMPLERS[cfg.sampler](fn, x_t, schedule(cfg.steps, device=cond.device), cond)
+        return res, self._displacement(first[0])
+
+    def _displacement(self, raw: torch.Tensor) -> torch.Tensor | None:
+        return displacement_field(raw) if self.model.config.flow_channels else None
 
     def with_base(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorInput]:
         """The inputs as the model reads them: the warp, or the filled warp (see ``BASES``)."""
@@ -275,10 +328,10 @@ class DiffusionGenerator:
         inputs = self.with_base(inputs)
         hv = [self.config.history and x.history is not None for x in inputs]
         cond = build_condition_batch([x.to(self.device) for x in inputs], hv)
-        res = self.residual(cond)
+        res, disp = self.sample(cond)
         warped = torch.stack([x.warped.to(self.device).float() for x in inputs])
-        face = (warped + res / (2 * self.residual_scale)).clamp(0, 1)
-        return self.outputs(face, inputs, self.device, warped)
+        face = displaced_face(warped, res, disp, self.residual_scale).clamp(0, 1)
+        return self.outputs(face, inputs, self.device, warped, disp)
 
     def outputs(
         self,
@@ -286,17 +339,27 @@ class DiffusionGenerator:
         inputs: Sequence[GeneratorInput],
         device: torch.device,
         warped: torch.Tensor | None = None,
+        displacement: torch.Tensor | None = None,
     ) -> list[GeneratorOutput]:
-        """The sampled faces (N, 3, R, R) as outputs: the warp-detail post-process when it is on,
-        then each one's blend mask (shared by the eager and the engine paths)."""
+        """The sampled faces (N, 3, R, R) (and displacements (N, 2, R, R) of a displacing
+        model) as outputs: the warp-detail post-process when it is on, then each one's blend
+        mask (shared by the eager and the engine paths)."""
         if self.config.detail > 0:
             if warped is None:
                 warped = torch.stack([x.warped.to(device).float() for x in inputs])
             visibility = torch.stack([x.fields.visibility.to(device) for x in inputs])
+            if displacement is not None:  # the detail of the base the face was built on
+                warped = warp_batch(warped, displacement)
+                visibility = warp_batch(visibility, displacement)
             face = keep_warp_detail(face.float(), warped, visibility, self.config.detail)
         labels = torch.stack([x.fields.labels.to(device) for x in inputs])
         alpha = face_alpha(labels, self.config.feather)
-        return [GeneratorOutput(face=face[i], alpha=alpha[i]) for i in range(len(inputs))]
+        return [
+            GeneratorOutput(
+                face=face[i], alpha=alpha[i], displacement=None if displacement is None else displacement[i]
+            )
+            for i in range(len(inputs))
+        ]
 
     def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
         return self.generate_batch([inputs])[0]

@@ -53,6 +53,10 @@ class GeneratorInput:
 class GeneratorOutput:
     face: torch.Tensor  # (3, R, R)
     alpha: torch.Tensor  # (1, R, R) blend weight of ``face`` over the full-resolution warp
+    # (2, R, R) working px, or None: the face was built on the warp displaced by this field
+    # (each pixel sampling the warp at itself plus its displacement), so compose displaces the
+    # full-resolution warp alike (the flow becomes the displaced flow, see compose.displace_flow)
+    displacement: torch.Tensor | None = None
 
 
 class Generator(Protocol):

@@ -1,7 +1,9 @@
 """The generator's network: a small pixel-space conditional UNet (an ``nn.Module`` only).
 
 No I/O and no sampling live here (see :mod:`.sampling` and :mod:`.diffusion`). The network
-maps ``(x_t, t, cond)`` to a prediction with ``x_t``'s shape:
+maps ``(x_t, t, cond)`` to a prediction with ``x_t``'s shape (followed, when
+``flow_channels`` > 0, by that many more channels: a displacement field, see
+:func:`.diffusion.displacement_field`):
 
 - ``x_t`` (B, 3, H, W): the noisy sample (the residual over the warp, see :mod:`.diffusion`);
 - ``t`` (B,) float in [0, 1]: the flow-matching time (1 = pure noise);
@@ -26,7 +28,7 @@ Fully convolutional: any H, W divisible by 8 works (training uses 128x128 crops)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,9 @@ from torch import nn
 class UNetConfig:
     cond_channels: int = 40  # the conditioning stack's C (see conditioning.NUM_CHANNELS)
     out_channels: int = 3
+    # extra output channels beside the prediction (2: the displacement of the generator's base,
+    # see diffusion.displacement_field); the sample x_t keeps out_channels
+    flow_channels: int = 0
     channels: int = 24  # base width at the 128^2 level (after the 2x pixel-unshuffle stem)
     mults: tuple[int, ...] = (1, 2, 4)
     groups: int = 8  # GroupNorm groups
@@ -114,11 +119,12 @@ class ConditionalUNet(nn.Module):
             self.up_proj.append(nn.Conv2d(widths[i + 1], widths[i], 1))
             self.up.append(ResBlock(widths[i], widths[i], cfg.time_dim, cfg.groups))
         self.out_norm = nn.GroupNorm(min(cfg.groups, widths[0]), widths[0])
-        self.out = nn.Conv2d(widths[0], 4 * cfg.out_channels, 3, padding=1)
+        self.out = nn.Conv2d(widths[0], 4 * (cfg.out_channels + cfg.flow_channels), 3, padding=1)
         nn.init.zeros_(self.out.weight)  # untrained: predicts 0 (the warp, with the residual target)
         nn.init.zeros_(self.out.bias)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The prediction (B, out_channels + flow_channels, H, W): x_t's channels first."""
         cfg = self.config
         if x.shape[1] != cfg.out_channels or cond.shape[1] != cfg.cond_channels:
             raise ValueError(
@@ -142,3 +148,21 @@ class ConditionalUNet(nn.Module):
             h = F.interpolate(proj(h), scale_factor=2.0, mode="nearest")
             h = block(h + skips.pop(), temb)
         return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), 2)
+
+
+def add_flow_channels(model: ConditionalUNet, flow_channels: int = 2) -> ConditionalUNet:
+    """A copy of ``model`` with ``flow_channels`` more output channels that start at zero: it
+    predicts exactly what ``model`` predicts, plus a zero displacement (the start of tuning a
+    trained generator to displace its base)."""
+    cfg = model.config
+    if cfg.flow_channels:
+        raise ValueError(f"the model already has {cfg.flow_channels} flow channels")
+    new = ConditionalUNet(replace(cfg, flow_channels=flow_channels)).to(next(model.parameters()).device)
+    state = model.state_dict()
+    n = 4 * cfg.out_channels  # PixelShuffle(2): output channel c is conv channels 4c..4c+3
+    for key in ("out.weight", "out.bias"):
+        grown = torch.zeros_like(new.state_dict()[key])
+        grown[:n] = state[key]
+        state[key] = grown
+    new.load_state_dict(state)
+    return new

@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="start from these weights (.safetensors; fresh optimiser), e.g. one-step tuning of shipped weights",
     )
+    t.add_argument(
+        "--displacement",
+        action="store_true",
+        help="also learn to displace the base (two flow channels, added at zero; needs --p-t1 1)",
+    )
     d = sub.add_parser("distill", help="distil the teacher to a 1- or 2-step student")
     _train_args(d, "student1")
     d.add_argument("--teacher", type=Path, required=True, help="the teacher's weights.safetensors")
@@ -168,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.cmd == "train":
             cfg.p_t1 = args.p_t1
             cfg.init = args.init
+            cfg.displacement = args.displacement
         if args.cmd == "distill":
             cfg.teacher = args.teacher
             cfg.student_steps = args.student_steps

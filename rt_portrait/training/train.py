@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from rt_portrait.generator.conditioning import drop_groups
-from rt_portrait.generator.diffusion import load_weights, save_weights
+from rt_portrait.generator.diffusion import displaced_face, displacement_field, load_weights, save_weights
 from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, x0_to_velocity
-from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+from rt_portrait.generator.unet import ConditionalUNet, UNetConfig, add_flow_channels
 from rt_portrait.training.cache import cache_base
 from rt_portrait.training.dataset import (
     AugmentConfig,
@@ -92,6 +92,9 @@ class TrainConfig:
     drop_identity: float = 0.1
     drop_history: float = 0.5  # history dropout (in the batch builder)
     face_weight: float = 4.0  # loss weight added on the head
+    # teacher with p_t1 = 1: also learn to displace the base (two flow channels, added at zero
+    # to a start without them; see generator.diffusion.displacement_field)
+    displacement: bool = False
     # distillation
     teacher: Path | None = None  # teacher weights (.safetensors)
     init: Path | None = None  # teacher/regress: start from these weights (fresh optimiser and step 0)
@@ -145,6 +148,8 @@ class _Run:
             with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
                 torch.manual_seed(cfg.seed)
                 self.model = ConditionalUNet(UNetConfig(channels=cfg.channels)).to(self.device)
+        if cfg.displacement and not self.model.config.flow_channels:
+            self.model = add_flow_channels(self.model)
         self.disc: PatchDiscriminator | None = None
         self.disc_opt: torch.optim.Optimizer | None = None
         if cfg.mode == "adversarial":
@@ -244,8 +249,11 @@ def loss_teacher(run: _Run, batch: Batch) -> torch.Tensor:
     t = torch.where(_rand(b, run.gen, dev) < cfg.p_t1, torch.ones_like(t), t)
     cond = _dropout(batch.cond, cfg, run.gen)
     with _autocast(cfg):
-        x0_hat = run.model(interpolate(x0, eps, t), t, cond).float()
-    face = batch.warped + x0_hat / (2 * cfg.residual_scale)
+        out = run.model(interpolate(x0, eps, t), t, cond).float()
+    # (a displacing model is one-step tuned only, p_t1 = 1: its x0 target above, the residual
+    # over the undisplaced base, then never enters the loss)
+    disp = displacement_field(out[:, 3:]) if run.model.config.flow_channels else None
+    face = displaced_face(batch.warped, out[:, :3], disp, cfg.residual_scale)
     return image_loss(face, batch.target, _weight(batch, cfg), cfg)
 
 
@@ -368,6 +376,11 @@ def run(cfg: TrainConfig, cache: PairCache | None = None) -> _Run:
         raise ValueError(f"unknown mode {cfg.mode!r}; choose from {MODES}")
     if cfg.batches not in BATCHES:
         raise ValueError(f"unknown batches {cfg.batches!r}; choose from {BATCHES}")
+    if cfg.displacement and (cfg.mode != "teacher" or cfg.p_t1 != 1.0):
+        raise ValueError(
+            "--displacement tunes the one-step output only: it needs --mode teacher --p-t1 1 "
+            f"(got --mode {cfg.mode} --p-t1 {cfg.p_t1})"
+        )
     torch.set_num_threads(cfg.threads)
     cfg.aug.history_dropout = cfg.drop_history
     cfg.out.mkdir(parents=True, exist_ok=True)

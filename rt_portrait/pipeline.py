@@ -44,6 +44,7 @@ from rt_portrait.flow.elastic import elastic_background
 from rt_portrait.flow.scene import SceneBuilder
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
+from rt_portrait.generator.diffusion import displace
 from rt_portrait.generator.select import GeneratorSpec, build_generator, generator_kind, uses_history
 from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
@@ -396,7 +397,7 @@ class Animator:
         )
         if out.displacement is not None:  # the face was built on a displaced warp: so is the frame
             fields = displace_fields(fields, out.displacement)
-            warped = warp_working(warped, out.displacement)
+            warped = displace(warped[None], out.displacement[None])[0]
         t2 = time.perf_counter()
         frame = compose(
             self.source_tensor,

@@ -45,16 +45,17 @@ def push_pull_fill(image: torch.Tensor, weight: torch.Tensor, levels: int = 6) -
     return filled
 
 
-def warp_batch(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def warp_batch(images: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Backward-warp (B, C, H, W) images by (B, 2, H, W) flows in pixels: each output pixel
-    samples its image at its own centre plus its flow (x, y), bilinearly, border-padded."""
+    samples its image at its own centre plus its flow (x, y), border-padded; ``mode`` is
+    grid_sample's ("bilinear", or "bicubic", which keeps more of the finest detail)."""
     h, w = flow.shape[-2:]
     ys = torch.arange(h, device=flow.device, dtype=flow.dtype) + 0.5
     xs = torch.arange(w, device=flow.device, dtype=flow.dtype) + 0.5
     gx = (xs[None, None, :] + flow[:, 0]) * (2.0 / w) - 1
     gy = (ys[None, :, None] + flow[:, 1]) * (2.0 / h) - 1
     grid = torch.stack((gx, gy), -1).to(images.dtype)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def warp_working(source_working: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,12 @@ BASES = ("warp", "warp_fill")
 # it, and stays sharp. The field is the network's two extra channels averaged over
 # DISPLACEMENT_POOL x DISPLACEMENT_POOL cells (smooth by construction), bounded softly by
 # DISPLACEMENT_LIMIT working pixels, and upsampled bilinearly.
+# The displaced base is resampled bicubically: bilinear resampling at any fractional shift
+# low-passes the finest texture (measured on val pairs: face Laplacian variance 0.67 of the
+# real frame's with bilinear, 0.94 with bicubic, for the same model and a mean shift of 0.07 px).
 DISPLACEMENT_POOL = 4
 DISPLACEMENT_LIMIT = 8.0
+DISPLACEMENT_MODE = "bicubic"
 
 
 def displacement_field(raw: torch.Tensor) -> torch.Tensor:
@@ -83,6 +87,12 @@ def displacement_field(raw: torch.Tensor) -> torch.Tensor:
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def displace(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images read at each pixel plus its displacement (B, 2, H, W), as a
+    displacing model's base is read."""
+    return warp_batch(images, displacement, mode=DISPLACEMENT_MODE)
+
+
 def displaced_face(
     base: torch.Tensor, residual: torch.Tensor, displacement: torch.Tensor | None, residual_scale: float
 ) -> torch.Tensor:
@@ -90,7 +100,7 @@ def displaced_face(
     (in [-1, 1] x residual_scale units), not clamped (training needs the gradient everywhere;
     the runtime clamps). Training and every runtime path use this."""
     if displacement is not None:
-        base = warp_batch(base, displacement)
+        base = displace(base, displacement)
     return base + residual / (2 * residual_scale)
 
 
@@ -349,7 +359,7 @@ class DiffusionGenerator:
                 warped = torch.stack([x.warped.to(device).float() for x in inputs])
             visibility = torch.stack([x.fields.visibility.to(device) for x in inputs])
             if displacement is not None:  # the detail of the base the face was built on
-                warped = warp_batch(warped, displacement)
+                warped = displace(warped, displacement)
                 visibility = warp_batch(visibility, displacement)
             face = keep_warp_detail(face.float(), warped, visibility, self.config.detail)
         labels = torch.stack([x.fields.labels.to(device) for x in inputs])

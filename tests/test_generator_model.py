@@ -651,3 +651,22 @@ def test_displacement_training_learns_and_resumes(synthetic_cache: Path, tmp_pat
     bad.p_t1 = 0.2
     with pytest.raises(ValueError, match="--p-t1 1"):
         run(bad)
+
+
+def test_flow_gain_scales_the_flow_channels_only() -> None:
+    from rt_portrait.generator.unet import add_flow_channels
+
+    base = _randomised(ConditionalUNet(SMALL))
+    one, ten = add_flow_channels(base).eval(), add_flow_channels(base, gain=10.0).eval()
+    with torch.no_grad():
+        w = torch.randn(ten.out.weight[12:].shape, generator=torch.Generator().manual_seed(1)) * 0.1
+        one.out.weight[12:] = w
+        ten.out.weight[12:] = w
+    cond = build_condition_batch([_inputs()])
+    x, t = torch.randn(1, 3, 32, 32), torch.ones(1)
+    with torch.no_grad():
+        a, b = one(x, t, cond), ten(x, t, cond)
+    torch.testing.assert_close(b[:, :3], a[:, :3])
+    torch.testing.assert_close(b[:, 3:], 10 * a[:, 3:])
+    assert ten.config.flow_gain == 10.0
+    assert UNetConfig.from_dict(ten.config.to_dict()) == ten.config

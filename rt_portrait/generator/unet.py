@@ -42,6 +42,9 @@ class UNetConfig:
     # extra output channels beside the prediction (2: the displacement of the generator's base,
     # see diffusion.displacement_field); the sample x_t keeps out_channels
     flow_channels: int = 0
+    # the flow channels' scale: with Adam every weight moves about lr a step, so a gain makes
+    # the displacement learn that much faster than the residual beside it
+    flow_gain: float = 1.0
     channels: int = 24  # base width at the 128^2 level (after the 2x pixel-unshuffle stem)
     mults: tuple[int, ...] = (1, 2, 4)
     groups: int = 8  # GroupNorm groups
@@ -147,17 +150,22 @@ class ConditionalUNet(nn.Module):
         for proj, block in zip(self.up_proj, self.up, strict=True):
             h = F.interpolate(proj(h), scale_factor=2.0, mode="nearest")
             h = block(h + skips.pop(), temb)
-        return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), 2)
+        y = F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), 2)
+        if cfg.flow_channels and cfg.flow_gain != 1.0:
+            y = torch.cat([y[:, : cfg.out_channels], y[:, cfg.out_channels :] * cfg.flow_gain], 1)
+        return y
 
 
-def add_flow_channels(model: ConditionalUNet, flow_channels: int = 2) -> ConditionalUNet:
+def add_flow_channels(model: ConditionalUNet, flow_channels: int = 2, gain: float = 1.0) -> ConditionalUNet:
     """A copy of ``model`` with ``flow_channels`` more output channels that start at zero: it
     predicts exactly what ``model`` predicts, plus a zero displacement (the start of tuning a
     trained generator to displace its base)."""
     cfg = model.config
     if cfg.flow_channels:
         raise ValueError(f"the model already has {cfg.flow_channels} flow channels")
-    new = ConditionalUNet(replace(cfg, flow_channels=flow_channels)).to(next(model.parameters()).device)
+    new = ConditionalUNet(replace(cfg, flow_channels=flow_channels, flow_gain=gain)).to(
+        next(model.parameters()).device
+    )
     state = model.state_dict()
     n = 4 * cfg.out_channels  # PixelShuffle(2): output channel c is conv channels 4c..4c+3
     for key in ("out.weight", "out.bias"):

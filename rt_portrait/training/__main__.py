@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also learn to displace the base (two flow channels, added at zero; needs --p-t1 1)",
     )
+    t.add_argument(
+        "--displacement-gain",
+        type=float,
+        default=1.0,
+        help="scale of the added flow channels (learns the displacement this much faster)",
+    )
     d = sub.add_parser("distill", help="distil the teacher to a 1- or 2-step student")
     _train_args(d, "student1")
     d.add_argument("--teacher", type=Path, required=True, help="the teacher's weights.safetensors")
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg.p_t1 = args.p_t1
             cfg.init = args.init
             cfg.displacement = args.displacement
+            cfg.displacement_gain = args.displacement_gain
         if args.cmd == "distill":
             cfg.teacher = args.teacher
             cfg.student_steps = args.student_steps

@@ -95,6 +95,7 @@ class TrainConfig:
     # teacher with p_t1 = 1: also learn to displace the base (two flow channels, added at zero
     # to a start without them; see generator.diffusion.displacement_field)
     displacement: bool = False
+    displacement_gain: float = 1.0  # UNetConfig.flow_gain of the added channels
     # distillation
     teacher: Path | None = None  # teacher weights (.safetensors)
     init: Path | None = None  # teacher/regress: start from these weights (fresh optimiser and step 0)
@@ -149,7 +150,7 @@ class _Run:
                 torch.manual_seed(cfg.seed)
                 self.model = ConditionalUNet(UNetConfig(channels=cfg.channels)).to(self.device)
         if cfg.displacement and not self.model.config.flow_channels:
-            self.model = add_flow_channels(self.model)
+            self.model = add_flow_channels(self.model, gain=cfg.displacement_gain)
         self.disc: PatchDiscriminator | None = None
         self.disc_opt: torch.optim.Optimizer | None = None
         if cfg.mode == "adversarial":

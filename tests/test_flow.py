@@ -343,3 +343,47 @@ def test_chunked_twins_match_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> 
     assert torch.equal(fused.labels, chunked.labels)
     for name in ("flow", "visibility", "depth", "normal", "encoding"):
         assert torch.allclose(getattr(fused, name), getattr(chunked, name), atol=1e-5), name
+
+
+def test_shell_seen_through_gaps_of_the_mouth_fan_is_mouth() -> None:
+    from rt_portrait.core.types import Region
+    from rt_portrait.flow.dispatch import close_mouth_gaps
+
+    shell, skin, lips, mouth = (
+        int(r) for r in (Region.HEAD_SHELL, Region.SKIN, Region.LIPS, Region.MOUTH_INTERIOR)
+    )
+    labels = torch.full((16, 24), skin)
+    labels[:, :3] = shell  # the side of the head: stays shell
+    labels[4:12, 6:18] = lips
+    labels[6:10, 8:16] = mouth
+    labels[7, 10] = labels[8, 13] = shell  # gaps inside the mouth
+    labels[6, 15] = shell  # a gap on the mouth's edge (lips around it)
+    labels[2, 4] = shell  # a shell pixel near the lips, not the mouth: stays
+    out = close_mouth_gaps(labels)
+    assert int(out[7, 10]) == int(out[8, 13]) == int(out[6, 15]) == mouth
+    assert int(out[2, 4]) == shell and bool((out[:, :3] == shell).all())
+    changed = out != labels
+    assert int(changed.sum()) == 3
+    no_mouth = labels.clone()
+    no_mouth[no_mouth == mouth] = lips
+    assert torch.equal(close_mouth_gaps(no_mouth), no_mouth)
+
+
+def test_a_wide_open_mouth_shows_no_head_shell(grace_hopper) -> None:
+    """Regression: at jaw_open 1 on a closed-mouth portrait the mouth fan left gaps where the
+    head shell's front showed, and the warp fill painted them as dark shell dots."""
+    from rt_portrait.core.assets import default_portrait_landmarks
+    from rt_portrait.core.fill import nonzero_box
+    from rt_portrait.core.types import Region
+    from rt_portrait.head.types import Edits
+    from rt_portrait.pipeline import Animator, AnimatorConfig
+    from rt_portrait.tracking.types import TrackResult
+
+    track = TrackResult.from_landmarks(default_portrait_landmarks("grace_hopper"), grace_hopper.shape[:2])
+    animator = Animator(grace_hopper, AnimatorConfig(size=256, generator="warp"), source_track=track)
+    labels = animator.render_edits(Edits(jaw_open=1.0)).fields.labels
+    box = nonzero_box(labels == int(Region.MOUTH_INTERIOR))
+    assert box is not None
+    v0, v1, u0, u1 = box
+    inner = labels[v0 + 1 : v1 - 1, u0 + 1 : u1 - 1]
+    assert inner.numel() > 20 and not bool((inner == int(Region.HEAD_SHELL)).any())

@@ -24,6 +24,11 @@ Definition (learning-free, rasterization-free; grid and distances as in
    the source cloud has no candidate at that pixel (steps 1 and 3 on the source; a
    per-session (R, R) map, :func:`source_background_visibility`), else 0 (revealed
    background). Any candidate at a pixel wins over the background.
+7. Gaps of the mouth fan: a wide-open mouth stretches its fan until, here and there, no fan
+   point is within reach of a pixel and the head shell's front, inside the head, is the
+   nearest front candidate there (isolated shell pixels inside the mouth). A HEAD_SHELL pixel
+   with at least ``MOUTH_GAP_NEIGHBOURS`` of its 8 neighbours MOUTH_INTERIOR or LIPS, one of
+   them MOUTH_INTERIOR, is labelled MOUTH_INTERIOR (:func:`close_mouth_gaps`; labels only).
 
 The torch twins compute the splat and the fields on the covered pixels only (pixels with a
 candidate) and fill in the background afterwards; the Triton kernels run over the full grid.
@@ -40,6 +45,9 @@ import os
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
+
+from rt_portrait.core.types import Region
 
 from .types import FlowConfig, FlowFields, PointCloud
 
@@ -47,6 +55,23 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "triton")
 MIN_RADIUS = 0.75  # a point's own pixel must be one of its candidates (source visibility)
+MOUTH_GAP_NEIGHBOURS = 6  # step 7: of 8
+
+
+def close_mouth_gaps(labels: torch.Tensor) -> torch.Tensor:
+    """(R, R) labels with the head shell seen through gaps of the mouth fan relabelled
+    MOUTH_INTERIOR (step 7 of the module doc)."""
+    mouth = labels == int(Region.MOUTH_INTERIOR)
+    shell = labels == int(Region.HEAD_SHELL)
+    if not bool(mouth.any()):
+        return labels
+    inner = (mouth | (labels == int(Region.LIPS))).float()[None, None]
+    ring = torch.ones(1, 1, 3, 3, device=labels.device)
+    ring[0, 0, 1, 1] = 0
+    around = F.conv2d(inner, ring, padding=1)[0, 0]
+    near_mouth = F.conv2d(mouth.float()[None, None], ring, padding=1)[0, 0]
+    gap = shell & (around >= MOUTH_GAP_NEIGHBOURS) & (near_mouth >= 1)
+    return torch.where(gap, torch.full_like(labels, int(Region.MOUTH_INTERIOR)), labels)
 
 
 class FlowBackendError(RuntimeError):
@@ -292,6 +317,6 @@ def compute_flow(
         visibility=out[2:3],
         depth=out[3:4],
         normal=out[4:7],
-        labels=labels.view(r, r),
+        labels=close_mouth_gaps(labels.view(r, r)),
         encoding=out[7:],
     )

@@ -279,12 +279,6 @@ class DiffusionGenerator:
             self._noise[(h, w)] = torch.randn(1, 3, h, w, generator=g).to(self.device)
         return self._noise[(h, w)]
 
-    def _model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The velocity (sampling's model_fn), whatever the network predicts."""
-        with self._autocast():
-            out = self.model(x, t, cond).float()[:, :3]
-        return x0_to_velocity(x, t, out) if self.prediction == "sample" else out
-
     @torch.inference_mode()
     def residual(self, cond: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) predicted residual (image units in [-1, 1] x residual_scale) for a

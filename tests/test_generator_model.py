@@ -670,3 +670,29 @@ def test_flow_gain_scales_the_flow_channels_only() -> None:
     torch.testing.assert_close(b[:, 3:], 10 * a[:, 3:])
     assert ten.config.flow_gain == 10.0
     assert UNetConfig.from_dict(ten.config.to_dict()) == ten.config
+
+
+def test_displacement_flags_from_the_cli_reach_the_exported_model(
+    synthetic_cache: Path, tmp_path: Path
+) -> None:
+    """``train --displacement --displacement-gain 10`` with bf16 autocast (the CLI's default)."""
+    from rt_portrait.generator.diffusion import load_weights
+    from rt_portrait.training.__main__ import main
+
+    out = tmp_path / "run"
+    args = ["train", "--cache", str(synthetic_cache / "cache"), "--out", str(out), "--crop", "32"]
+    args += ["--channels", "8", "--batch", "2", "--ckpt-minutes", "100", "--steps", "3", "--p-t1", "1"]
+    main([*args, "--displacement", "--displacement-gain", "10"])
+    model, _ = load_weights(out / "weights.safetensors")
+    assert (model.config.flow_channels, model.config.flow_gain) == (2, 10.0)
+    with pytest.raises(ValueError, match="--p-t1 1"):
+        main(
+            [
+                "train",
+                "--cache",
+                str(synthetic_cache / "cache"),
+                "--out",
+                str(tmp_path / "b"),
+                "--displacement",
+            ]
+        )

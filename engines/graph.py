@@ -110,13 +110,14 @@ class GeneratorGraph(nn.Module):
         return self.unet(x.to(dt), t, cond.to(dt)).float()
 
     def _model_fn(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, first: list[torch.Tensor]
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, first: list[torch.Tensor], rows: int
     ) -> torch.Tensor:
         """The velocity, whatever the network predicts (as DiffusionGenerator.sample's), the
-        first call's extra (flow) channels appended to ``first``."""
+        first call's extra (flow) channels of its first ``rows`` rows (the full condition's,
+        which a fused call stacks first) appended to ``first``."""
         full = self._net(x, t, cond)
         if not first:
-            first.append(full[: x.shape[0] // self._fused_rows, 3:])
+            first.append(full[:rows, 3:])
         out = full[:, :3]
         if self.prediction == "sample":  # x0-prediction: v = (x_t - x0) / t (sampling.x0_to_velocity)
             return (x - out) / t.reshape(-1, 1, 1, 1).to(x.dtype).clamp_min(1e-4)
@@ -138,11 +139,6 @@ class GeneratorGraph(nn.Module):
             x = x + (t_next - t) * 0.5 * (v + v2)
         return x
 
-    @property
-    def _fused_rows(self) -> int:
-        """How many condition batches one fused network call stacks (1 + one per weight != 1)."""
-        return 1 + (self.spec.motion_weight != 1.0) + (self.spec.identity_weight != 1.0)
-
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         first: list[torch.Tensor] = []
@@ -151,7 +147,7 @@ class GeneratorGraph(nn.Module):
             out = self._net(noise * 0, t, cond)
             res, first = out[:, :3], [out[:, 3:]]
         else:
-            model_fn = partial(self._model_fn, first=first)
+            model_fn = partial(self._model_fn, first=first, rows=cond.shape[0])
             fn = fused_model_fn(model_fn, self._drop, spec.motion_weight, spec.identity_weight)
             res = self._sample(fn, noise, cond)
         warped = (cond[:, 0:3] + 1) * 0.5

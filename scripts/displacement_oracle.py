@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rt_portrait.core.fill import warp_batch
-from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator, fill_warp
+from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator
 from rt_portrait.training.cache import DEFAULT_CACHE
 from rt_portrait.training.dataset import PairCache
 from rt_portrait.training.evaluate import metrics, pair_input
@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(2)
     cache = PairCache(args.cache)
     gen = DiffusionGenerator(DiffusionConfig(weights=args.weights))
-    if gen._fill is None:
+    if gen.base != "warp_fill":
         raise SystemExit(
             "the oracle compares against the filled warp: give a warp_fill model (metadata base)"
         )
@@ -70,7 +70,7 @@ def main() -> None:
         mask = (inp.fields.labels != 0).float()[None]
         if mask.sum() < 16:
             continue
-        base = fill_warp(inp, gen._fill).warped
+        base = gen.with_base([inp])[0].warped
         out = gen(inp)
         model = base * (1 - out.alpha) + out.face * out.alpha
         for name, img in (("base", base), ("model", model)):

@@ -62,9 +62,9 @@ def close_mouth_gaps(labels: torch.Tensor) -> torch.Tensor:
     """(R, R) labels with the head shell seen through gaps of the mouth fan relabelled
     MOUTH_INTERIOR (step 7 of the module doc)."""
     mouth = labels == int(Region.MOUTH_INTERIOR)
-    shell = labels == int(Region.HEAD_SHELL)
     if not bool(mouth.any()):
         return labels
+    shell = labels == int(Region.HEAD_SHELL)
     inner = (mouth | (labels == int(Region.LIPS))).float()[None, None]
     ring = torch.ones(1, 1, 3, 3, device=labels.device)
     ring[0, 0, 1, 1] = 0

@@ -151,6 +151,12 @@ class _Run:
                 self.model = ConditionalUNet(UNetConfig(channels=cfg.channels)).to(self.device)
         if cfg.displacement and not self.model.config.flow_channels:
             self.model = add_flow_channels(self.model, gain=cfg.displacement_gain)
+        # checked on the model, so a displacing --init or --teacher file is caught as well
+        if self.model.config.flow_channels and (cfg.mode != "teacher" or cfg.p_t1 != 1.0):
+            raise ValueError(
+                "a displacing model (--displacement) tunes the one-step output only: it needs "
+                f"--mode teacher --p-t1 1 (got --mode {cfg.mode} --p-t1 {cfg.p_t1})"
+            )
         self.disc: PatchDiscriminator | None = None
         self.disc_opt: torch.optim.Optimizer | None = None
         if cfg.mode == "adversarial":
@@ -377,11 +383,6 @@ def run(cfg: TrainConfig, cache: PairCache | None = None) -> _Run:
         raise ValueError(f"unknown mode {cfg.mode!r}; choose from {MODES}")
     if cfg.batches not in BATCHES:
         raise ValueError(f"unknown batches {cfg.batches!r}; choose from {BATCHES}")
-    if cfg.displacement and (cfg.mode != "teacher" or cfg.p_t1 != 1.0):
-        raise ValueError(
-            "--displacement tunes the one-step output only: it needs --mode teacher --p-t1 1 "
-            f"(got --mode {cfg.mode} --p-t1 {cfg.p_t1})"
-        )
     torch.set_num_threads(cfg.threads)
     cfg.aug.history_dropout = cfg.drop_history
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from rt_portrait.core.fill import nonzero_box, warp_working
 from rt_portrait.flow.types import FlowFields, Window
+from rt_portrait.generator.mouth import MouthPaint
 
 __all__ = [
     "FrameWarp",
@@ -178,6 +179,25 @@ class FrameWarp:
         )[0]
 
 
+def mouth_detail(
+    mouth: MouthPaint, window: Window, image_size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """The mouth prior's detail finer than the working grid: over the frame region under the
+    painted box, the prior evaluated at every frame pixel minus its working-grid painting
+    upsampled, weighted by the upsampled hole. Returns it (3, h, w) and its frame region."""
+    r = window.size
+    v0, v1, u0, u1 = mouth.box
+    canvas = torch.zeros(4, r, r, device=mouth.hole.device)
+    canvas[:3, v0:v1, u0:u1] = mouth.painted()
+    canvas[3, v0:v1, u0:u1] = mouth.hole
+    up, (y0, y1, x0, x1) = upsample_to_frame(canvas, window, image_size, box=mouth.box)
+    dev = canvas.device
+    xs = (torch.arange(x0, x1, device=dev, dtype=torch.float32) + 0.5 - window.x0) * window.scale
+    ys = (torch.arange(y0, y1, device=dev, dtype=torch.float32) + 0.5 - window.y0) * window.scale
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return up[3:4] * (mouth.paint(x, y) - up[:3]), (y0, y1, x0, x1)
+
+
 def compose(
     source: torch.Tensor,
     fields: FlowFields,
@@ -185,6 +205,7 @@ def compose(
     face: torch.Tensor,
     alpha: torch.Tensor,
     warped: torch.Tensor | None = None,
+    mouth: MouthPaint | None = None,
 ) -> torch.Tensor:
     """The output frame: the full-resolution warp with the generator's working-resolution
     ``face`` blended in by the soft mask ``alpha`` (both (C, R, R)).
@@ -194,7 +215,11 @@ def compose(
     full-resolution warp plus the generator's correction (``face - warped``, upsampled), and
     only where the source shows nothing (visibility 0) the upsampled face alone. Without it the
     face is upsampled as is, so a source larger than the working grid comes out as soft as
-    the grid (a still 512-px portrait at R = 256 kept 18 % of its Laplacian variance in the face)."""
+    the grid (a still 512-px portrait at R = 256 kept 18 % of its Laplacian variance in the face).
+
+    ``mouth``: where the face has the mouth prior painted; with ``warped`` too, the prior is
+    painted again at frame resolution there (:func:`mouth_detail`), so teeth a pixel tall on
+    the working grid keep their edges in the frame."""
     _, h, w = source.shape
     window = frame_warp.window
     y0, y1, x0, x1 = frame_warp.box
@@ -213,6 +238,13 @@ def compose(
     if warped is not None:
         # the full-resolution warp's detail above the working grid's, where it is real source
         blend_face = blend_face + up[7:8] * (out[:, by0:by1, bx0:bx1] - up[4:7])
+        if mouth is not None:
+            detail, (my0, my1, mx0, mx1) = mouth_detail(mouth, window, (h, w))
+            iy0, iy1, ix0, ix1 = max(my0, by0), min(my1, by1), max(mx0, bx0), min(mx1, bx1)
+            if iy0 < iy1 and ix0 < ix1:  # outside the face's box the mask is off anyway
+                blend_face[:, iy0 - by0 : iy1 - by0, ix0 - bx0 : ix1 - bx0] += detail[
+                    :, iy0 - my0 : iy1 - my0, ix0 - mx0 : ix1 - mx0
+                ]
     if out.is_cuda and _cupy_compose():
         from rt_portrait.engines.cupy_kernels import compose_into_cuda
 

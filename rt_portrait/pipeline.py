@@ -406,6 +406,7 @@ class Animator:
             out.face,
             out.alpha,
             warped if self.config.frame_detail else None,
+            out.mouth,
         )
         image = to_image(frame)
         t3 = time.perf_counter()

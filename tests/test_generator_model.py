@@ -5,6 +5,7 @@ Runs without ../shared: the training smoke run uses a synthetic cache with the r
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -407,6 +408,20 @@ def test_resume_reproduces_the_same_state(synthetic_cache: Path, tmp_path: Path)
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    from rt_portrait.training.train import TrainConfig, learning_rate, run
+
+    cfg = TrainConfig(lr=1e-3, warmup=10, steps=110, schedule="cosine")
+    lrs = [learning_rate(cfg, s) for s in range(111)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warmup
+    assert lrs[60] == pytest.approx(0.5e-3) and lrs[110] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    constant = replace(cfg, schedule="constant")
+    assert learning_rate(constant, 9) == learning_rate(constant, 110) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        run(replace(cfg, schedule="step"))
+
+
 def test_distill_runs_from_a_teacher(synthetic_cache: Path, tmp_path: Path) -> None:
     from rt_portrait.training.train import run
 
@@ -623,7 +638,14 @@ def test_a_displacing_model_moves_its_base_and_reports_it(tmp_path: Path) -> Non
     # a model without flow channels reports none
     plain = tmp_path / "plain.safetensors"
     save_weights(ConditionalUNet(SMALL), plain, residual_scale=2.0)
-    assert DiffusionGenerator(DiffusionConfig(weights=plain, dtype="float32"))(inp).displacement is None
+    gen = DiffusionGenerator(DiffusionConfig(weights=plain, dtype="float32"))
+    assert gen(inp).displacement is None
+    # a painted mouth is passed on, except on a displaced base (the displacement moved it)
+    painted = object()
+    face, cpu = inp.warped[None], torch.device("cpu")
+    assert gen.outputs(face, [inp], cpu, mouths=[painted])[0].mouth is painted  # type: ignore[list-item]
+    moved = gen.outputs(face, [inp], cpu, displacement=torch.zeros(1, 2, 32, 32), mouths=[painted])  # type: ignore[list-item]
+    assert moved[0].mouth is None
 
 
 def test_displacement_training_learns_and_resumes(synthetic_cache: Path, tmp_path: Path) -> None:

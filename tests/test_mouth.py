@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from rt_portrait.generator.mouth import load_mouth_prior, mouth_frame, mouth_points, mouth_uv
+from rt_portrait.generator.mouth import (
+    lip_depths,
+    lip_points,
+    load_mouth_prior,
+    mouth_frame,
+    mouth_points,
+    mouth_uv,
+    visible_opening,
+)
 from rt_portrait.head import load_template
 
 
@@ -47,6 +55,22 @@ def test_opening_follows_the_lips() -> None:
     assert _frame(_open_mouth(0.3)).opening > _frame(_open_mouth(0.1)).opening
 
 
+def test_visible_opening_moves_the_lips_to_the_hole_edges() -> None:
+    frame = _frame(_open_mouth(0.4, tilt_deg=0.0))
+    u, v = np.meshgrid(np.linspace(0.2, 0.8, 40), np.linspace(0.3, 0.7, 12))  # a hole inside the lips
+    xy = mouth_points(frame, u, v)
+    px = np.unique(np.round(xy.reshape(-1, 2)), axis=0)  # as whole pixels
+    seen = visible_opening(frame, px[:, 0] + 0.5, px[:, 1] + 0.5)
+    assert 0.1 < seen.opening < frame.opening  # the hole is narrower than the lip lines
+    x, y = (torch.tensor(c, dtype=torch.float32) for c in (px[:, 0] + 0.5, px[:, 1] + 0.5))
+    _, d_up, d_lo = lip_depths(seen, x, y)
+    middle = (x > float(np.percentile(px[:, 0], 25))) & (x < float(np.percentile(px[:, 0], 75)))
+    # every hole pixel lies between the new lines, the top row within a pixel of the upper one
+    assert float(d_up.min()) >= 0 and float(d_lo.min()) >= 0
+    assert float(d_up[middle].min()) * frame.width < 1.01
+    assert visible_opening(frame, px[:2, 0], px[:2, 1]) is frame  # too few columns: unchanged
+
+
 def test_degenerate_mouth_is_refused() -> None:
     pts = _open_mouth()
     corners = load_template().group("inner_mouth_corners")
@@ -55,17 +79,55 @@ def test_degenerate_mouth_is_refused() -> None:
         _frame(pts)
 
 
+def test_lip_points_invert_lip_depths() -> None:
+    frame = _frame(_open_mouth(0.4))
+    u, d = np.meshgrid(np.linspace(0.1, 0.9, 9), np.linspace(0.0, 0.15, 4))
+    for lip, k in (("upper", 1), ("lower", 2)):
+        xy = lip_points(frame, u, d, lip)
+        out = lip_depths(
+            frame,
+            torch.tensor(xy[..., 0], dtype=torch.float32),
+            torch.tensor(xy[..., 1], dtype=torch.float32),
+        )
+        assert np.allclose(out[0].numpy(), u, atol=1e-3) and np.allclose(out[k].numpy(), d, atol=1e-3)
+    with pytest.raises(ValueError, match="lip must be"):
+        lip_points(frame, u, d, "middle")
+
+
 def test_prior_is_a_plausible_mouth() -> None:
     prior = load_mouth_prior()
-    assert prior.ratio.shape[0] == len(prior.openings) >= 2
-    assert (np.diff(prior.openings) > 0).all() and (prior.counts > 100).all()
-    # darker than skin on average, teeth (near the upper lip) lighter than the middle of a wide mouth
-    wide = prior.texture(float(prior.openings[-1]))
-    assert float(wide.mean()) < 1.0
-    assert float(wide[:, 2:5, 8:24].mean()) > float(wide[:, 6:10, 8:24].mean())
-    # between bin centres the texture is a blend of its neighbours
-    mid = prior.texture(float(prior.openings[:2].mean()))
-    assert np.allclose(mid, (prior.ratio[0] + prior.ratio[1]) / 2, atol=1e-6)
+    assert prior.upper.shape == prior.lower.shape and prior.upper.shape[0] == len(prior.openings) >= 2
+    assert (np.diff(prior.openings) > 0).all() and (prior.counts > 50).all()
+    rows = prior.upper.shape[2]
+    teeth = slice(1, max(2, round(0.06 / prior.depth * rows)))  # just under the upper lip
+    deep = slice(round(0.15 / prior.depth * rows), round(0.25 / prior.depth * rows))
+    centre = slice(prior.upper.shape[3] // 3, 2 * prior.upper.shape[3] // 3)
+    for k in range(1, len(prior.openings)):  # every bin open enough to show them: teeth, lighter than skin
+        upper = prior.upper[k]
+        assert float(upper[:, teeth, centre].mean()) > 1.2
+        assert float(upper[:, teeth, centre].mean()) > float(upper[:, deep, centre].mean()) + 0.2
+        assert float(upper[:, teeth, :2].mean()) < float(upper[:, teeth, centre].mean())  # darker corners
+    # between bin centres the strips are a blend of their neighbours
+    up, lo = prior.strips(float(prior.openings[:2].mean()))
+    assert np.allclose(up, (prior.upper[0] + prior.upper[1]) / 2, atol=1e-6)
+    assert np.allclose(lo, (prior.lower[0] + prior.lower[1]) / 2, atol=1e-6)
+
+
+def test_paint_shows_teeth_under_the_upper_lip() -> None:
+    prior = load_mouth_prior()
+    frame = _frame(_open_mouth(0.3))
+    xy = mouth_points(frame, np.full(11, 0.5), np.linspace(0.0, 1.0, 11))
+    x, y = torch.tensor(xy[..., 0], dtype=torch.float32), torch.tensor(xy[..., 1], dtype=torch.float32)
+    skin = torch.tensor([0.7, 0.5, 0.4])
+    lum = (prior.paint(frame, x, y, skin).mean(0) / skin.mean()).numpy()
+    assert lum[1] > 1.2 and lum[1] > lum[5] + 0.2, lum  # bright teeth, then the darker inside
+
+
+def test_an_old_prior_file_is_refused_by_name(tmp_path) -> None:
+    old = tmp_path / "old.npz"
+    np.savez(old, ratio=np.zeros((2, 3, 4, 4)), openings=np.array([0.1, 0.2]), counts=np.array([5, 5]))
+    with pytest.raises(ValueError, match=r"old\.npz: not a lip-anchored mouth prior"):
+        load_mouth_prior(str(old))
 
 
 def test_paint_scales_with_skin_colour() -> None:
@@ -73,7 +135,7 @@ def test_paint_scales_with_skin_colour() -> None:
     frame = _frame(_open_mouth())
     xy = mouth_points(frame, np.full((4, 4), 0.5), np.linspace(0.2, 0.8, 16).reshape(4, 4))
     x, y = torch.tensor(xy[..., 0], dtype=torch.float32), torch.tensor(xy[..., 1], dtype=torch.float32)
-    light = prior.paint(frame, x, y, torch.tensor([0.8, 0.6, 0.5]))
-    dark = prior.paint(frame, x, y, torch.tensor([0.4, 0.3, 0.25]))
+    light = prior.paint(frame, x, y, torch.tensor([0.5, 0.4, 0.3]))  # teeth stay below white
+    dark = prior.paint(frame, x, y, torch.tensor([0.25, 0.2, 0.15]))
     assert light.shape == (3, 4, 4)
     assert torch.allclose(dark, light / 2, atol=1e-5)

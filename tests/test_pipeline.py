@@ -14,7 +14,7 @@ import pytest
 
 from rt_portrait.animate import animate_file
 from rt_portrait.core.video import probe, read_frames, write_image
-from rt_portrait.generator import WarpFillGenerator
+from rt_portrait.generator import Generator, GeneratorInput, GeneratorOutput, WarpFillGenerator
 from rt_portrait.head import fit_head
 from rt_portrait.head.types import Edits
 from rt_portrait.pipeline import Animator, AnimatorConfig, NoFaceError
@@ -112,6 +112,63 @@ def test_open_mouth_is_painted_with_the_mouth_prior(animator: Animator) -> None:
     dark = Animator(animator.source, animator.config, generator=WarpFillGenerator(mouth_prior=None))
     dark_out = crop_window(to_tensor(dark.render_edits(Edits(jaw_open=1.0)).image), scene.window)[:, mouth]
     assert float(dark_out.mean()) < 0.5 * float(out.mean())
+
+
+class _KeepOutput:
+    """A generator that keeps its last output."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+
+    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
+        self.last = self.generator(inputs)
+        return self.last
+
+
+@pytest.mark.parametrize("kind", ["warp_fill", "model_on_warp_fill"])
+def test_mouth_prior_is_painted_at_frame_resolution(
+    grace_hopper: np.ndarray, kind: str, tmp_path: Path
+) -> None:
+    """A closed mouth opened wide: the frame shows the prior evaluated at its own pixels, not the
+    working grid's painting upsampled (teeth a pixel tall there, soft and stepped); a model whose
+    residual base is the warp fill passes the painting on (here one with a zero residual)."""
+    import torch
+
+    from rt_portrait.compose import upsample_to_frame
+    from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator, save_weights
+    from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
+
+    if kind == "warp_fill":
+        inner: Generator = WarpFillGenerator()
+    else:
+        path = tmp_path / "zero.safetensors"
+        save_weights(
+            ConditionalUNet(UNetConfig(channels=8, groups=4, time_dim=16)),
+            path,
+            2.0,
+            extra={"base": "warp_fill"},
+        )
+        inner = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32"))
+    errors = {}
+    for frame_detail in (True, False):
+        gen = _KeepOutput(inner)
+        a = Animator(grace_hopper, AnimatorConfig(size=256, frame_detail=frame_detail), generator=gen)
+        image = a.render_edits(Edits(jaw_open=1.0)).image
+        mouth = gen.last.mouth
+        assert mouth is not None and mouth.frame.opening > 0.1
+        window = a.scene(256).window
+        v0, v1, u0, u1 = mouth.box
+        hole = torch.zeros(1, 256, 256)
+        hole[0, v0:v1, u0:u1] = mouth.hole
+        up, (y0, y1, x0, x1) = upsample_to_frame(hole, window, image.shape[:2], box=mouth.box)
+        xs = (torch.arange(x0, x1, dtype=torch.float32) + 0.5 - window.x0) * window.scale
+        ys = (torch.arange(y0, y1, dtype=torch.float32) + 0.5 - window.y0) * window.scale
+        y, x = torch.meshgrid(ys, xs, indexing="ij")
+        fine = mouth.paint(x, y).permute(1, 2, 0).numpy() * 255
+        inside = up[0].numpy() > 0.999
+        assert inside.sum() > 50, int(inside.sum())
+        errors[frame_detail] = float(np.abs(image[y0:y1, x0:x1][inside] - fine[inside]).mean())
+    assert errors[True] < 2.0 and errors[False] > 2 * errors[True], errors
 
 
 def test_source_without_face_names_the_file(tmp_path: Path) -> None:

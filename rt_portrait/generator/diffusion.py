@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from rt_portrait.core.fill import warp_batch
 from rt_portrait.core.types import Region
 from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch, drop_groups
+from rt_portrait.generator.mouth import MouthPaint
 from rt_portrait.generator.sampling import SAMPLERS, fused_model_fn, schedule, x0_to_velocity
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
@@ -324,18 +325,28 @@ class DiffusionGenerator:
 
     def with_base(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorInput]:
         """The inputs as the model reads them: the warp, or the filled warp (see ``BASES``)."""
-        return list(inputs) if self._fill is None else [fill_warp(x, self._fill) for x in inputs]
+        return self.bases(inputs)[0]
+
+    def bases(self, inputs: Sequence[GeneratorInput]) -> tuple[list[GeneratorInput], list[MouthPaint | None]]:
+        """:meth:`with_base`, and where each filled base has the mouth prior painted (for the
+        outputs, so that compose repaints it finer)."""
+        if self._fill is None:
+            return list(inputs), [None] * len(inputs)
+        filled = [self._fill(x) for x in inputs]
+        return [replace(x, warped=f.face) for x, f in zip(inputs, filled, strict=True)], [
+            f.mouth for f in filled
+        ]
 
     @torch.inference_mode()
     def generate_batch(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorOutput]:
         """One batched sampling for several inputs (e.g. several sessions' frames)."""
-        inputs = self.with_base(inputs)
+        inputs, mouths = self.bases(inputs)
         hv = [self.config.history and x.history is not None for x in inputs]
         cond = build_condition_batch([x.to(self.device) for x in inputs], hv)
         res, disp = self.sample(cond)
         warped = torch.stack([x.warped.to(self.device).float() for x in inputs])
         face = displaced_face(warped, res, disp, self.residual_scale).clamp(0, 1)
-        return self.outputs(face, inputs, self.device, warped, disp)
+        return self.outputs(face, inputs, self.device, warped, disp, mouths)
 
     def outputs(
         self,
@@ -344,10 +355,12 @@ class DiffusionGenerator:
         device: torch.device,
         warped: torch.Tensor | None = None,
         displacement: torch.Tensor | None = None,
+        mouths: Sequence[MouthPaint | None] | None = None,
     ) -> list[GeneratorOutput]:
         """The sampled faces (N, 3, R, R) (and displacements (N, 2, R, R) of a displacing
         model) as outputs: the warp-detail post-process when it is on, then each one's blend
-        mask (shared by the eager and the engine paths)."""
+        mask (shared by the eager and the engine paths). ``mouths``: where each base has the
+        mouth prior painted (:meth:`bases`); dropped for a displaced base, which moved it."""
         if self.config.detail > 0:
             if warped is None:
                 warped = torch.stack([x.warped.to(device).float() for x in inputs])
@@ -358,9 +371,14 @@ class DiffusionGenerator:
             face = keep_warp_detail(face.float(), warped, visibility, self.config.detail)
         labels = torch.stack([x.fields.labels.to(device) for x in inputs])
         alpha = face_alpha(labels, self.config.feather)
+        if mouths is None or displacement is not None:
+            mouths = [None] * len(inputs)
         return [
             GeneratorOutput(
-                face=face[i], alpha=alpha[i], displacement=None if displacement is None else displacement[i]
+                face=face[i],
+                alpha=alpha[i],
+                displacement=None if displacement is None else displacement[i],
+                mouth=mouths[i],
             )
             for i in range(len(inputs))
         ]

@@ -2,10 +2,11 @@
 
 When the driver opens a mouth that is closed in the source, the target's mouth interior has
 no source pixel to sample. Rather than a flat dark cavity, the learning-free generator paints
-the *mean open mouth* of the train clips: teeth under the upper lip, a darker gap, the
-tongue, each as a colour ratio to the subject's own skin (so lighting and skin tone carry
-over). It is a statistic, like the head template, built by ``scripts/build_mouth_prior.py``
-from the ``train`` split of the face data and shipped as a small npz (no pixels of the data).
+the *mean open mouth* of the train clips that show their teeth: teeth under the upper lip,
+what lies below them, the lower lip's shadow, each as a colour ratio to the subject's own skin
+(so lighting and skin tone carry over). It is a statistic, like the head template, built by
+``scripts/build_mouth_prior.py`` from the ``train`` split of the face data and shipped as a
+small npz (no pixels of the data).
 
 Mouth coordinates (shared by the builder and the runtime, so they cannot drift):
 
@@ -18,14 +19,15 @@ Mouth coordinates (shared by the builder and the runtime, so they cannot drift):
 * The opening is the mean of ``L - U`` over the paired inner-lip points (a fraction of the
   mouth width).
 
-The texture is binned by opening (a slightly open mouth shows teeth, a wide one the tongue
-and the dark throat) and interpolated between bins.
+The prior is stored against the lips rather than against ``v`` (:class:`MouthPrior`), binned
+by opening (a slightly open mouth shows teeth, a wide one the tongue and the dark throat) and
+interpolated between bins.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,44 @@ def mouth_points(frame: MouthFrame, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return frame.c0 + frame.width * (u[..., None] * frame.e + b[..., None] * frame.n)
 
 
+def visible_opening(frame: MouthFrame, x: np.ndarray, y: np.ndarray, pixel: float = 1.0) -> MouthFrame:
+    """``frame`` with its lip lines moved to the edges of the opening that shows: ``x``, ``y``
+    are the pixel centres of the painted hole (pixels ``pixel`` wide), grouped by column.
+
+    The rendered lips reach past the inner-lip landmarks (they are splatted points with a
+    radius), so the hole starts a few pixels below the landmark line; teeth anchored to the
+    landmarks would be painted under the lips. Anchored to the hole's edges, they show."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    cols = np.round(x / pixel).astype(np.int64)
+    keys = np.unique(cols)
+    if len(keys) < 3:
+        return frame
+    q = np.stack([x, y], axis=1) - frame.c0
+    a, b = q @ frame.e / frame.width, q @ frame.n / frame.width
+    half = 0.5 * pixel / frame.width
+    top = np.array([[a[cols == k].mean(), b[cols == k].min() - half] for k in keys])
+    bottom = np.array([[a[cols == k].mean(), b[cols == k].max() + half] for k in keys])
+
+    def line(inner: np.ndarray, lip: np.ndarray) -> np.ndarray:
+        inner = inner[(inner[:, 0] > lip[0, 0]) & (inner[:, 0] < lip[-1, 0])]
+        out = np.concatenate([lip[:1], inner[np.argsort(inner[:, 0])], lip[-1:]])
+        out[:, 0] = np.maximum.accumulate(out[:, 0])
+        return out
+
+    return replace(frame, upper=line(top, frame.upper), lower=line(bottom, frame.lower))
+
+
+def lip_points(frame: MouthFrame, u: np.ndarray, d: np.ndarray, lip: str) -> np.ndarray:
+    """(..., 2) pixel positions ``d`` mouth widths below the upper inner lip (``lip="upper"``)
+    or above the lower one (``"lower"``), at ``u`` along the mouth (the inverse of
+    :func:`lip_depths`)."""
+    if lip not in ("upper", "lower"):
+        raise ValueError(f"lip must be 'upper' or 'lower', not {lip!r}")
+    line = frame.upper if lip == "upper" else frame.lower
+    b = np.interp(u, line[:, 0], line[:, 1]) + (d if lip == "upper" else -d)
+    return frame.c0 + frame.width * (u[..., None] * frame.e + b[..., None] * frame.n)
+
+
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """np.interp for torch (``xp`` increasing; clamped at the ends)."""
     i = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
@@ -89,8 +129,9 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return fp[i - 1] + t * (fp[i] - fp[i - 1])
 
 
-def mouth_uv(frame: MouthFrame, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mouth coordinates ``(u, v)`` of pixel positions ``x``, ``y`` (tensors of one shape)."""
+def lip_depths(frame: MouthFrame, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(u, d_upper, d_lower)`` of pixel positions: ``u`` along the mouth, and the distances
+    (in mouth widths) below the upper inner lip and above the lower one."""
     dev = x.device
     as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev)  # noqa: E731
     c0, e, n = as_t(frame.c0), as_t(frame.e), as_t(frame.n)
@@ -99,37 +140,98 @@ def mouth_uv(frame: MouthFrame, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
     b = (dx * n[0] + dy * n[1]) / frame.width
     up = _interp(a, as_t(frame.upper[:, 0]), as_t(frame.upper[:, 1]))
     lo = _interp(a, as_t(frame.lower[:, 0]), as_t(frame.lower[:, 1]))
-    v = (b - up) / (lo - up).clamp_min(1e-6)
-    return a, v
+    return a, b - up, lo - b
+
+
+def mouth_uv(frame: MouthFrame, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mouth coordinates ``(u, v)`` of pixel positions ``x``, ``y`` (tensors of one shape)."""
+    u, d_up, d_lo = lip_depths(frame, x, y)
+    return u, d_up / (d_up + d_lo).clamp_min(1e-6)
 
 
 @dataclass(frozen=True)
 class MouthPrior:
-    """Mean mouth-interior colour, as a ratio to the skin colour, per opening bin."""
+    """Mouth-interior colour as a ratio to the skin's luminance, anchored to the lips, per opening bin.
 
-    ratio: np.ndarray  # (B, 3, V, U) colour / skin colour, over the (v, u) grid in [0, 1]^2
+    Teeth hang from the upper lip at a height set by the teeth, not by how far the mouth is
+    open, so each bin holds two strips: ``upper`` sampled at depths ``0 .. depth`` (mouth
+    widths) below the upper inner lip, ``lower`` at the same depths above the lower one. (A
+    texture over the lip-to-lip fraction ``v`` put each frame's teeth edge at another ``v`` and
+    the mean came out a flat grey slab.) The strips average the open mouths of the train clips
+    that show their upper teeth (see ``scripts/build_mouth_prior.py``)."""
+
+    upper: np.ndarray  # (B, 3, D, U) colour / skin luminance, depth rows 0 .. ``depth``, u columns 0 .. 1
+    lower: np.ndarray  # (B, 3, D, U)
+    depth: float  # mouth widths covered by the strips' rows
     openings: np.ndarray  # (B,) mean opening of each bin (increasing)
     counts: np.ndarray  # (B,) frames averaged into each bin
 
-    def texture(self, opening: float) -> np.ndarray:
-        """(3, V, U) ratio texture for a mouth ``opening`` (linear between bin centres)."""
+    # where the upper strip hands over to the lower one, as the fraction d_upper / (d_upper +
+    # d_lower) of the way down: a soft band around the middle
+    seam: float = 0.5
+    seam_width: float = 0.3
+
+    def strips(self, opening: float) -> tuple[np.ndarray, np.ndarray]:
+        """(3, D, U) upper and lower strips for a mouth ``opening`` (linear between bin centres)."""
         o = self.openings
         if opening <= o[0]:
-            return self.ratio[0]
+            return self.upper[0], self.lower[0]
         if opening >= o[-1]:
-            return self.ratio[-1]
+            return self.upper[-1], self.lower[-1]
         k = int(np.searchsorted(o, opening))
         t = (opening - o[k - 1]) / (o[k] - o[k - 1])
-        return (1 - t) * self.ratio[k - 1] + t * self.ratio[k]
+        return (
+            (1 - t) * self.upper[k - 1] + t * self.upper[k],
+            (1 - t) * self.lower[k - 1] + t * self.lower[k],
+        )
 
     def paint(self, frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
         """(3, *x.shape) colours in [0, 1] at pixel positions ``x``, ``y`` for a face whose skin
-        colour is ``skin`` (3,)."""
-        u, v = mouth_uv(frame, x, y)
-        tex = torch.as_tensor(self.texture(frame.opening), dtype=torch.float32, device=x.device)
-        grid = torch.stack([u * 2 - 1, v.clamp(0, 1) * 2 - 1], dim=-1).reshape(1, -1, 1, 2)
-        ratio = F.grid_sample(tex[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return (ratio.reshape(3, *x.shape) * skin.reshape(3, *([1] * x.dim()))).clamp(0, 1)
+        colour is ``skin`` (3,): the strips are ratios to the skin's luminance (its channel
+        mean), so teeth stay near white on any skin."""
+        u, d_up, d_lo = lip_depths(frame, x, y)
+        d_up, d_lo = d_up.clamp_min(0), d_lo.clamp_min(0)
+        upper, lower = (
+            torch.as_tensor(t, dtype=torch.float32, device=x.device) for t in self.strips(frame.opening)
+        )
+
+        def sample(strip: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+            grid = torch.stack([u * 2 - 1, (d / self.depth).clamp(0, 1) * 2 - 1], dim=-1).reshape(1, -1, 1, 2)
+            out = F.grid_sample(strip[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
+            return out.reshape(3, *x.shape)
+
+        down = d_up / (d_up + d_lo).clamp_min(1e-6)
+        w = ((self.seam + self.seam_width / 2 - down) / self.seam_width).clamp(0, 1)
+        ratio = w * sample(upper, d_up) + (1 - w) * sample(lower, d_lo)
+        return (ratio * skin.mean()).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class MouthPaint:
+    """Where a generator painted the mouth prior, so that compose can paint it again finer.
+
+    The working grid holds a mouth a few pixels tall (teeth a pixel or two): compose adds,
+    over the full-resolution frame, the prior evaluated at each frame pixel minus its
+    working-grid painting upsampled, i.e. the detail the grid could not hold."""
+
+    prior: MouthPrior
+    frame: MouthFrame  # the target's mouth, in working pixels
+    skin: torch.Tensor  # (3,) the source's skin colour
+    box: tuple[int, int, int, int]  # (v0, v1, u0, u1) working-grid box of the painted pixels
+    hole: torch.Tensor  # (v1 - v0, u1 - u0) weight the painting was blended in with
+
+    def paint(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(3, *x.shape) the prior at working-pixel positions ``x``, ``y`` (any resolution)."""
+        return self.prior.paint(self.frame, x, y, self.skin)
+
+    def painted(self) -> torch.Tensor:
+        """(3, v1 - v0, u1 - u0) the prior at the box's working pixel centres, as painted."""
+        v0, v1, u0, u1 = self.box
+        dev = self.hole.device
+        ys = torch.arange(v0, v1, device=dev, dtype=torch.float32) + 0.5
+        xs = torch.arange(u0, u1, device=dev, dtype=torch.float32) + 0.5
+        y, x = torch.meshgrid(ys, xs, indexing="ij")
+        return self.paint(x, y)
 
 
 @functools.lru_cache(maxsize=2)
@@ -139,13 +241,23 @@ def load_mouth_prior(path: str | None = None) -> MouthPrior:
     if not p.exists():
         raise FileNotFoundError(f"mouth prior not found at {p}; rebuild it with scripts/build_mouth_prior.py")
     with np.load(p) as d:
+        missing = {"upper", "lower", "depth", "openings", "counts"} - set(d.files)
+        if missing:
+            raise ValueError(
+                f"{p}: not a lip-anchored mouth prior (missing {sorted(missing)}); "
+                "rebuild it with scripts/build_mouth_prior.py"
+            )
         prior = MouthPrior(
-            ratio=d["ratio"].astype(np.float32),
+            upper=d["upper"].astype(np.float32),
+            lower=d["lower"].astype(np.float32),
+            depth=float(d["depth"]),
             openings=d["openings"].astype(np.float64),
             counts=d["counts"].astype(np.int64),
         )
-    if prior.ratio.ndim != 4 or prior.ratio.shape[1] != 3 or len(prior.openings) != prior.ratio.shape[0]:
+    shape = prior.upper.shape
+    if len(shape) != 4 or shape[1] != 3 or prior.lower.shape != shape or len(prior.openings) != shape[0]:
         raise ValueError(
-            f"{p}: malformed mouth prior (ratio {prior.ratio.shape}, openings {prior.openings.shape})"
+            f"{p}: malformed mouth prior (upper {shape}, lower {prior.lower.shape}, "
+            f"openings {prior.openings.shape})"
         )
     return prior

@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from rt_portrait.flow.types import FlowFields
+from rt_portrait.generator.mouth import MouthPaint
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class GeneratorOutput:
     # (each pixel sampling the warp at itself plus its displacement), so compose displaces the
     # full-resolution warp alike (the flow becomes the displaced flow, see compose.displace_flow)
     displacement: torch.Tensor | None = None
+    # the mouth prior painted into the face (warp fill, or a model on a filled warp), for
+    # compose to repaint at frame resolution; None when no mouth was painted
+    mouth: MouthPaint | None = None
 
 
 class Generator(Protocol):

@@ -16,7 +16,7 @@ import torch
 
 from rt_portrait.core.fill import nonzero_box, push_pull_fill
 from rt_portrait.core.types import Region
-from rt_portrait.generator.mouth import MouthPrior, load_mouth_prior, mouth_frame
+from rt_portrait.generator.mouth import MouthPaint, MouthPrior, load_mouth_prior, mouth_frame, visible_opening
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.head.template import Template, load_template
 
@@ -113,6 +113,7 @@ class WarpFillGenerator:
         sub = (slice(None), slice(ov0, ov1), slice(ou0, ou1))
         base = warped[sub]
         face, alpha_c = base, alpha[sub].clone()
+        mouth: MouthPaint | None = None
         vis = (fields.visibility[sub] / self.visible_at).clamp(0, 1)
         labels = fields.labels[ov0:ov1, ou0:ou1]
         sampled = self._sampled_labels(inputs, outer)
@@ -154,7 +155,10 @@ class WarpFillGenerator:
             crop = (slice(None), slice(v0, v1), slice(u0, u1))
             fill = None
             if region == Region.MOUTH_INTERIOR:
-                fill = self._paint_mouth(inputs, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1))
+                mouth = self._paint_mouth(
+                    inputs, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1), hole[0, v0:v1, u0:u1]
+                )
+                fill = None if mouth is None else mouth.painted()
             if fill is None:
                 fill = push_pull_fill(base[crop], weight[crop])
                 if region == Region.MOUTH_INTERIOR:  # no prior: a dark cavity, darker deep inside
@@ -169,11 +173,13 @@ class WarpFillGenerator:
         out = warped.clone()
         out[sub] = face
         alpha[sub] = alpha_c
-        return GeneratorOutput(face=out, alpha=alpha)
+        return GeneratorOutput(face=out, alpha=alpha, mouth=mouth)
 
-    def _paint_mouth(self, inputs: GeneratorInput, box: tuple[int, int, int, int]) -> torch.Tensor | None:
-        """The mouth prior over the working-grid ``box`` in the source's skin tone, or None
-        without a prior, landmarks or source labels."""
+    def _paint_mouth(
+        self, inputs: GeneratorInput, box: tuple[int, int, int, int], hole: torch.Tensor
+    ) -> MouthPaint | None:
+        """The mouth prior over the working-grid ``box`` in the source's skin tone, blended in
+        by ``hole``; None without a prior, landmarks or source labels."""
         if self.mouth_prior is None or inputs.landmarks is None or inputs.source_labels is None:
             return None
         skin = self._skin_colour(inputs.source, inputs.source_labels)
@@ -189,12 +195,10 @@ class WarpFillGenerator:
             )
         except ValueError:  # a degenerate mouth has no interior to paint
             return None
-        v0, v1, u0, u1 = box
-        dev = inputs.warped.device
-        ys = torch.arange(v0, v1, device=dev, dtype=torch.float32) + 0.5
-        xs = torch.arange(u0, u1, device=dev, dtype=torch.float32) + 0.5
-        y, x = torch.meshgrid(ys, xs, indexing="ij")
-        return self.mouth_prior.paint(frame, x, y, skin)
+        v0, _, u0, _ = box
+        ys, xs = torch.nonzero(hole > 0.5, as_tuple=True)
+        frame = visible_opening(frame, (xs + u0 + 0.5).cpu().numpy(), (ys + v0 + 0.5).cpu().numpy())
+        return MouthPaint(self.mouth_prior, frame, skin, box, hole)
 
     def _skin_colour(self, source: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor | None:
         """(3,) median colour of the source's skin pixels (cached per source), or None."""

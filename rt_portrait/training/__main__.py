@@ -23,6 +23,12 @@ def _train_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning rate after warmup: constant, or a cosine to 0 at --steps",
+    )
     p.add_argument("--channels", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -164,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             max_minutes=args.max_minutes,
             batch=args.batch,
             lr=args.lr,
+            schedule=args.schedule,
             channels=args.channels,
             seed=args.seed,
             device=args.device,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ from rt_portrait.training.losses import l1_ssim, texture_loss
 
 log = logging.getLogger(__name__)
 MODES = ("teacher", "distill", "regress", "adversarial")
+SCHEDULES = ("constant", "cosine")
 BATCHES = ("cpu", "device")  # where batches are built: per sample on the CPU, or batched on cfg.device
 
 
@@ -75,6 +77,7 @@ class TrainConfig:
     batch: int = 8
     lr: float = 3e-4
     warmup: int = 100
+    schedule: str = "constant"  # after warmup: "constant", or "cosine" down to 0 at ``steps``
     ema: float = 0.995
     seed: int = 0
     device: str = "cpu"
@@ -112,6 +115,16 @@ class TrainConfig:
     def to_json(self) -> str:
         d = asdict(self)
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}, indent=1)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate at ``step``: linear warmup, then constant or a cosine to 0 at ``cfg.steps``
+    (a tuning run that ends on a decayed rate does not need its checkpoints averaged)."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup, 1))
+    if cfg.schedule == "constant":
+        return cfg.lr * warm
+    t = min(1.0, max(0, step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1))
+    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def _load_start(path: Path, cfg: TrainConfig, device: torch.device) -> ConditionalUNet:
@@ -381,6 +394,8 @@ def run(cfg: TrainConfig, cache: PairCache | None = None) -> _Run:
 
     if cfg.mode not in MODES:
         raise ValueError(f"unknown mode {cfg.mode!r}; choose from {MODES}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose from {SCHEDULES}")
     if cfg.batches not in BATCHES:
         raise ValueError(f"unknown batches {cfg.batches!r}; choose from {BATCHES}")
     torch.set_num_threads(cfg.threads)
@@ -407,7 +422,7 @@ def run(cfg: TrainConfig, cache: PairCache | None = None) -> _Run:
             batch = make_batch_device(dc, cfg.batch, cfg.aug, r.batch_gen)
         else:
             batch = make_batch(cache, cfg.batch, cfg.aug, r.rng).to(r.device)
-        lr = cfg.lr * min(1.0, (r.step + 1) / max(cfg.warmup, 1))
+        lr = learning_rate(cfg, r.step)
         for group in r.opt.param_groups:
             group["lr"] = lr
         loss = loss_fn(r, batch)

@@ -8,6 +8,8 @@ from typing import Protocol
 
 import torch
 
+from rt_portrait.core.cpu import auto_dtype
+
 BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
@@ -55,9 +57,10 @@ class Precision:
 
     @staticmethod
     def resolve(dtype: str, device: torch.device) -> Precision:
-        """DiffusionConfig.dtype semantics: ``auto`` is bf16 autocast on the CPU, fp16 on CUDA."""
+        """DiffusionConfig.dtype semantics: ``auto`` is fp16 on CUDA, bf16 autocast on a CPU with
+        bf16 instructions, else float32 (:func:`rt_portrait.core.cpu.auto_dtype`)."""
         if dtype == "auto":
-            return Precision("float16" if device.type == "cuda" else "bfloat16")
+            return Precision(auto_dtype(device))
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {dtype!r} (auto, float32, bfloat16 or float16)")
         return Precision(dtype)

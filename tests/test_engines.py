@@ -439,8 +439,12 @@ def test_auto_on_the_cpu_with_real_backends(random_weights, tmp_path) -> None:
     assert np.isfinite(res.probe_ms[res.backend])
 
 
-def test_precision_names() -> None:
+def test_precision_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert Precision.resolve("auto", torch.device("cpu")).name == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert Precision.resolve("auto", torch.device("cpu")).name == "float32"  # emulated bf16 is slower
     assert Precision.resolve("auto", torch.device("cuda")).name == "float16"
     with pytest.raises(ValueError, match="unknown dtype"):
         Precision.resolve("int8", torch.device("cpu"))

@@ -408,6 +408,17 @@ def test_resume_reproduces_the_same_state(synthetic_cache: Path, tmp_path: Path)
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_amp_auto_is_bf16_only_where_it_runs_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rt_portrait.training.__main__ import resolve_amp
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_amp("auto", "cpu") == "none" and resolve_amp("auto", "cuda") == "bf16"
+    assert resolve_amp("bf16", "cpu") == "bf16"  # asked for: given
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_amp("auto", "cpu") == "bf16"
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     from rt_portrait.training.train import TrainConfig, learning_rate, run
 
@@ -697,14 +708,14 @@ def test_flow_gain_scales_the_flow_channels_only() -> None:
 def test_displacement_flags_from_the_cli_reach_the_exported_model(
     synthetic_cache: Path, tmp_path: Path
 ) -> None:
-    """``train --displacement --displacement-gain 10`` with bf16 autocast (the CLI's default)."""
+    """``train --displacement --displacement-gain 10`` with bf16 autocast."""
     from rt_portrait.generator.diffusion import load_weights
     from rt_portrait.training.__main__ import main
 
     out = tmp_path / "run"
     args = ["train", "--cache", str(synthetic_cache / "cache"), "--out", str(out), "--crop", "32"]
     args += ["--channels", "8", "--batch", "2", "--ckpt-minutes", "100", "--steps", "3", "--p-t1", "1"]
-    main([*args, "--displacement", "--displacement-gain", "10"])
+    main([*args, "--amp", "bf16", "--displacement", "--displacement-gain", "10"])
     model, _ = load_weights(out / "weights.safetensors")
     assert (model.config.flow_channels, model.config.flow_gain) == (2, 10.0)
     with pytest.raises(ValueError, match="--p-t1 1"):

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rt_portrait.core.cpu import auto_dtype
 from rt_portrait.core.fill import warp_batch
 from rt_portrait.core.types import Region
 from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch, drop_groups
@@ -135,7 +136,9 @@ class DiffusionConfig:
     identity_weight: float = 1.0
     seed: int = 0  # the fixed starting noise
     device: str = "cpu"
-    dtype: str = "auto"  # "auto" (bf16 autocast on CPU, fp16 on CUDA), "float32", "bfloat16", "float16"
+    # "auto" (fp16 on CUDA, bf16 autocast on a CPU with bf16 instructions, else float32; see
+    # core.cpu), "float32", "bfloat16", "float16"
+    dtype: str = "auto"
     feather: float = 1 / 32  # blend-mask dilation and feather, as a fraction of R
     history: bool = True  # use GeneratorInput.history when given
     # Where the source is visible, keep only the residual's low frequencies (Gaussian sigma in
@@ -264,13 +267,10 @@ class DiffusionGenerator:
         self._noise: dict[tuple[int, int], torch.Tensor] = {}
 
     def _autocast(self) -> AbstractContextManager[object]:
-        dt = self.config.dtype
+        dt = auto_dtype(self.device) if self.config.dtype == "auto" else self.config.dtype
         if dt == "float32":
             return nullcontext()
-        if dt == "auto":
-            dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        else:
-            dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dt]
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dt]
         return torch.autocast(self.device.type, dtype=dtype)
 
     def noise(self, h: int, w: int) -> torch.Tensor:

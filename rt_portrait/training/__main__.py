@@ -39,13 +39,29 @@ def _train_args(p: argparse.ArgumentParser, out: str) -> None:
         help="build batches per sample on the CPU, or batched on --device (whole cache loaded there)",
     )
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--amp", choices=["none", "bf16"], default="bf16")
+    p.add_argument(
+        "--amp",
+        choices=["auto", "none", "bf16"],
+        default="auto",
+        help="bf16 autocast; auto: on CUDA and on a CPU with bf16 instructions (emulated bf16 is slower)",
+    )
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--ssim-weight", type=float, default=0.5, help="loss = L1 + this x (1 - SSIM)")
     p.add_argument(
         "--texture-weight", type=float, default=0.0, help="+ this x the texture-energy loss (fine detail)"
     )
+
+
+def resolve_amp(amp: str, device: str) -> str:
+    """``--amp auto``: bf16 where it runs natively (CUDA, a CPU with bf16 instructions), else none."""
+    if amp != "auto":
+        return amp
+    import torch
+
+    from rt_portrait.core.cpu import auto_dtype
+
+    return "none" if auto_dtype(torch.device(device)) == "float32" else "bf16"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             batches=args.batches,
             threads=args.threads,
-            amp=args.amp,
+            amp=resolve_amp(args.amp, args.device),
             ckpt_minutes=args.ckpt_minutes,
             resume=args.resume,
             ssim_weight=args.ssim_weight,

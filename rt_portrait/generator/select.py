@@ -161,8 +161,9 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         "--generator",
         choices=GENERATORS,
         default="auto",
-        help="auto: the learned diffusion generator when its weights are installed, else the warp "
-        "fill; diffusion; warp (learning-free, fastest)",
+        help="auto: the learned diffusion generator when its weights are installed and marked as "
+        "beating the warp on validation (the shipped ones are not), else the warp fill; "
+        "diffusion; warp (learning-free, fastest)",
     )
     g.add_argument("--steps", type=int, default=1, help=steps_help or "diffusion sampling steps (default 1)")
     g.add_argument(

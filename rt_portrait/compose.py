@@ -188,7 +188,7 @@ def mouth_detail(
     r = window.size
     v0, v1, u0, u1 = mouth.box
     canvas = torch.zeros(4, r, r, device=mouth.hole.device)
-    canvas[:3, v0:v1, u0:u1] = mouth.painted()
+    canvas[:3, v0:v1, u0:u1] = mouth.painted
     canvas[3, v0:v1, u0:u1] = mouth.hole
     up, (y0, y1, x0, x1) = upsample_to_frame(canvas, window, image_size, box=mouth.box)
     dev = canvas.device

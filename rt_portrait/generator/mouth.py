@@ -219,19 +219,27 @@ class MouthPaint:
     skin: torch.Tensor  # (3,) the source's skin colour
     box: tuple[int, int, int, int]  # (v0, v1, u0, u1) working-grid box of the painted pixels
     hole: torch.Tensor  # (v1 - v0, u1 - u0) weight the painting was blended in with
+    painted: torch.Tensor  # (3, v1 - v0, u1 - u0) the prior at the box's working pixel centres
+
+    @classmethod
+    def over_box(
+        cls,
+        prior: MouthPrior,
+        frame: MouthFrame,
+        skin: torch.Tensor,
+        box: tuple[int, int, int, int],
+        hole: torch.Tensor,
+    ) -> MouthPaint:
+        """The prior painted over the working-grid ``box`` (once: the fill and compose share it)."""
+        v0, v1, u0, u1 = box
+        ys = torch.arange(v0, v1, device=hole.device, dtype=torch.float32) + 0.5
+        xs = torch.arange(u0, u1, device=hole.device, dtype=torch.float32) + 0.5
+        y, x = torch.meshgrid(ys, xs, indexing="ij")
+        return cls(prior, frame, skin, box, hole, prior.paint(frame, x, y, skin))
 
     def paint(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(3, *x.shape) the prior at working-pixel positions ``x``, ``y`` (any resolution)."""
         return self.prior.paint(self.frame, x, y, self.skin)
-
-    def painted(self) -> torch.Tensor:
-        """(3, v1 - v0, u1 - u0) the prior at the box's working pixel centres, as painted."""
-        v0, v1, u0, u1 = self.box
-        dev = self.hole.device
-        ys = torch.arange(v0, v1, device=dev, dtype=torch.float32) + 0.5
-        xs = torch.arange(u0, u1, device=dev, dtype=torch.float32) + 0.5
-        y, x = torch.meshgrid(ys, xs, indexing="ij")
-        return self.paint(x, y)
 
 
 @functools.lru_cache(maxsize=2)

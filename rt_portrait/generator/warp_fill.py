@@ -158,7 +158,7 @@ class WarpFillGenerator:
                 mouth = self._paint_mouth(
                     inputs, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1), hole[0, v0:v1, u0:u1]
                 )
-                fill = None if mouth is None else mouth.painted()
+                fill = None if mouth is None else mouth.painted
             if fill is None:
                 fill = push_pull_fill(base[crop], weight[crop])
                 if region == Region.MOUTH_INTERIOR:  # no prior: a dark cavity, darker deep inside
@@ -198,7 +198,7 @@ class WarpFillGenerator:
         v0, _, u0, _ = box
         ys, xs = torch.nonzero(hole > 0.5, as_tuple=True)
         frame = visible_opening(frame, (xs + u0 + 0.5).cpu().numpy(), (ys + v0 + 0.5).cpu().numpy())
-        return MouthPaint(self.mouth_prior, frame, skin, box, hole)
+        return MouthPaint.over_box(self.mouth_prior, frame, skin, box, hole)
 
     def _skin_colour(self, source: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor | None:
         """(3,) median colour of the source's skin pixels (cached per source), or None."""

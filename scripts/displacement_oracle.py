@@ -58,9 +58,9 @@ def main() -> None:
     torch.set_num_threads(2)
     cache = PairCache(args.cache)
     gen = DiffusionGenerator(DiffusionConfig(weights=args.weights))
-    if gen.base != "warp_fill":
+    if gen.base not in ("warp_fill", "warp_mirror"):
         raise SystemExit(
-            "the oracle compares against the filled warp: give a warp_fill model (metadata base)"
+            "the oracle compares against the filled warp: give a warp_fill or warp_mirror model (metadata base)"
         )
     rows: dict[str, list[dict[str, float]]] = {
         k: [] for k in ("base", "base displaced", "model", "model displaced")

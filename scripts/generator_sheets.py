@@ -3,7 +3,8 @@
     python scripts/generator_sheets.py [--out docs] [--weights FILE]
 
 * ``generator_yaw.jpg``: the embedded portrait turned by yaw edits up to +-40 degrees
-  (``--compare LABEL FILE`` adds a row of other weights to this sheet and the next);
+  (``--compare LABEL FILE`` adds a row of other weights to this sheet and the next,
+  ``--push-pull`` a row of the warp fill before its hair and background were reflected);
 * ``generator_mouth.jpg``: an opening mouth (jaw-open edits, then a smile);
 * ``generator_closed_mouth.jpg``: Grace Hopper's shut mouth opened (mouth crops): the interior
   is the mouth prior's (teeth under the upper lip), warp-only and refined;
@@ -28,11 +29,13 @@ from PIL import Image, ImageDraw
 from rt_portrait.core.assets import default_portrait, pyfeat_file
 from rt_portrait.core.image import fit_long_side, resize
 from rt_portrait.core.video import read_frames
+from rt_portrait.generator import WarpFillGenerator
 from rt_portrait.head.types import Edits, RetargetConfig
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
 TILE = 150
+SHEETS = ("yaw", "mouth", "closed_mouth", "driver")
 
 
 def crop_box(animator: Animator, margin: float = 0.75) -> tuple[int, int, int, int]:
@@ -162,6 +165,18 @@ def main() -> None:
         default=None,
         help="also a row of other weights in the edit sheets (e.g. the previous shipped file)",
     )
+    p.add_argument(
+        "--push-pull",
+        action="store_true",
+        help="also a row of the warp fill before session 12 (hair and background filled by push-pull)",
+    )
+    p.add_argument(
+        "--sheets",
+        nargs="+",
+        choices=SHEETS,
+        default=list(SHEETS),
+        help="which sheets to write (default: all)",
+    )
     args = p.parse_args()
     out = Path(args.out)
     source = fit_long_side(default_portrait("astronaut"), 512)
@@ -175,48 +190,59 @@ def main() -> None:
             AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights, detail=2.0),
         ),
     }
+    if args.push_pull:
+        gens = {
+            "push-pull": Animator(
+                source, AnimatorConfig(size=256, generator="warp"), generator=WarpFillGenerator(mirror=False)
+            ),
+            **gens,
+        }
     if args.compare:
         label, weights = args.compare
         gens = {
-            "warp-only": gens["warp-only"],
+            **{k: v for k, v in gens.items() if k in ("push-pull", "warp-only")},
             label: Animator(
                 source, AnimatorConfig(size=256, generator="diffusion", generator_weights=weights)
             ),
-            **{k: v for k, v in gens.items() if k != "warp-only"},
+            **{k: v for k, v in gens.items() if k not in ("push-pull", "warp-only")},
         }
-    edit_sheet(
-        out / "generator_yaw.jpg",
-        [(f"yaw {y:+d}", Edits(yaw=y)) for y in (-40, -25, 25, 40)],
-        gens,
-    )
-    edit_sheet(
-        out / "generator_mouth.jpg",
-        [
-            ("jaw 0.4", Edits(jaw_open=0.4)),
-            ("jaw 0.7", Edits(jaw_open=0.7)),
-            ("jaw 1.0", Edits(jaw_open=1.0)),
-            ("jaw 1 + yaw 20", Edits(jaw_open=1.0, yaw=20)),
-            ("smile 1", Edits(smile=1.0)),
-        ],
-        gens,
-    )
-    shut = default_portrait("grace_hopper")
-    closed_mouth_sheet(
-        out / "generator_closed_mouth.jpg",
-        [
-            ("jaw 0.7", Edits(jaw_open=0.7)),
-            ("jaw 0.85", Edits(jaw_open=0.85)),
-            ("jaw 1.0", Edits(jaw_open=1.0)),
-            ("jaw 1 + yaw 15", Edits(jaw_open=1.0, yaw=15)),
-        ],
-        {
-            "warp-only": Animator(shut, AnimatorConfig(size=256, generator="warp")),
-            "refined": Animator(
-                shut, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
-            ),
-        },
-    )
-    driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)
+    if "yaw" in args.sheets:
+        edit_sheet(
+            out / "generator_yaw.jpg",
+            [(f"yaw {y:+d}", Edits(yaw=y)) for y in (-40, -25, 25, 40)],
+            gens,
+        )
+    if "mouth" in args.sheets:
+        edit_sheet(
+            out / "generator_mouth.jpg",
+            [
+                ("jaw 0.4", Edits(jaw_open=0.4)),
+                ("jaw 0.7", Edits(jaw_open=0.7)),
+                ("jaw 1.0", Edits(jaw_open=1.0)),
+                ("jaw 1 + yaw 20", Edits(jaw_open=1.0, yaw=20)),
+                ("smile 1", Edits(smile=1.0)),
+            ],
+            gens,
+        )
+    if "closed_mouth" in args.sheets:
+        shut = default_portrait("grace_hopper")
+        closed_mouth_sheet(
+            out / "generator_closed_mouth.jpg",
+            [
+                ("jaw 0.7", Edits(jaw_open=0.7)),
+                ("jaw 0.85", Edits(jaw_open=0.85)),
+                ("jaw 1.0", Edits(jaw_open=1.0)),
+                ("jaw 1 + yaw 15", Edits(jaw_open=1.0, yaw=15)),
+            ],
+            {
+                "warp-only": Animator(shut, AnimatorConfig(size=256, generator="warp")),
+                "refined": Animator(
+                    shut, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
+                ),
+            },
+        )
+    if "driver" in args.sheets:
+        driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)
 
 
 if __name__ == "__main__":

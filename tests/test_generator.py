@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from rt_portrait.core.fill import mirror_fill, nearest_seed, nearest_seed_jfa, push_pull_fill
 from rt_portrait.flow.types import FlowFields, Region
 from rt_portrait.generator import GeneratorInput, WarpFillGenerator, iris_discs, label_irises
 from rt_portrait.head import load_template
@@ -67,3 +70,81 @@ def test_a_moved_gaze_does_not_show_the_source_iris_twice() -> None:
     assert float(out.alpha[0][stale].min()) == 1.0
     assert float(out.face[:, stale].mean()) > 0.6  # sclera-coloured now, not the old iris (0.2)
     assert float(out.alpha[0][target_iris].max()) == 0.0  # the moved iris keeps the warp
+
+
+def test_nearest_seed_matches_jump_flooding() -> None:
+    """SciPy's exact transform (the CPU path) and the jump flooding other devices run agree on
+    the distance to the nearest seed, with and without vertical distances weighted."""
+    gen = torch.Generator().manual_seed(0)
+    for density in (0.002, 0.05, 0.4):
+        seeds = torch.rand(96, 80, generator=gen) < density
+        seeds[0, 0] = True
+        yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(80.0), indexing="ij")
+        for y_scale in (1.0, 2.0):
+            exact, jfa = nearest_seed(seeds, y_scale), nearest_seed_jfa(seeds, y_scale)
+            assert bool(seeds[exact[0].long(), exact[1].long()].all())  # every answer is a seed
+            d_exact = (y_scale * (exact[0] - yy)) ** 2 + (exact[1] - xx) ** 2
+            d_jfa = (y_scale * (jfa[0] - yy)) ** 2 + (jfa[1] - xx) ** 2
+            assert float((d_jfa.sqrt() - d_exact.sqrt()).abs().max()) < 1.0
+            assert float((d_jfa > d_exact + 1e-4).float().mean()) < 0.002  # near-ties at most
+
+
+def test_mirror_fill_reflects_the_texture_beside_a_hole() -> None:
+    """A hole to the right of a textured strip takes the strip mirrored through its edge, so it
+    continues the texture (a push-pull average is flat there) and meets it without a step."""
+    image = torch.zeros(3, 40, 40)
+    image[:, :, :20] = torch.rand(3, 40, 20, generator=torch.Generator().manual_seed(1))
+    donor = torch.zeros(40, 40, dtype=torch.bool)
+    donor[:, :20] = True
+    filled = mirror_fill(image, donor)
+    assert filled is not None
+    assert torch.equal(filled[:, :, :20], image[:, :, :20])  # donors keep their pixels
+    for d in range(1, 20):  # column 19 + d reads column 19 - d
+        assert torch.equal(filled[:, :, 19 + d], image[:, :, 19 - d])
+    flat = push_pull_fill(image, donor[None].float())
+    assert float(filled[:, :, 25:].std()) > 3 * float(flat[:, :, 25:].std())
+    assert mirror_fill(image, torch.zeros(40, 40, dtype=torch.bool)) is None
+
+
+def test_mirror_fill_prefers_sideways_donors_with_a_vertical_scale() -> None:
+    """Below a hole lies one kind of pixel, beside it another: counting vertical distances
+    twice, the hole reflects what lies beside it (a background beside a turned head, not the
+    body below it)."""
+    image = torch.zeros(1, 30, 30)
+    donor = torch.zeros(30, 30, dtype=torch.bool)
+    donor[:, :10] = True  # beside: value 1
+    image[:, :, :10] = 1.0
+    donor[20:, :] = True  # below: value 0
+    hole = (slice(None), slice(12, 17), slice(10, 17))  # 1-7 px beside the side donors, 4-8 above
+    iso = mirror_fill(image, donor, 1.0)
+    side = mirror_fill(image, donor, 2.0)
+    assert iso is not None and side is not None
+    assert bool((side[hole] == 1.0).all())
+    assert float(iso[hole].min()) == 0.0  # isotropic, the body below reaches some of it
+
+
+def test_a_revealed_background_continues_the_texture_beside_it() -> None:
+    """Background pixels that sample what hid them (the face, before a head turn) are filled
+    with the visible background's texture beside them, not a flat average, and the shirt
+    below (also background) does not leak in."""
+    labels = torch.full((R, R), int(Region.BACKGROUND), dtype=torch.int64)
+    labels[:, 70:] = int(Region.SKIN)  # the face, turned away to the right
+    source_labels = torch.full((R, R), int(Region.SKIN), dtype=torch.int64)
+    source_labels[:, :40] = int(Region.BACKGROUND)
+    stripes = 0.5 + 0.4 * torch.sign(torch.sin(torch.arange(R, dtype=torch.float32)))[:, None].expand(R, R)
+    warped = torch.full((3, R, R), 0.8)  # the face's skin, wherever it is sampled
+    warped[:, :, :40] = stripes[:, :40]  # a striped wall beside the hole
+    warped[:, 100:, :70] = 0.05  # a dark shirt below
+    visibility = torch.ones(1, R, R)
+    visibility[0, :, 40:70] = 0.0  # revealed: the face hid this wall in the source
+    fields = replace(_fields(labels, torch.zeros(2, R, R)), visibility=visibility)
+    inputs = GeneratorInput(
+        warped=warped, source=warped, fields=fields, history=None, source_labels=source_labels
+    )
+    out = WarpFillGenerator()(inputs)
+    hole = out.face[:, 20:90, 45:65]
+    assert float(out.alpha[0, 20:90, 45:65].min()) == 1.0
+    assert float(hole.std(dim=1).mean()) > 0.2  # stripes run on (push-pull: flat)
+    assert abs(float(hole.mean()) - float(stripes[20:90].mean())) < 0.1  # no skin, no shirt
+    flat = WarpFillGenerator(mirror=False)(inputs).face[:, 20:90, 45:65]
+    assert float(flat.std(dim=1).mean()) < 0.1

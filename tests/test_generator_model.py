@@ -260,14 +260,18 @@ def test_a_warp_fill_model_adds_its_residual_to_the_filled_warp(tmp_path: Path) 
 
     inp = _inputs(r=48, history=False)
     inp = replace(inp, fields=replace(inp.fields, visibility=(inp.fields.visibility > 0.3).float()))
-    filled = WarpFillGenerator()(inp).face
-    assert (filled - inp.warped).abs().amax() > 0.1  # the fill changes the hidden pixels
-    assert torch.equal(fill_warp(inp, WarpFillGenerator()).warped, filled)
-    path = tmp_path / "zero_fill.safetensors"
-    save_weights(ConditionalUNet(SMALL), path, residual_scale=2.0, extra={"base": "warp_fill"})
-    gen = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32"))
-    assert gen.base == "warp_fill"
-    assert torch.allclose(gen(inp).face, filled, atol=1e-6)  # a zero residual: the filled warp
+    # a model is given the fill it was trained on: push-pull (warp_fill) or reflection (warp_mirror)
+    for base, fill in (("warp_fill", WarpFillGenerator(mirror=False)), ("warp_mirror", WarpFillGenerator())):
+        filled = fill(inp).face
+        assert (filled - inp.warped).abs().amax() > 0.1  # the fill changes the hidden pixels
+        assert torch.equal(fill_warp(inp, fill).warped, filled)
+        path = tmp_path / f"zero_{base}.safetensors"
+        save_weights(ConditionalUNet(SMALL), path, residual_scale=2.0, extra={"base": base})
+        gen = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32"))
+        assert gen.base == base
+        assert torch.allclose(gen(inp).face, filled, atol=1e-6)  # a zero residual: the filled warp
+    pull, mirror = (WarpFillGenerator(mirror=m)(inp).face for m in (False, True))
+    assert (pull - mirror).abs().amax() > 0.05  # the two bases differ here
     bad = tmp_path / "bad_base.safetensors"
     save_weights(ConditionalUNet(SMALL), bad, residual_scale=2.0, extra={"base": "inpaint"})
     with pytest.raises(ValueError, match="unknown residual base 'inpaint'"):

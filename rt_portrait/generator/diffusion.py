@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from rt_portrait.core.cpu import auto_dtype
-from rt_portrait.core.fill import warp_batch
+from rt_portrait.core.fill import gaussian_blur, warp_batch
 from rt_portrait.core.types import Region
 from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch, drop_groups
 from rt_portrait.generator.mouth import MouthPaint
@@ -64,8 +64,20 @@ PREDICTIONS = ("sample", "velocity", "regression")
 # filled by the learning-free generator (``warp_fill``). The raw warp shows, where the source
 # hides the target's surface, whatever hid it (a ghost of the nose, an eye or the old
 # jawline), which a small model's residual has to cancel pixel for pixel; the filled warp
-# starts from hair, skin and the mean open mouth there instead.
-BASES = ("warp", "warp_fill")
+# starts from hair, skin and the mean open mouth there instead. ``warp_fill`` fills hair and
+# background by push-pull averages (the fill before session 12, which the shipped weights were
+# trained on); ``warp_mirror`` by reflecting the texture beside them (today's warp fill). A
+# model is always given the base it was trained on.
+BASES = ("warp", "warp_fill", "warp_mirror")
+
+
+def base_fill(base: str) -> WarpFillGenerator | None:
+    """The learning-free generator that fills a model's residual base, or None for the raw warp."""
+    if base not in BASES:
+        raise ValueError(f"unknown residual base {base!r}; expected one of {BASES}")
+    return None if base == "warp" else WarpFillGenerator(mirror=base == "warp_mirror")
+
+
 # A model with two flow channels (UNetConfig.flow_channels) also *displaces* its base: the face
 # samples the base at each pixel plus a smooth displacement field, then adds the residual.
 # Most of what the residual alone cannot fix is texture a pixel or two out of place (the head
@@ -205,19 +217,6 @@ def face_alpha(labels: torch.Tensor, feather: float = 1 / 32) -> torch.Tensor:
     return soft.clamp(0, 1)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, C, H, W) separable Gaussian blur, replicate-padded (sigma in pixels)."""
-    r = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma * sigma))
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(
-        F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c
-    )
-
-
 def keep_warp_detail(
     face: torch.Tensor, warped: torch.Tensor, visibility: torch.Tensor, sigma: float
 ) -> torch.Tensor:
@@ -263,7 +262,7 @@ class DiffusionGenerator:
         self.base = self.meta.get("base", "warp")
         if self.base not in BASES:
             raise ValueError(f"{path}: unknown residual base {self.base!r}; expected one of {BASES}")
-        self._fill = WarpFillGenerator() if self.base == "warp_fill" else None
+        self._fill = base_fill(self.base)
         self._noise: dict[tuple[int, int], torch.Tensor] = {}
 
     def _autocast(self) -> AbstractContextManager[object]:

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from rt_portrait.core.fill import nonzero_box, push_pull_fill
+from rt_portrait.core.fill import gaussian_blur, mirror_fill, nonzero_box, push_pull_fill
 from rt_portrait.core.types import Region
 from rt_portrait.generator.mouth import MouthPaint, MouthPrior, load_mouth_prior, mouth_frame, visible_opening
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
@@ -66,14 +66,17 @@ _Ref = weakref.ref  # weak reference to a tensor (an entry must not keep its sou
 class WarpFillGenerator:
     """Learning-free pass-through: the warp itself, holes filled.
 
-    Pixels without a source correspondence are filled: hair, neck and background by a
-    push-pull pyramid from visible pixels of their own kind; an open mouth that the source
+    Pixels without a source correspondence are filled: hair, neck and background by
+    reflecting the visible pixels of their own kind beside them into the hole (a push-pull
+    average where there are none); an open mouth that the source
     does not show by the mean open mouth of the train clips (:mod:`rt_portrait.generator.mouth`) in
     the subject's skin tone; eye pixels that sample the source's iris although the target's
     iris has moved away, by the eye's own colours. Other face pixels keep the warp.
 
     ``mouth_prior=None`` (or inputs without ``landmarks``) falls back to a dark push-pull
-    cavity of ``mouth_darkness``.
+    cavity of ``mouth_darkness``. ``mirror=False`` fills hair and background by push-pull
+    alone (the fill before session 12); ``mirror_y_scale`` weights vertical distances in the
+    search for pixels to reflect, ``soften`` (Gaussian sigma, working px) the reflected pixels.
     """
 
     def __init__(
@@ -82,8 +85,16 @@ class WarpFillGenerator:
         visible_at: float = 0.5,
         mouth_prior: MouthPrior | str | None = "default",
         template: Template | None = None,
+        mirror: bool = True,
+        mirror_y_scale: float = 2.0,
+        soften: float = 1.0,
     ) -> None:
         self.mouth_darkness = mouth_darkness
+        # A head turn, the largest motion, opens holes sideways: reflect the pixels beside a
+        # hole rather than those above or below it (the body under a revealed background).
+        self.mirror = mirror
+        self.mirror_y_scale = mirror_y_scale
+        self.soften = soften
         self.visible_at = visible_at
         self.mouth_prior: MouthPrior | None = (
             load_mouth_prior() if isinstance(mouth_prior, str) else mouth_prior
@@ -114,6 +125,7 @@ class WarpFillGenerator:
         base = warped[sub]
         face, alpha_c = base, alpha[sub].clone()
         mouth: MouthPaint | None = None
+        reflected: torch.Tensor | None = None
         vis = (fields.visibility[sub] / self.visible_at).clamp(0, 1)
         labels = fields.labels[ov0:ov1, ou0:ou1]
         sampled = self._sampled_labels(inputs, outer)
@@ -159,6 +171,8 @@ class WarpFillGenerator:
                     inputs, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1), hole[0, v0:v1, u0:u1]
                 )
                 fill = None if mouth is None else mouth.painted
+            elif self.mirror and region in (Region.HEAD_SHELL, Region.BACKGROUND):
+                fill = self._mirror_fill(inputs, region, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1))
             if fill is None:
                 fill = push_pull_fill(base[crop], weight[crop])
                 if region == Region.MOUTH_INTERIOR:  # no prior: a dark cavity, darker deep inside
@@ -168,12 +182,43 @@ class WarpFillGenerator:
             h = hole[crop]
             face[crop] = face[crop] * (1 - h) + fill * h
             alpha_c[crop] = torch.maximum(alpha_c[crop], h)
+            if self.mirror and region in (Region.HEAD_SHELL, Region.BACKGROUND):
+                reflected = torch.zeros_like(alpha_c) if reflected is None else reflected
+                reflected[crop] = torch.maximum(reflected[crop], h)
         if face is base:
             return GeneratorOutput(face=warped, alpha=alpha)
+        if reflected is not None and self.soften > 0:
+            # Hair and background fills meet along the working grid's label edges, which the
+            # frame shows as a staircase: soften the reflected pixels by a pixel or so, among
+            # themselves (the face's own outline stays as sharp as the tracker saw it).
+            m = (reflected > 0).to(face.dtype)[None]
+            blurred = gaussian_blur(torch.cat((face[None] * m, m), 1), self.soften)[0]
+            face = torch.lerp(face, blurred[:3] / blurred[3:].clamp_min(1e-6), reflected)
         out = warped.clone()
         out[sub] = face
         alpha[sub] = alpha_c
         return GeneratorOutput(face=out, alpha=alpha, mouth=mouth)
+
+    def _mirror_fill(
+        self, inputs: GeneratorInput, region: Region, box: tuple[int, int, int, int]
+    ) -> torch.Tensor | None:
+        """The warp over the working-grid ``box`` filled by reflection from the visible pixels
+        of ``region`` (:func:`mirror_fill`) around it, or None where there are none.
+
+        A smooth average of hair, or of a background and the body below it, reads as a flat
+        hole at a large head turn; the reflection continues the texture beside the hole, so
+        revealed hair looks like hair and meets the visible hair without an edge. Donors are
+        looked for up to half the box's size beyond it, as far as a reflection reaches."""
+        v0, v1, u0, u1 = box
+        r = inputs.warped.shape[-1]
+        reach = max(v1 - v0, u1 - u0) // 2 + 2
+        e0, e1, f0, f1 = max(0, v0 - reach), min(r, v1 + reach), max(0, u0 - reach), min(r, u1 + reach)
+        fields = inputs.fields
+        donor = (fields.visibility[0, e0:e1, f0:f1] >= self.visible_at) & (
+            fields.labels[e0:e1, f0:f1] == int(region)
+        )
+        filled = mirror_fill(inputs.warped[:, e0:e1, f0:f1], donor, self.mirror_y_scale)
+        return None if filled is None else filled[:, v0 - e0 : v1 - e0, u0 - f0 : u1 - f0]
 
     def _paint_mouth(
         self, inputs: GeneratorInput, box: tuple[int, int, int, int], hole: torch.Tensor

@@ -84,9 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     c.add_argument(
         "--base",
-        choices=("warp", "warp_fill"),
+        choices=("warp", "warp_fill", "warp_mirror"),
         default="warp",
-        help="the residual base stored as the warp: the raw warp, or its holes filled by the warp fill",
+        help="the residual base stored as the warp: the raw warp, or its holes filled by the warp fill "
+        "(warp_fill: hair and background by push-pull, as the shipped weights were trained; "
+        "warp_mirror: by reflection, today's warp fill)",
     )
     c.add_argument("--max-clips", type=int, default=None)
     c.add_argument(

@@ -65,8 +65,9 @@ class CacheConfig:
     # the biased draw alone the model never sees a still head, and changed a face that did not move
     near: int = 0
     history_gap: int = 2  # frames between the history frame and the target
-    # the residual base stored as ``warped`` (generator.diffusion.BASES): "warp", or
-    # "warp_fill", the warp with its holes filled by the learning-free generator
+    # the residual base stored as ``warped`` (generator.diffusion.BASES): "warp", or the warp
+    # with its holes filled by the learning-free generator ("warp_fill": hair and background by
+    # push-pull, as before session 12; "warp_mirror": by reflection, today's fill)
     base: str = "warp"
     seed: int = 0
     max_clips: int | None = None
@@ -186,15 +187,14 @@ def render_clip(
     from scipy.spatial.transform import Rotation
 
     from rt_portrait.compose import crop_window, to_tensor
-    from rt_portrait.generator import WarpFillGenerator
-    from rt_portrait.generator.diffusion import BASES, fill_warp
+    from rt_portrait.generator.diffusion import BASES, base_fill, fill_warp
     from rt_portrait.head import fit_head
     from rt_portrait.pipeline import Animator, AnimatorConfig
 
     gap = cfg.history_gap
     if cfg.base not in BASES:
         raise ValueError(f"base must be one of {BASES}, got {cfg.base!r}")
-    fill = WarpFillGenerator() if cfg.base == "warp_fill" else None
+    fill = base_fill(cfg.base)
     found = [int(i) for i in pool if track(int(i)).found]
     if len(found) < 6:
         return None

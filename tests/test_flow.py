@@ -330,6 +330,55 @@ def test_neck_blends_from_rigid_to_static(real_scene) -> None:
     assert bool((rigid.shell_weight == 1.0).all())
 
 
+def test_the_skin_under_the_chin_follows_an_opening_jaw(real_scene) -> None:
+    """An opening jaw drags the shell just under the chin along (the skin stretches), fading to
+    none a quarter face height away; with ``skin_follow=0`` the shell stays rigid, and the
+    neck's top rows, which sample the source's jaw shadow, showed as a dotted band under the
+    lowered chin."""
+    from dataclasses import replace
+
+    from rt_portrait.flow.scene import SceneBuilder, SceneConfig
+    from rt_portrait.head import apply_edits, build_shell
+    from rt_portrait.head.types import Edits
+
+    tpl, state, builder = real_scene
+    rigid = SceneBuilder(
+        tpl,
+        build_shell(tpl),
+        builder.window,
+        builder.image_size,
+        config=replace(builder.config, skin_follow=0.0),
+        head_scale=state.pose.scale,
+        anchor_pose=state.pose,
+    )
+    opened = apply_edits(state, Edits(jaw_open=1.0), tpl)
+    shell = (builder(state).label == int(Region.HEAD_SHELL)).nonzero().squeeze(1)
+    drop = builder(opened).xyz[shell, 1] - builder(state).xyz[shell, 1]
+    rigid_drop = rigid(opened).xyz[shell, 1] - rigid(state).xyz[shell, 1]
+    assert float(rigid_drop.abs().max()) < 1e-3  # rigid: an expression moves no shell point
+    face = (builder(state).label == int(Region.SKIN)).nonzero().squeeze(1)
+    chin_drop = float((builder(opened).xyz[face, 1] - builder(state).xyz[face, 1]).max())
+    assert chin_drop > 3.0  # the chin moved down (working px)
+    assert float(drop.max()) > 0.5 * chin_drop  # the skin right under it followed
+    assert float((drop.abs() > 1e-3).float().mean()) < 0.3  # only near the face oval
+
+    # under the lowered chin the flow no longer switches between the chin's (up by the drop)
+    # and the rigid neck's (none) from pixel to pixel: the dotted band
+    def roughness(b: SceneBuilder) -> float:
+        f = compute_flow(b(opened), b(state), FlowConfig(size=256, backend="torch"))
+        skin = f.region_mask(Region.SKIN, Region.LIPS)
+        ys, xs = skin.nonzero(as_tuple=True)
+        bottom, c0, c1 = int(ys.max()), int(xs.float().quantile(0.3)), int(xs.float().quantile(0.7))
+        band = f.flow[1, bottom - 12 : bottom + 6, c0:c1]
+        return float((band[1:] - band[:-1]).abs().mean() + (band[:, 1:] - band[:, :-1]).abs().mean())
+
+    assert roughness(builder) < 0.85 * roughness(rigid)
+    with pytest.raises(ValueError, match="skin_follow"):
+        SceneBuilder(
+            tpl, build_shell(tpl), builder.window, builder.image_size, config=SceneConfig(skin_follow=-1)
+        )
+
+
 def test_chunked_twins_match_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Large clouds take the memory-bounded chunked twins; they must give the same fields."""
     from rt_portrait.kernels import splat, splat_common, zbuffer

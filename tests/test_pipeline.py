@@ -108,7 +108,9 @@ def test_open_mouth_is_painted_with_the_mouth_prior(animator: Animator) -> None:
     out = crop_window(to_tensor(frame.image), scene.window)[:, mouth]
     skin = scene.source_working[:, scene.source_labels == int(Region.SKIN)].median(dim=1).values
     ratio = (out.mean(dim=1) / skin).numpy()
-    assert (ratio > 0.45).all() and (ratio < 1.1).all(), ratio  # the prior's mean ratio, not a dark cavity
+    # the prior's mean ratio: not a dark cavity, and not a white slab (its teeth band alone is
+    # ~1.1x the skin, so a hole showing more teeth than cavity can average a little above 1)
+    assert (ratio > 0.45).all() and (ratio < 1.2).all(), ratio
     dark = Animator(animator.source, animator.config, generator=WarpFillGenerator(mouth_prior=None))
     dark_out = crop_window(to_tensor(dark.render_edits(Edits(jaw_open=1.0)).image), scene.window)[:, mouth]
     assert float(dark_out.mean()) < 0.5 * float(out.mean())

@@ -55,7 +55,9 @@ def nearest_seed(seeds: torch.Tensor, y_scale: float = 1.0) -> torch.Tensor:
         return nearest_seed_jfa(seeds, y_scale)
     from scipy.ndimage import distance_transform_edt
 
-    _, idx = distance_transform_edt(~seeds.numpy(), sampling=(y_scale, 1.0), return_indices=True)
+    idx = distance_transform_edt(
+        ~seeds.numpy(), sampling=(y_scale, 1.0), return_distances=False, return_indices=True
+    )
     return torch.from_numpy(idx.astype(np.float32))
 
 

@@ -71,7 +71,9 @@ class AnimatorConfig:
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     device: str = "cpu"
     flow_backend: str = "auto"  # "auto", "torch" or "triton"
-    scene: SceneConfig = field(default_factory=SceneConfig)  # the point cloud the flow splats
+    # the point cloud the flow splats; None: the head geometry the generator was trained on
+    # (a learned generator's ``skin_follow``), else SceneConfig's defaults
+    scene: SceneConfig | None = None
     hold_frames: int = 5  # frames without a face during which the last motion is held
     ease_frames: int = 20  # then frames over which the head eases back to neutral
     limits: ImageLimits = field(default_factory=ImageLimits)
@@ -285,6 +287,13 @@ class Animator:
                     scene = self._scenes[size] = self._build_scene(size)
         return scene
 
+    def scene_config(self) -> SceneConfig:
+        """The scene's settings: the config's, else those the generator was trained on."""
+        if self.config.scene is not None:
+            return self.config.scene
+        follow = getattr(self.generator, "skin_follow", None)
+        return SceneConfig() if follow is None else SceneConfig(skin_follow=float(follow))
+
     def _build_scene(self, size: int) -> _Scene:
         window = choose_window(self.source_landmarks, self.image_size, size)
         flow_config = FlowConfig(size=size, backend=self.config.flow_backend)
@@ -294,7 +303,7 @@ class Animator:
             window,
             self.image_size,
             device=self.device,
-            config=self.config.scene,
+            config=self.scene_config(),
             flow=flow_config,
             head_scale=self.source_state.pose.scale,
             anchor_pose=self.source_state.pose,

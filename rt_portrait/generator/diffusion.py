@@ -263,6 +263,9 @@ class DiffusionGenerator:
         if self.base not in BASES:
             raise ValueError(f"{path}: unknown residual base {self.base!r}; expected one of {BASES}")
         self._fill = base_fill(self.base)
+        # The head shell the weights were trained on (flow.scene.SceneConfig.skin_follow): a
+        # model sees the geometry it learned. Files from before session 12 saw a rigid shell.
+        self.skin_follow = float(self.meta.get("skin_follow") or 0.0)
         self._noise: dict[tuple[int, int], torch.Tensor] = {}
 
     def _autocast(self) -> AbstractContextManager[object]:

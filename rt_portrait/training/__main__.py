@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         "(warp_fill: hair and background by push-pull, as the shipped weights were trained; "
         "warp_mirror: by reflection, today's warp fill)",
     )
+    c.add_argument(
+        "--skin-follow",
+        type=float,
+        default=0.25,
+        help="how far (face heights) the head shell near the jaw follows it (flow.scene.SceneConfig; 0 = rigid, before session 12)",
+    )
     c.add_argument("--max-clips", type=int, default=None)
     c.add_argument(
         "--export-tracks",
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             targets=args.targets,
             near=args.near,
             base=args.base,
+            skin_follow=args.skin_follow,
             max_clips=args.max_clips,
         )
         if args.export_tracks and args.from_tracks:

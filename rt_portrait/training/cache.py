@@ -69,6 +69,9 @@ class CacheConfig:
     # with its holes filled by the learning-free generator ("warp_fill": hair and background by
     # push-pull, as before session 12; "warp_mirror": by reflection, today's fill)
     base: str = "warp"
+    # the head shell's skin follow (flow.scene.SceneConfig) the pairs are rendered with; a model
+    # trained on them records it and is served with it
+    skin_follow: float = 0.25
     seed: int = 0
     max_clips: int | None = None
 
@@ -187,6 +190,7 @@ def render_clip(
     from scipy.spatial.transform import Rotation
 
     from rt_portrait.compose import crop_window, to_tensor
+    from rt_portrait.flow.scene import SceneConfig
     from rt_portrait.generator.diffusion import BASES, base_fill, fill_warp
     from rt_portrait.head import fit_head
     from rt_portrait.pipeline import Animator, AnimatorConfig
@@ -209,7 +213,11 @@ def render_clip(
     out["meta"] = []
     for si, s in enumerate(srcs):
         s = int(s)
-        animator = Animator(frames[s], AnimatorConfig(size=cfg.size), source_track=track(s))
+        animator = Animator(
+            frames[s],
+            AnimatorConfig(size=cfg.size, generator="warp", scene=SceneConfig(skin_follow=cfg.skin_follow)),
+            source_track=track(s),
+        )
         scene = animator.scene(cfg.size)
         out["source"].append(_u8(scene.source_working))
         cands = [i for i in found if abs(i - s) > gap]
@@ -276,6 +284,12 @@ def cache_base(root: Path) -> str:
     """The residual base a cache was rendered with (its config.json; "warp" before it had one)."""
     config = Path(root) / "config.json"
     return str(json.loads(config.read_text()).get("base", "warp")) if config.is_file() else "warp"
+
+
+def cache_skin_follow(root: Path) -> float:
+    """The head shell's skin follow a cache was rendered with (0: a rigid shell, before session 12)."""
+    config = Path(root) / "config.json"
+    return float(json.loads(config.read_text()).get("skin_follow", 0.0)) if config.is_file() else 0.0
 
 
 def _save_clip(dest: Path, arrays: dict[str, np.ndarray]) -> None:

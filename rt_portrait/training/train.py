@@ -49,7 +49,7 @@ from rt_portrait.generator.conditioning import drop_groups
 from rt_portrait.generator.diffusion import displaced_face, displacement_field, load_weights, save_weights
 from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, x0_to_velocity
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig, add_flow_channels
-from rt_portrait.training.cache import cache_base
+from rt_portrait.training.cache import cache_base, cache_skin_follow
 from rt_portrait.training.dataset import (
     AugmentConfig,
     Batch,
@@ -367,6 +367,7 @@ def _export(run: _Run) -> Path:
         "batch": str(cfg.batch),
         "device": str(cfg.device),
         "base": cache_base(cfg.cache),
+        "skin_follow": str(cache_skin_follow(cfg.cache)),
         "student_steps": str(cfg.student_steps)
         if cfg.mode == "distill"
         else "1"

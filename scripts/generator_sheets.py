@@ -192,7 +192,7 @@ def main() -> None:
     p.add_argument(
         "--push-pull",
         action="store_true",
-        help="also a row of the warp fill before session 12 (hair and background filled by push-pull)",
+        help="also a row of the warp fill before session 12 (hair and background filled by push-pull, a rigid head shell)",
     )
     p.add_argument(
         "--sheets",
@@ -216,8 +216,10 @@ def main() -> None:
     }
     if args.push_pull:
         gens = {
-            "push-pull": Animator(
-                source, AnimatorConfig(size=256, generator="warp"), generator=WarpFillGenerator(mirror=False)
+            "push-pull": Animator(  # the warp fill as it was before session 12
+                source,
+                AnimatorConfig(size=256, generator="warp", scene=SceneConfig(skin_follow=0.0)),
+                generator=WarpFillGenerator(mirror=False),
             ),
             **gens,
         }

@@ -35,9 +35,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/ses
 $PY -c "import cv2, torch, triton; print('cv2', cv2.__version__, 'torch', torch.__version__, 'triton', triton.__version__)" >>"$OUT/session.log" 2>&1
 
 # 1. the training cache, rendered from the tracks on the CPU (same code as the CPU cache), with
-# the residual base of the weights the runs start from (warp_fill since session 9)
-BASE=$($PY -c "from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, load_weights; print(load_weights(DEFAULT_WEIGHTS)[1].get('base', 'warp'))")
-$PY -m rt_portrait.training cache --data "$G/data" --out "$GC" --split train --base "$BASE" \
+# the residual base of the weights the runs start from (warp_fill since session 9), or $BASE
+# (warp_mirror: today's reflecting fill, which a run then learns); the head shell follows the
+# jaw ($SKIN_FOLLOW, 0.25 since session 12; 0 = the rigid shell the shipped weights learned)
+BASE=${BASE:-$($PY -c "from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, load_weights; print(load_weights(DEFAULT_WEIGHTS)[1].get('base', 'warp'))")}
+SKIN_FOLLOW=${SKIN_FOLLOW:-0.25}
+$PY -m rt_portrait.training cache --data "$G/data" --out "$GC" --split train --base "$BASE" --skin-follow "$SKIN_FOLLOW" \
     --from-tracks "$G/tracks.npz" --workers "$WORKERS" --max-clips "$MAX_CLIPS" --sources 3 --targets 32 \
     >/tmp/render.log 2>&1 &
 RENDER=$!

@@ -46,6 +46,13 @@ def push_pull_fill(image: torch.Tensor, weight: torch.Tensor, levels: int = 6) -
     return filled
 
 
+def _pixel_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W) float row and column indices."""
+    yy = torch.arange(h, device=device, dtype=torch.float32)[:, None].expand(h, w)
+    xx = torch.arange(w, device=device, dtype=torch.float32)[None, :].expand(h, w)
+    return yy, xx
+
+
 def nearest_seed(seeds: torch.Tensor, y_scale: float = 1.0) -> torch.Tensor:
     """(2, H, W) float (y, x) of the nearest True pixel of an (H, W) bool map with at least
     one, for every pixel, with vertical distances counted ``y_scale`` times: SciPy's exact
@@ -66,9 +73,7 @@ def nearest_seed_jfa(seeds: torch.Tensor, y_scale: float = 1.0) -> torch.Tensor:
     but for rare near-ties, within a pixel; inf without seeds): a few dozen shifted tensor
     comparisons, so a fill on the GPU needs no host round trip."""
     h, w = seeds.shape
-    dev = seeds.device
-    yy = torch.arange(h, device=dev, dtype=torch.float32)[:, None].expand(h, w)
-    xx = torch.arange(w, device=dev, dtype=torch.float32)[None, :].expand(h, w)
+    yy, xx = _pixel_grid(h, w, seeds.device)
     inf = torch.full_like(yy, float("inf"))
     best = torch.stack((torch.where(seeds, yy, inf), torch.where(seeds, xx, inf)))
     steps, k = [], 1
@@ -102,8 +107,7 @@ def mirror_fill(image: torch.Tensor, donor: torch.Tensor, y_scale: float = 1.0) 
         return None
     h, w = donor.shape
     near = nearest_seed(donor, y_scale)
-    yy = torch.arange(h, device=donor.device, dtype=torch.float32)[:, None].expand(h, w)
-    xx = torch.arange(w, device=donor.device, dtype=torch.float32)[None, :].expand(h, w)
+    yy, xx = _pixel_grid(h, w, donor.device)
     my = (2 * near[0] - yy).clamp(0, h - 1)
     mx = (2 * near[1] - xx).clamp(0, w - 1)
     ok = donor[my.long(), mx.long()]

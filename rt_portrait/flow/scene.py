@@ -269,7 +269,7 @@ class SceneBuilder:
         if "jaw_weights" in template.groups:
             oval = oval[np.asarray(template.group("jaw_weights"))[oval] > 0.05]
         self._follow_idx, self._follow_w, self._follow_rows = _oval_follow(
-            pts, verts, oval, np.ptp(verts[np.asarray(template.group("face_oval")), 1]), cfg.skin_follow
+            pts, verts, oval, float(np.ptp(oval_y)), cfg.skin_follow
         )
         if anchor_pose is None:
             w = np.ones_like(w)

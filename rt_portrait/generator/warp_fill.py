@@ -163,6 +163,7 @@ class WarpFillGenerator:
             box = nonzero_box(hole > 0.25, margin=margin)
             if box is None:
                 continue
+            reflect = self.mirror and region in (Region.HEAD_SHELL, Region.BACKGROUND)
             v0, v1, u0, u1 = box
             crop = (slice(None), slice(v0, v1), slice(u0, u1))
             fill = None
@@ -171,7 +172,7 @@ class WarpFillGenerator:
                     inputs, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1), hole[0, v0:v1, u0:u1]
                 )
                 fill = None if mouth is None else mouth.painted
-            elif self.mirror and region in (Region.HEAD_SHELL, Region.BACKGROUND):
+            elif reflect:
                 fill = self._mirror_fill(inputs, region, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1))
             if fill is None:
                 fill = push_pull_fill(base[crop], weight[crop])
@@ -182,7 +183,7 @@ class WarpFillGenerator:
             h = hole[crop]
             face[crop] = face[crop] * (1 - h) + fill * h
             alpha_c[crop] = torch.maximum(alpha_c[crop], h)
-            if self.mirror and region in (Region.HEAD_SHELL, Region.BACKGROUND):
+            if reflect:
                 reflected = torch.zeros_like(alpha_c) if reflected is None else reflected
                 reflected[crop] = torch.maximum(reflected[crop], h)
         if face is base:
@@ -190,10 +191,15 @@ class WarpFillGenerator:
         if reflected is not None and self.soften > 0:
             # Hair and background fills meet along the working grid's label edges, which the
             # frame shows as a staircase: soften the reflected pixels by a pixel or so, among
-            # themselves (the face's own outline stays as sharp as the tracker saw it).
-            m = (reflected > 0).to(face.dtype)[None]
-            blurred = gaussian_blur(torch.cat((face[None] * m, m), 1), self.soften)[0]
-            face = torch.lerp(face, blurred[:3] / blurred[3:].clamp_min(1e-6), reflected)
+            # themselves (the face's own outline stays as sharp as the tracker saw it), over
+            # their box and the kernel's reach around it
+            rb = nonzero_box(reflected > 0, margin=max(1, int(3 * self.soften + 0.5)))
+            if rb is not None:
+                cut = (slice(None), slice(rb[0], rb[1]), slice(rb[2], rb[3]))
+                w = reflected[cut]
+                m = (w > 0).to(face.dtype)[None]
+                blurred = gaussian_blur(torch.cat((face[cut][None] * m, m), 1), self.soften)[0]
+                face[cut] = torch.lerp(face[cut], blurred[:3] / blurred[3:].clamp_min(1e-6), w)
         out = warped.clone()
         out[sub] = face
         alpha[sub] = alpha_c

@@ -280,16 +280,20 @@ def _save_config(root: Path, cfg: CacheConfig) -> None:
     (root / "config.json").write_text(json.dumps({k: str(v) for k, v in vars(cfg).items()}, indent=1))
 
 
-def cache_base(root: Path) -> str:
-    """The residual base a cache was rendered with (its config.json; "warp" before it had one)."""
+def _cache_config(root: Path) -> dict[str, str]:
+    """A cache's config.json ({} for a cache written before it had one)."""
     config = Path(root) / "config.json"
-    return str(json.loads(config.read_text()).get("base", "warp")) if config.is_file() else "warp"
+    return json.loads(config.read_text()) if config.is_file() else {}
+
+
+def cache_base(root: Path) -> str:
+    """The residual base a cache was rendered with ("warp" before caches recorded it)."""
+    return str(_cache_config(root).get("base", "warp"))
 
 
 def cache_skin_follow(root: Path) -> float:
     """The head shell's skin follow a cache was rendered with (0: a rigid shell, before session 12)."""
-    config = Path(root) / "config.json"
-    return float(json.loads(config.read_text()).get("skin_follow", 0.0)) if config.is_file() else 0.0
+    return float(_cache_config(root).get("skin_follow", 0.0))
 
 
 def _save_clip(dest: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -32,7 +32,14 @@ from _webrtc_client import (
 )
 
 from rt_portrait.server.app import STATE, ServerConfig
-from rt_portrait.server.session import new_peer_connection
+from rt_portrait.server.session import (
+    CONSENT_SWEEPS_S,
+    cancel_orphan_consent_checks,
+    close_peer,
+    ice_connections,
+    loopback_ice,
+    new_peer_connection,
+)
 
 T = TypeVar("T")
 
@@ -300,3 +307,58 @@ def test_sigterm_closes_every_peer_within_five_seconds() -> None:
                 server.stop()
 
     run(scenario())
+
+
+async def _connected_pair() -> tuple[RTCPeerConnection, RTCPeerConnection]:
+    a, b = new_peer_connection(), new_peer_connection()
+    a.createDataChannel("ping")
+    with loopback_ice(True):
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+    while a.iceConnectionState != "completed" or b.iceConnectionState != "completed":
+        await asyncio.sleep(0.02)
+    return a, b
+
+
+def test_a_consent_check_left_running_after_the_close_is_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen once in CI: aioice's consent-check task outlived the close of its connection
+    (started, or a pair nominated, while close() was under way) and sent on a closed socket;
+    Python's datagram transport then raised an AttributeError that no one retrieved. Here that
+    state is replayed on a closed connection (its nominated pairs back, a consent task started):
+    unswept, the task dies of it (check interval shortened); swept by close_peer, it is
+    cancelled before its first send; an open connection's task is left alone."""
+    import aioice.ice
+
+    async def scenario() -> None:
+        a, b = await _connected_pair()
+        a_ice, b_ice = ice_connections(a), ice_connections(b)
+        assert a_ice and b_ice
+        assert cancel_orphan_consent_checks(a_ice + b_ice) == 0, "open: their checks go on"
+        assert all(not c._query_consent_task.done() for c in a_ice + b_ice)
+        nominated = [dict(c._nominated) for c in a_ice]
+        await close_peer(a)
+
+        def replay() -> list[asyncio.Task[None]]:
+            tasks = []
+            for c, pairs in zip(a_ice, nominated, strict=True):
+                c._nominated.update(pairs)
+                c._query_consent_task = asyncio.create_task(c.query_consent())
+                tasks.append(c._query_consent_task)
+            return tasks
+
+        late = replay()
+        await asyncio.sleep(CONSENT_SWEEPS_S[1] + 0.2)
+        assert all(t.cancelled() for t in late)
+
+        # the control: the same state, not swept, fails on its first send
+        with monkeypatch.context() as m:
+            m.setattr(aioice.ice, "CONSENT_INTERVAL", 0.05)
+            unswept = replay()
+            done, _ = await asyncio.wait(unswept, timeout=5.0)
+        assert len(done) == len(unswept)
+        assert all(isinstance(t.exception(), AttributeError) for t in unswept)
+        await close_peer(b)
+
+    run(scenario(), timeout=60.0)

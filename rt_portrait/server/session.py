@@ -100,12 +100,53 @@ def keep_loopback_candidates(sdp: str) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
+# When a close lands while aioice's connect() holds an ICE_COMPLETED result it has not read
+# yet, connect() resumes after close() and starts the consent-check task (RFC 7675) on closed
+# sockets; 4-6 s later that task sends on a closed datagram transport and dies with an
+# AttributeError that nothing retrieves (seen once in CI, aioice 0.13). The sweeps cancel such a
+# task; a task started on a connection still open is left alone. Its first send comes at
+# least 4 s after it starts, so the last sweep still catches one started 3 s after the close.
+CONSENT_SWEEPS_S = (0.0, 1.0, 3.0)
+
+
+def ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    """The aioice connections under a peer connection's transports (media and data)."""
+    ice: list[Any] = []
+    for transceiver in pc.getTransceivers():
+        for dtls in (transceiver.receiver.transport, transceiver.sender.transport):
+            if dtls is not None:
+                ice.append(dtls.transport)
+    if pc.sctp is not None:
+        ice.append(pc.sctp.transport.transport)
+    connections = (getattr(t, "_connection", None) for t in dict.fromkeys(ice))
+    return [c for c in connections if c is not None]
+
+
+def cancel_orphan_consent_checks(connections: list[Any]) -> int:
+    """Cancel the consent-check task of every closed connection; returns how many."""
+    cancelled = 0
+    for connection in connections:
+        task = getattr(connection, "_query_consent_task", None)
+        if getattr(connection, "_closing", False) and task is not None and not task.done():
+            task.cancel()
+            cancelled += 1
+    return cancelled
+
+
+def _sweep_consent_checks(connections: list[Any]) -> None:
+    loop = asyncio.get_running_loop()
+    for delay in CONSENT_SWEEPS_S:
+        loop.call_later(delay, cancel_orphan_consent_checks, connections)
+
+
 async def close_peer(pc: RTCPeerConnection, timeout_s: float = 5.0) -> None:
     """Close a peer connection whatever state a hostile offer left it in. aiortc's close()
     raises half-way on a transceiver left without a transport (and a second close() then
     waits forever): stop what exists by hand, bounded in time."""
+    connections = ice_connections(pc)  # before the close, which may detach the transports
     try:
         await asyncio.wait_for(pc.close(), timeout_s)
+        _sweep_consent_checks(connections)
         return
     except Exception as exc:
         log.debug("peer close failed (%s: %s); stopping its transports by hand", type(exc).__name__, exc)
@@ -122,6 +163,7 @@ async def close_peer(pc: RTCPeerConnection, timeout_s: float = 5.0) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(transport.stop(), timeout_s)  # type: ignore[attr-defined]
     pc.remove_all_listeners()
+    _sweep_consent_checks(connections)
 
 
 def new_peer_connection() -> RTCPeerConnection:

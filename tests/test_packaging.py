@@ -1,7 +1,9 @@
-"""The declared Python floor is the one the tools check against and the one that runs here."""
+"""The declared Python floor is the one the tools check against and the one that runs here;
+the declared dependencies cover what the installed modules import."""
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import tomllib
@@ -50,3 +52,35 @@ def test_every_package_is_installed() -> None:
         .startswith(("kernels", "engines", "export"))
     }
     assert found <= listed, f"not in [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Top-level names a file imports unconditionally (lazy imports inside functions and
+    ``try`` blocks are the optional extras' and stay out)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"rt_portrait", "__future__"}
+
+
+def test_every_unconditional_import_is_a_declared_dependency() -> None:
+    """Before: core.image imported cv2 and five modules scipy, both arriving only as
+    dependencies of mediapipe and scikit-image, so a change there would break an install."""
+    from importlib.metadata import packages_distributions
+
+    declared = {
+        re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower().replace("_", "-")
+        for d in _pyproject()["project"]["dependencies"]
+    }
+    providers = packages_distributions()
+    missing = {}
+    for folder in ("rt_portrait", "kernels", "engines", "export"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for name in _module_level_imports(path):
+                dists = {d.lower().replace("_", "-") for d in providers.get(name, [name])}
+                if not dists & declared:
+                    missing.setdefault(name, str(path.relative_to(ROOT)))
+    assert not missing, f"imported at module level but not in [project] dependencies: {missing}"

@@ -770,3 +770,33 @@ def test_displacement_flags_from_the_cli_reach_the_exported_model(
                 "--displacement",
             ]
         )
+
+
+def test_averaged_weights_are_the_mean_and_only_of_one_kind(tmp_path: Path) -> None:
+    from rt_portrait.generator.diffusion import load_weights
+    from rt_portrait.training.__main__ import main as training_cli
+    from rt_portrait.training.train import average_weights
+
+    paths = []
+    for i in range(3):
+        torch.manual_seed(i)
+        paths.append(tmp_path / f"w{i}.safetensors")
+        save_weights(
+            ConditionalUNet(SMALL), paths[-1], 2.0, extra={"base": "warp_mirror", "train_steps": str(i)}
+        )
+    out = average_weights(paths, tmp_path / "mean.safetensors")
+    model, meta = load_weights(out)
+    states = [load_weights(p)[0].state_dict() for p in paths]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, (states[0][k] + states[1][k] + states[2][k]) / 3)
+    assert (
+        meta["base"] == "warp_mirror" and meta["averaged"] == "mean of 3 weights files at train steps 0, 1, 2"
+    )
+    assert not list(tmp_path.glob("*.tmp")), "written through a temporary file, then renamed"
+
+    save_weights(ConditionalUNet(SMALL), tmp_path / "other.safetensors", 2.0, extra={"base": "warp_fill"})
+    with pytest.raises(ValueError, match="differ in base"):
+        average_weights([paths[0], tmp_path / "other.safetensors"], tmp_path / "bad.safetensors")
+    with pytest.raises(SystemExit):  # the CLI names the problem instead of a traceback
+        training_cli(["average", str(paths[0]), "--out", str(tmp_path / "one.safetensors")])
+    assert not (tmp_path / "bad.safetensors").exists() and not (tmp_path / "one.safetensors").exists()

@@ -196,8 +196,11 @@ def save_weights(
         **(extra or {}),
     }
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")  # a reader (or a copy) never sees half a file
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
 
 
 def face_alpha(labels: torch.Tensor, feather: float = 1 / 32) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``python -m rt_portrait.training {cache,train,distill,adversarial,regress,evaluate} ...``"""
+"""``python -m rt_portrait.training {cache,train,distill,adversarial,regress,average,evaluate} ...``"""
 
 from __future__ import annotations
 
@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("regress", help="ablation: the same UNet by plain L1 + SSIM regression")
     _train_args(r, "regress")
 
+    av = sub.add_parser("average", help="average several weights files of one run, tensor by tensor")
+    av.add_argument("weights", nargs="+", type=Path, help="weights files (e.g. EMA exports at a few steps)")
+    av.add_argument("--out", type=Path, required=True, help="the averaged weights file")
+
     e = sub.add_parser("evaluate", help="face-region metrics on val clips against the warp")
     e.add_argument("weights", nargs="*", type=Path, help="weights files; NAME=PATH[:STEPS] to label")
     e.add_argument("--cache", type=Path, default=None, help="val cache folder (default: <gen-cache>/val-256)")
@@ -223,6 +227,13 @@ def main(argv: list[str] | None = None) -> None:
             cfg.adv_weight = args.adv_weight
             cfg.disc_lr = args.disc_lr
         run(cfg)
+    elif args.cmd == "average":
+        from rt_portrait.training.train import average_weights
+
+        try:
+            print(average_weights(args.weights, args.out))
+        except (ValueError, FileNotFoundError) as exc:
+            parser.error(str(exc))
     elif args.cmd == "evaluate":
         from rt_portrait.training.evaluate import main as evaluate_main
 

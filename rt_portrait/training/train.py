@@ -380,6 +380,35 @@ def _export(run: _Run) -> Path:
     return path
 
 
+# What every averaged file must share: the same network, predicting the same thing over the
+# same base and head geometry.
+AVERAGE_MUST_MATCH = ("unet_config", "residual_scale", "prediction", "base", "skin_follow")
+
+
+def average_weights(paths: list[Path], out: Path) -> Path:
+    """The tensor-by-tensor mean of several exports of one run (e.g. its EMA weights at a few
+    checkpoints), written to ``out`` with the last file's metadata plus ``averaged``."""
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two weights files, got {len(paths)}")
+    loaded = [load_weights(p) for p in paths]
+    metas = [meta for _, meta in loaded]
+    for key in AVERAGE_MUST_MATCH:
+        values = {m.get(key, "") for m in metas}
+        if len(values) > 1:
+            raise ValueError(f"cannot average weights that differ in {key}: {sorted(values)}")
+    model = loaded[-1][0]
+    states = [m.state_dict() for m, _ in loaded]
+    model.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0) for k in states[-1]})
+    meta = metas[-1]
+    extra = {
+        k: v for k, v in meta.items() if k not in ("format", "unet_config", "residual_scale", "prediction")
+    }
+    steps = ", ".join(m.get("train_steps", "?") for m in metas)
+    extra["averaged"] = f"mean of {len(paths)} weights files at train steps {steps}"
+    save_weights(model, out, float(meta["residual_scale"]), meta["prediction"], extra)
+    return out
+
+
 def save_checkpoint(run: _Run) -> Path:
     path = run.cfg.out / "ckpt.pt"
     tmp = path.with_suffix(".tmp")

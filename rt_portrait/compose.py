@@ -181,10 +181,16 @@ class FrameWarp:
 
 def mouth_detail(
     mouth: MouthPaint, window: Window, image_size: tuple[int, int]
-) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int, int]]:
     """The mouth prior's detail finer than the working grid: over the frame region under the
     painted box, the prior evaluated at every frame pixel minus its working-grid painting
-    upsampled, weighted by the upsampled hole. Returns it (3, h, w) and its frame region."""
+    upsampled, weighted by the hole at frame resolution. Returns it (3, h, w), the change of
+    the blend mask there (1, h, w) and the frame region.
+
+    The hole at frame resolution is the upsampled one; for a ``crisp`` paint (an anti-aliased
+    opening) it is redrawn as a sharp edge along the upsampled hole's half-way line, and the
+    blend mask follows it (just outside that line the frame keeps its own lips instead of a
+    working pixel's ramp into the painting)."""
     r = window.size
     v0, v1, u0, u1 = mouth.box
     canvas = torch.zeros(4, r, r, device=mouth.hole.device)
@@ -195,7 +201,14 @@ def mouth_detail(
     xs = (torch.arange(x0, x1, device=dev, dtype=torch.float32) + 0.5 - window.x0) * window.scale
     ys = (torch.arange(y0, y1, device=dev, dtype=torch.float32) + 0.5 - window.y0) * window.scale
     y, x = torch.meshgrid(ys, xs, indexing="ij")
-    return up[3:4] * (mouth.paint(x, y) - up[:3]), (y0, y1, x0, x1)
+    hole = up[3:4]
+    if not mouth.crisp:
+        return hole * (mouth.paint(x, y) - up[:3]), torch.zeros_like(hole), (y0, y1, x0, x1)
+    # the half-way line, one frame pixel wide: the upsampled hole rises by up to ``scale`` (working
+    # px per frame px) a frame pixel, so its ramp from 0.5 - scale/2 to 0.5 + scale/2 is that pixel
+    scale = min(window.scale, 1.0)  # a frame coarser than the grid: its ramp is already a pixel
+    edge = ((hole - 0.5) / scale + 0.5).clamp(0, 1)
+    return edge * (mouth.paint(x, y) - up[:3]), edge - hole, (y0, y1, x0, x1)
 
 
 def compose(
@@ -239,12 +252,15 @@ def compose(
         # the full-resolution warp's detail above the working grid's, where it is real source
         blend_face = blend_face + up[7:8] * (out[:, by0:by1, bx0:bx1] - up[4:7])
         if mouth is not None:
-            detail, (my0, my1, mx0, mx1) = mouth_detail(mouth, window, (h, w))
+            detail, da, (my0, my1, mx0, mx1) = mouth_detail(mouth, window, (h, w))
             iy0, iy1, ix0, ix1 = max(my0, by0), min(my1, by1), max(mx0, bx0), min(mx1, bx1)
             if iy0 < iy1 and ix0 < ix1:  # outside the face's box the mask is off anyway
-                blend_face[:, iy0 - by0 : iy1 - by0, ix0 - bx0 : ix1 - bx0] += detail[
-                    :, iy0 - my0 : iy1 - my0, ix0 - mx0 : ix1 - mx0
-                ]
+                at = (slice(None), slice(iy0 - by0, iy1 - by0), slice(ix0 - bx0, ix1 - bx0))
+                of = (slice(None), slice(iy0 - my0, iy1 - my0), slice(ix0 - mx0, ix1 - mx0))
+                blend_face[at] += detail[of]
+                if mouth.crisp:
+                    a = a.clone()
+                    a[at] = (a[at] + da[of]).clamp(0, 1)
     if out.is_cuda and _cupy_compose():
         from rt_portrait.engines.cupy_kernels import compose_into_cuda
 

@@ -40,7 +40,8 @@ $PY -c "import cv2, torch, triton; print('cv2', cv2.__version__, 'torch', torch.
 # jaw ($SKIN_FOLLOW, 0.25 since session 12; 0 = the rigid shell the shipped weights learned)
 BASE=${BASE:-$($PY -c "from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, load_weights; print(load_weights(DEFAULT_WEIGHTS)[1].get('base', 'warp'))")}
 SKIN_FOLLOW=${SKIN_FOLLOW:-0.25}
-$PY -m rt_portrait.training cache --data "$G/data" --out "$GC" --split train --base "$BASE" --skin-follow "$SKIN_FOLLOW" \
+MOUTH=${MOUTH:-teeth}  # how the base paints a shut mouth opened (strips: as the shipped weights learned)
+$PY -m rt_portrait.training cache --data "$G/data" --out "$GC" --split train --base "$BASE" --skin-follow "$SKIN_FOLLOW" --mouth "$MOUTH" \
     --from-tracks "$G/tracks.npz" --workers "$WORKERS" --max-clips "$MAX_CLIPS" --sources 3 --targets 32 \
     >/tmp/render.log 2>&1 &
 RENDER=$!

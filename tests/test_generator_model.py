@@ -558,20 +558,23 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
     assert (meta["p_t1"], meta["ssim_weight"], meta["train_steps"]) == ("1.0", "1.0", "4")
     assert meta["base"] == "warp"  # the synthetic cache has no config: the raw warp
     assert meta["skin_follow"] == "0.0"  # ... and a rigid head shell
+    assert meta["mouth"] == "strips"  # ... and the mouth painting before session 13
 
 
 def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) -> None:
     import json
 
-    from rt_portrait.training.cache import cache_base, cache_skin_follow
+    from rt_portrait.training.cache import CacheConfig, cache_base, cache_mouth, cache_skin_follow
 
     assert cache_base(tmp_path) == "warp"
     assert cache_skin_follow(tmp_path) == 0.0  # caches from before session 12: a rigid shell
+    assert cache_mouth(tmp_path) == "strips"  # ... before session 13: the mean strips
     (tmp_path / "config.json").write_text(
-        json.dumps({"split": "train", "base": "warp_fill", "skin_follow": "0.25"})
+        json.dumps({"split": "train", "base": "warp_fill", "skin_follow": "0.25", "mouth": "teeth"})
     )
     assert cache_base(tmp_path) == "warp_fill"
     assert cache_skin_follow(tmp_path) == 0.25
+    assert cache_mouth(tmp_path) == "teeth" == CacheConfig(data=tmp_path).mouth  # new caches: teeth
 
 
 def test_a_model_is_served_the_head_geometry_it_was_trained_on(tmp_path: Path, astronaut: np.ndarray) -> None:
@@ -598,6 +601,22 @@ def test_a_model_is_served_the_head_geometry_it_was_trained_on(tmp_path: Path, a
         size=64, generator="diffusion", generator_weights=str(old), scene=SceneConfig(skin_follow=0.2)
     )
     assert Animator(astronaut, pinned, source_track=track).scene_config().skin_follow == 0.2
+
+
+def test_a_model_is_served_the_mouth_painting_it_was_trained_on(tmp_path: Path) -> None:
+    """Its filled base paints a shut mouth opened in the style its metadata names (the mean
+    strips for files without one, as the shipped weights were trained); the warp fill draws teeth."""
+    from rt_portrait.generator import WarpFillGenerator
+    from rt_portrait.generator.diffusion import base_fill
+
+    old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    save_weights(ConditionalUNet(SMALL), old, 2.0, extra={"base": "warp_fill"})
+    save_weights(ConditionalUNet(SMALL), new, 2.0, extra={"base": "warp_mirror", "mouth": "teeth"})
+    fills = [DiffusionGenerator(DiffusionConfig(weights=w))._fill for w in (old, new)]
+    assert [(f.mouth_style, f.mirror) for f in fills if f is not None] == [("strips", False), ("teeth", True)]
+    assert WarpFillGenerator().mouth_style == "teeth"
+    with pytest.raises(ValueError, match="unknown mouth style"):
+        base_fill("warp_fill", "cartoon")
 
 
 def test_ssim_weight_changes_the_loss(synthetic_cache: Path, tmp_path: Path) -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from rt_portrait.generator.mouth import (
+    fit_opening,
     lip_depths,
     lip_points,
     load_mouth_prior,
     mouth_frame,
     mouth_points,
     mouth_uv,
+    opening_coverage,
+    tooth_boundaries,
     visible_opening,
 )
 from rt_portrait.head import load_template
@@ -113,14 +118,65 @@ def test_prior_is_a_plausible_mouth() -> None:
     assert np.allclose(lo, (prior.lower[0] + prior.lower[1]) / 2, atol=1e-6)
 
 
-def test_paint_shows_teeth_under_the_upper_lip() -> None:
-    prior = load_mouth_prior()
-    frame = _frame(_open_mouth(0.3))
-    xy = mouth_points(frame, np.full(11, 0.5), np.linspace(0.0, 1.0, 11))
+def _lum_down_the_mouth(prior, opening: float, u: float, rows: int = 11) -> np.ndarray:
+    """Painted luminance / skin luminance from the upper inner lip (v = 0) to the lower (v = 1)."""
+    frame = _frame(_open_mouth(opening))
+    xy = mouth_points(frame, np.full(rows, u), np.linspace(0.0, 1.0, rows))
     x, y = torch.tensor(xy[..., 0], dtype=torch.float32), torch.tensor(xy[..., 1], dtype=torch.float32)
     skin = torch.tensor([0.7, 0.5, 0.4])
-    lum = (prior.paint(frame, x, y, skin).mean(0) / skin.mean()).numpy()
+    return (prior.paint(frame, x, y, skin).mean(0) / skin.mean()).numpy()
+
+
+def test_paint_shows_teeth_under_the_upper_lip() -> None:
+    strips = replace(load_mouth_prior(), style="strips")  # the mean strips (sessions 11-12)
+    lum = _lum_down_the_mouth(strips, 0.3, 0.5)
     assert lum[1] > 1.2 and lum[1] > lum[5] + 0.2, lum  # bright teeth, then the darker inside
+    teeth = load_mouth_prior()  # the default: a row of teeth over a dark cavity
+    assert teeth.style == "teeth"
+    b = tooth_boundaries()
+    incisor = float(b[len(b) // 2] + b[len(b) // 2 + 1]) / 2  # the middle of a central incisor
+    lum = _lum_down_the_mouth(teeth, 0.3, incisor)
+    assert lum[1] > 1.2 and lum[5] < 0.4, lum  # teeth, then the cavity (the strips' mean: ~1)
+    gap = _lum_down_the_mouth(teeth, 0.3, 0.5)  # between the two central incisors
+    assert gap[1] < lum[1] - 0.2, (gap, lum)
+
+
+def test_teeth_style_shows_the_lower_teeth_then_the_tongue_as_the_mouth_opens() -> None:
+    prior = load_mouth_prior()
+    frame = _frame(_open_mouth(0.5))
+    xy = mouth_points(frame, np.full(3, 0.5), np.array([0.5, 0.85, 0.95]))
+    x, y = torch.tensor(xy[..., 0], dtype=torch.float32), torch.tensor(xy[..., 1], dtype=torch.float32)
+    cavity, low, lowest = prior.paint(frame, x, y, torch.tensor([0.7, 0.5, 0.4])).T.numpy()
+    assert low.mean() > cavity.mean() + 0.05 and low[0] > 1.5 * low[1], (cavity, low)  # a red tongue
+    ajar = _lum_down_the_mouth(prior, 0.12, 0.5, rows=21)
+    assert ajar[-1] > 0.8 and ajar[-1] > ajar[14] + 0.4, ajar  # the lower teeth's edge, over the cavity
+
+
+def test_fit_opening_follows_a_smooth_edge_through_the_pixel_staircase() -> None:
+    """An elliptical opening rasterised on a coarse grid: the columns' edges step by whole pixels,
+    the fitted lines stay within a third of a pixel of the true edge (visible_opening: the steps)."""
+    frame = _frame(_open_mouth(0.0, tilt_deg=0.0))
+    c = frame.c0 + frame.e * frame.width / 2
+    rx, ry = 0.42 * frame.width, 0.13 * frame.width
+    ys, xs = np.mgrid[int(c[1] - ry) - 2 : int(c[1] + ry) + 3, int(c[0] - rx) - 2 : int(c[0] + rx) + 3] + 0.5
+    inside = ((xs - c[0]) / rx) ** 2 + ((ys - c[1]) / ry) ** 2 <= 1
+    px, py = xs[inside], ys[inside]
+    a = np.linspace(0.2, 0.8, 25)
+    true_top = (c[1] - ry * np.sqrt(1 - ((a * frame.width + frame.c0[0] - c[0]) / rx) ** 2) - frame.c0[1]) / frame.width
+
+    def error(f) -> float:
+        return float(np.abs(np.interp(a, f.upper[:, 0], f.upper[:, 1]) - true_top).max() * frame.width)
+
+    fitted, stepped = fit_opening(frame, px, py), visible_opening(frame, px, py)
+    assert error(fitted) < 0.34 < error(stepped), (error(fitted), error(stepped))
+    cover = opening_coverage(fitted, torch.tensor(xs, dtype=torch.float32), torch.tensor(ys, dtype=torch.float32))
+    assert float(cover.sum()) == pytest.approx(np.pi * rx * ry, rel=0.06)  # anti-aliased: fractions at the edge
+    assert 0 < int(((cover > 0.05) & (cover < 0.95)).sum()) < 0.6 * inside.sum()
+
+
+def test_an_unknown_mouth_style_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown mouth style 'cartoon'"):
+        replace(load_mouth_prior(), style="cartoon")
 
 
 def test_an_old_prior_file_is_refused_by_name(tmp_path) -> None:

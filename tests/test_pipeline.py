@@ -393,3 +393,33 @@ def test_blink_closes_the_eyes_in_the_image(animator: Animator, astronaut: np.nd
     left = gaps(animator.render_edits(Edits(blink_left=1)).image) / open_gaps
     assert both.mean() < 0.85, f"eyelid gaps after a blink: {both} of the open ones"
     assert left[0] < 0.85 and left[1] > 0.95, f"left-eye blink: {left}"
+
+
+def test_an_opened_mouth_has_a_crisp_smooth_outline_in_the_frame(grace_hopper: np.ndarray) -> None:
+    """A shut mouth opened: the teeth style's opening is an anti-aliased curve, redrawn in the
+    frame with a one-pixel edge; the strips style's is the working grid's pixels upsampled
+    (a ramp two frame pixels wide per edge, stepping by two pixels at a time)."""
+    import torch
+
+    from rt_portrait.compose import mouth_detail, upsample_to_frame
+
+    outline = {}
+    for style in ("teeth", "strips"):
+        gen = _KeepOutput(WarpFillGenerator(mouth_style=style))
+        a = Animator(grace_hopper, AnimatorConfig(size=256), generator=gen)
+        a.render_edits(Edits(jaw_open=1.0))
+        mouth, window = gen.last.mouth, a.scene(256).window
+        assert mouth is not None and mouth.crisp == (style == "teeth")
+        _, change, _ = mouth_detail(mouth, window, grace_hopper.shape[:2])
+        hole = torch.zeros(1, 256, 256)
+        v0, v1, u0, u1 = mouth.box
+        hole[0, v0:v1, u0:u1] = mouth.hole
+        up, _ = upsample_to_frame(hole, window, grace_hopper.shape[:2], box=mouth.box)
+        edge = (up + change)[0].numpy()  # the weight the frame paints the mouth with
+        cols = np.flatnonzero((edge > 0.5).any(0))
+        cols = cols[len(cols) // 10 : len(cols) - len(cols) // 10]  # clear of the corners
+        top = np.array([np.argmax(edge[:, c] > 0.5) for c in cols])
+        ramp = ((edge > 0.05) & (edge < 0.95)).sum(0)[cols].mean()  # pixels between in and out
+        outline[style] = (float(ramp), int(np.abs(np.diff(top)).max()))
+    assert outline["teeth"][0] < 3 and outline["teeth"][1] <= 1, outline
+    assert outline["strips"][0] > 4 and outline["strips"][1] >= 2, outline

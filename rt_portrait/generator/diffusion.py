@@ -71,11 +71,13 @@ PREDICTIONS = ("sample", "velocity", "regression")
 BASES = ("warp", "warp_fill", "warp_mirror")
 
 
-def base_fill(base: str) -> WarpFillGenerator | None:
-    """The learning-free generator that fills a model's residual base, or None for the raw warp."""
+def base_fill(base: str, mouth: str = "strips") -> WarpFillGenerator | None:
+    """The learning-free generator that fills a model's residual base, or None for the raw
+    warp; ``mouth``: the mouth style (``generator.mouth.MOUTH_STYLES``) it paints an opened
+    mouth in (``strips`` for files from before session 13, which do not record one)."""
     if base not in BASES:
         raise ValueError(f"unknown residual base {base!r}; expected one of {BASES}")
-    return None if base == "warp" else WarpFillGenerator(mirror=base == "warp_mirror")
+    return None if base == "warp" else WarpFillGenerator(mirror=base == "warp_mirror", mouth_style=mouth)
 
 
 # A model with two flow channels (UNetConfig.flow_channels) also *displaces* its base: the face
@@ -265,7 +267,9 @@ class DiffusionGenerator:
         self.base = self.meta.get("base", "warp")
         if self.base not in BASES:
             raise ValueError(f"{path}: unknown residual base {self.base!r}; expected one of {BASES}")
-        self._fill = base_fill(self.base)
+        # and the mouth interior it was trained on (files before session 13: the mean strips)
+        self.mouth = self.meta.get("mouth") or "strips"
+        self._fill = base_fill(self.base, self.mouth)
         # The head shell the weights were trained on (flow.scene.SceneConfig.skin_follow): a
         # model sees the geometry it learned. Files from before session 12 saw a rigid shell.
         self.skin_follow = float(self.meta.get("skin_follow") or 0.0)

@@ -35,6 +35,31 @@ import torch
 import torch.nn.functional as F
 
 PRIOR_PATH = Path(__file__).with_name("data") / "mouth_prior.npz"
+# How a mouth interior is drawn: ``teeth`` (since session 13) draws a row of upper teeth with
+# gaps between them, the dark cavity below and, as the mouth opens, the lower teeth's edge and
+# the tongue, in the colours the prior measured; ``strips`` paints the prior's mean strips as
+# they are (sessions 11-12: the mean of many mouths, a greyish band with no teeth or cavity of
+# its own). Models record the style their residual base was painted with.
+MOUTH_STYLES = ("teeth", "strips")
+# The upper teeth the ``teeth`` style draws: widths (mm) from the midline outward (central and
+# lateral incisor, canine, two premolars) on a dental arch of this radius seen from the front,
+# so each tooth projects narrower than the one before it.
+TOOTH_WIDTHS_MM = (8.5, 6.5, 7.5, 7.0, 6.5)
+ARCH_RADIUS_MM = 24.0
+
+
+def tooth_boundaries(span: float = 0.84) -> np.ndarray:
+    """``u`` of the gaps between the upper teeth (and of the row's two ends), the row
+    spanning ``span`` of the inner mouth's width around its middle."""
+    s = np.concatenate([[0.0], np.cumsum(TOOTH_WIDTHS_MM)])
+    x = ARCH_RADIUS_MM * np.sin(s / ARCH_RADIUS_MM)
+    x = x / x[-1] * span / 2
+    return np.concatenate([-x[:0:-1], x]) + 0.5
+
+
+def _smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
+    t = ((x - e0) / (e1 - e0)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
 
 
 @dataclass(frozen=True)
@@ -110,6 +135,40 @@ def visible_opening(frame: MouthFrame, x: np.ndarray, y: np.ndarray, pixel: floa
     return replace(frame, upper=line(top, frame.upper), lower=line(bottom, frame.lower))
 
 
+def fit_opening(frame: MouthFrame, x: np.ndarray, y: np.ndarray, pixel: float = 1.0) -> MouthFrame:
+    """``frame`` with its lip lines on the edges of the opening that shows, as smooth curves:
+    ``x``, ``y`` are the pixel centres of the opening (pixels ``pixel`` wide).
+
+    Like :func:`visible_opening`, but each edge is a low-order polynomial fitted to the pixel
+    columns' edges (the columns' own edges are a staircase a pixel tall wherever the edge is
+    not level); the two curves meet half a pixel beyond the first and the last column."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    cols = np.round(x / pixel).astype(np.int64)
+    keys = np.unique(cols)
+    if len(keys) < 3:
+        return frame
+    q = np.stack([x, y], axis=1) - frame.c0
+    a, b = q @ frame.e / frame.width, q @ frame.n / frame.width
+    half = 0.5 * pixel / frame.width
+    col_a = np.array([a[cols == k].mean() for k in keys])
+    top = np.array([b[cols == k].min() for k in keys]) - half
+    bottom = np.array([b[cols == k].max() for k in keys]) + half
+    deg = min(4, len(keys) - 2)
+    top = np.polyval(np.polyfit(col_a, top, deg), col_a)
+    bottom = np.polyval(np.polyfit(col_a, bottom, deg), col_a)
+    order = np.argsort(col_a)
+    col_a, top, bottom = col_a[order], top[order], bottom[order]
+    ends_a = [col_a[0] - half, col_a[-1] + half]
+    ends_b = [(top[0] + bottom[0]) / 2, (top[-1] + bottom[-1]) / 2]
+
+    def line(edge: np.ndarray) -> np.ndarray:
+        out = np.stack([np.r_[ends_a[0], col_a, ends_a[1]], np.r_[ends_b[0], edge, ends_b[1]]], axis=1)
+        out[:, 0] = np.maximum.accumulate(out[:, 0])
+        return out
+
+    return replace(frame, upper=line(np.minimum(top, bottom)), lower=line(np.maximum(top, bottom)))
+
+
 def lip_points(frame: MouthFrame, u: np.ndarray, d: np.ndarray, lip: str) -> np.ndarray:
     """(..., 2) pixel positions ``d`` mouth widths below the upper inner lip (``lip="upper"``)
     or above the lower one (``"lower"``), at ``u`` along the mouth (the inverse of
@@ -149,6 +208,16 @@ def mouth_uv(frame: MouthFrame, x: torch.Tensor, y: torch.Tensor) -> tuple[torch
     return u, d_up / (d_up + d_lo).clamp_min(1e-6)
 
 
+def opening_coverage(frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, pixel: float = 1.0) -> torch.Tensor:
+    """The share of each pixel (``pixel`` wide, centred at ``x``, ``y``) that lies inside the
+    opening between the lip lines of ``frame``: an anti-aliased mask whose outline follows the
+    lines rather than a pixel grid's staircase."""
+    u, d_up, d_lo = lip_depths(frame, x, y)
+    px = frame.width / pixel  # pixels per mouth width
+    inside = lambda d: (d * px + 0.5).clamp(0, 1)  # noqa: E731
+    return inside(d_up) * inside(d_lo) * inside(u) * inside(1 - u)
+
+
 @dataclass(frozen=True)
 class MouthPrior:
     """Mouth-interior colour as a ratio to the skin's luminance, anchored to the lips, per opening bin.
@@ -165,11 +234,27 @@ class MouthPrior:
     depth: float  # mouth widths covered by the strips' rows
     openings: np.ndarray  # (B,) mean opening of each bin (increasing)
     counts: np.ndarray  # (B,) frames averaged into each bin
+    style: str = "teeth"  # MOUTH_STYLES
 
     # where the upper strip hands over to the lower one, as the fraction d_upper / (d_upper +
     # d_lower) of the way down: a soft band around the middle
     seam: float = 0.5
     seam_width: float = 0.3
+
+    # the ``teeth`` style, in mouth widths and colour / skin luminance: how far the upper teeth
+    # show below the upper lip (less toward the corners, where the arch turns away), the lower
+    # teeth's edge above the lower lip, the cavity and the tongue (dark and red: the prior's
+    # strips average many mouths and have neither), and the edge width (anti-aliasing)
+    teeth_height: float = 0.12
+    lower_teeth_height: float = 0.035
+    cavity: tuple[float, float, float] = (0.34, 0.16, 0.15)
+    tongue: tuple[float, float, float] = (1.0, 0.55, 0.55)
+    edge: float = 0.012
+    tint: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.style not in MOUTH_STYLES:
+            raise ValueError(f"unknown mouth style {self.style!r}; expected one of {MOUTH_STYLES}")
 
     def strips(self, opening: float) -> tuple[np.ndarray, np.ndarray]:
         """(3, D, U) upper and lower strips for a mouth ``opening`` (linear between bin centres)."""
@@ -185,10 +270,60 @@ class MouthPrior:
             (1 - t) * self.lower[k - 1] + t * self.lower[k],
         )
 
+    def teeth_colour(self, opening: float) -> np.ndarray:
+        """(3,) the teeth's colour / skin luminance for a mouth ``opening``: the brightest row
+        of the upper strip's middle half (the row just under the lip where teeth show)."""
+        upper = self.strips(opening)[0]
+        quarter = upper.shape[2] // 4
+        middle = upper[:, :, quarter : upper.shape[2] - quarter]
+        return middle[:, int(np.argmax(middle.mean(axis=(0, 2))))].mean(axis=1)
+
     def paint(self, frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
         """(3, *x.shape) colours in [0, 1] at pixel positions ``x``, ``y`` for a face whose skin
-        colour is ``skin`` (3,): the strips are ratios to the skin's luminance (its channel
-        mean), so teeth stay near white on any skin."""
+        colour is ``skin`` (3,): colours are ratios to the skin's luminance (its channel mean),
+        so teeth stay near white on any skin. Drawn in the prior's ``style``."""
+        if self.style == "teeth":
+            return self._paint_teeth(frame, x, y, skin)
+        return self._paint_strips(frame, x, y, skin)
+
+    def _paint_teeth(self, frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
+        shape, dev = x.shape, x.device
+        u, d_up, d_lo = lip_depths(frame, x.reshape(-1), y.reshape(-1))
+        d_up, d_lo = d_up.clamp_min(0), d_lo.clamp_min(0)
+        opening, soft = max(frame.opening, 1e-3), self.edge
+        across = 2 * u - 1  # -1 .. 1 corner to corner
+        colour = lambda c: torch.as_tensor(np.asarray(c), dtype=torch.float32, device=dev)[:, None]  # noqa: E731
+        teeth = colour(self.teeth_colour(frame.opening))
+        gap_u = torch.as_tensor(tooth_boundaries(), dtype=torch.float32, device=dev)
+        to_gap = (u[:, None] - gap_u[None]).abs().min(dim=1).values
+        # upper teeth: hanging from the upper lip, their edges rounding off toward each gap
+        height = min(self.teeth_height, 0.7 * opening) * (1 - 0.35 * across**2)
+        height = height * (1 - 0.18 * (1 - _smoothstep(0, 1, to_gap / 0.035)) ** 2)
+        upper = (1 - _smoothstep(0, 1, (d_up - height + soft) / (2 * soft))) * (
+            1 - _smoothstep(0.72, 0.88, across.abs())
+        )
+        shade = (1 - 0.4 * across**2) * (0.85 + 0.15 * _smoothstep(0, 0.03, d_up))  # corners, lip shadow
+        tooth = teeth * shade * (1 - 0.25 * (1 - _smoothstep(0, 1, to_gap / 0.008)))
+        # below them the dark cavity; the lower teeth's edge over the lower lip at the middle,
+        # clear of the upper teeth; the tongue's red mound as the mouth opens wide
+        out = colour(self.cavity) * (0.7 + 0.3 * (1 - across.abs()))
+        wide = float(_smoothstep(0.18, 0.3, torch.tensor(opening)))
+        tongue = wide * (1 - _smoothstep(0, 1, (across / 0.55) ** 2 + (d_lo / (0.4 * opening)) ** 2))
+        out = torch.lerp(out, colour(self.tongue) * (0.75 + 0.25 * (1 - across.abs())), tongue)
+        low_h = min(self.lower_teeth_height, 0.2 * opening)
+        lower = (
+            (1 - _smoothstep(0, 1, (d_lo - low_h + soft) / (2 * soft)))
+            * (1 - _smoothstep(0.4, 0.55, across.abs()))
+            * _smoothstep(0, 1, (d_up - height - 0.02) / 0.02)
+        )
+        out = torch.lerp(out, 0.8 * teeth * shade, lower)
+        out = torch.lerp(out, tooth, upper)
+        # a little of the skin's own tint: the light on the face lights the mouth too (all of
+        # it would turn teeth orange on a saturated skin)
+        light = torch.lerp(skin.mean().expand(3), skin, self.tint)
+        return (out.reshape(3, *shape) * light.reshape(3, *([1] * len(shape)))).clamp(0, 1)
+
+    def _paint_strips(self, frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
         u, d_up, d_lo = lip_depths(frame, x, y)
         d_up, d_lo = d_up.clamp_min(0), d_lo.clamp_min(0)
         upper, lower = (
@@ -206,6 +341,15 @@ class MouthPrior:
         return (ratio * skin.mean()).clamp(0, 1)
 
 
+def box_centres(box: tuple[int, int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, x) of the working pixel centres of ``box`` (v0, v1, u0, u1), each (v1 - v0, u1 - u0)."""
+    v0, v1, u0, u1 = box
+    ys = torch.arange(v0, v1, device=device, dtype=torch.float32) + 0.5
+    xs = torch.arange(u0, u1, device=device, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return y, x
+
+
 @dataclass(frozen=True)
 class MouthPaint:
     """Where a generator painted the mouth prior, so that compose can paint it again finer.
@@ -220,6 +364,9 @@ class MouthPaint:
     box: tuple[int, int, int, int]  # (v0, v1, u0, u1) working-grid box of the painted pixels
     hole: torch.Tensor  # (v1 - v0, u1 - u0) weight the painting was blended in with
     painted: torch.Tensor  # (3, v1 - v0, u1 - u0) the prior at the box's working pixel centres
+    # an anti-aliased hole (the ``teeth`` style): compose redraws its edge crisp at frame
+    # resolution (the upsampled hole's half-way line) instead of a working pixel's soft ramp
+    crisp: bool = False
 
     @classmethod
     def over_box(
@@ -229,13 +376,11 @@ class MouthPaint:
         skin: torch.Tensor,
         box: tuple[int, int, int, int],
         hole: torch.Tensor,
+        crisp: bool = False,
     ) -> MouthPaint:
         """The prior painted over the working-grid ``box`` (once: the fill and compose share it)."""
-        v0, v1, u0, u1 = box
-        ys = torch.arange(v0, v1, device=hole.device, dtype=torch.float32) + 0.5
-        xs = torch.arange(u0, u1, device=hole.device, dtype=torch.float32) + 0.5
-        y, x = torch.meshgrid(ys, xs, indexing="ij")
-        return cls(prior, frame, skin, box, hole, prior.paint(frame, x, y, skin))
+        y, x = box_centres(box, hole.device)
+        return cls(prior, frame, skin, box, hole, prior.paint(frame, x, y, skin), crisp)
 
     def paint(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(3, *x.shape) the prior at working-pixel positions ``x``, ``y`` (any resolution)."""

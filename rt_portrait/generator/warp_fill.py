@@ -10,13 +10,24 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from rt_portrait.core.fill import gaussian_blur, mirror_fill, nonzero_box, push_pull_fill
 from rt_portrait.core.types import Region
-from rt_portrait.generator.mouth import MouthPaint, MouthPrior, load_mouth_prior, mouth_frame, visible_opening
+from rt_portrait.generator.mouth import (
+    MOUTH_STYLES,
+    MouthPaint,
+    MouthPrior,
+    box_centres,
+    fit_opening,
+    load_mouth_prior,
+    mouth_frame,
+    opening_coverage,
+    visible_opening,
+)
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.head.template import Template, load_template
 
@@ -74,7 +85,9 @@ class WarpFillGenerator:
     iris has moved away, by the eye's own colours. Other face pixels keep the warp.
 
     ``mouth_prior=None`` (or inputs without ``landmarks``) falls back to a dark push-pull
-    cavity of ``mouth_darkness``. ``mirror=False`` fills hair and background by push-pull
+    cavity of ``mouth_darkness``; ``mouth_style`` draws the prior (``teeth``: teeth, cavity and
+    tongue inside an anti-aliased opening; ``strips``: the prior's mean strips over the hole's
+    working pixels, as before session 13). ``mirror=False`` fills hair and background by push-pull
     alone (the fill before session 12); ``mirror_y_scale`` weights vertical distances in the
     search for pixels to reflect, ``soften`` (Gaussian sigma, working px) the reflected pixels.
     """
@@ -88,6 +101,7 @@ class WarpFillGenerator:
         mirror: bool = True,
         mirror_y_scale: float = 2.0,
         soften: float = 1.0,
+        mouth_style: str = "teeth",
     ) -> None:
         self.mouth_darkness = mouth_darkness
         # A head turn, the largest motion, opens holes sideways: reflect the pixels beside a
@@ -96,9 +110,11 @@ class WarpFillGenerator:
         self.mirror_y_scale = mirror_y_scale
         self.soften = soften
         self.visible_at = visible_at
-        self.mouth_prior: MouthPrior | None = (
-            load_mouth_prior() if isinstance(mouth_prior, str) else mouth_prior
-        )
+        if mouth_style not in MOUTH_STYLES:
+            raise ValueError(f"unknown mouth style {mouth_style!r}; expected one of {MOUTH_STYLES}")
+        self.mouth_style = mouth_style
+        prior = load_mouth_prior() if isinstance(mouth_prior, str) else mouth_prior
+        self.mouth_prior: MouthPrior | None = None if prior is None else replace(prior, style=mouth_style)
         self.template = template or load_template()
         # Skin colour per source. One generator serves every session (and, in the server,
         # every portrait) from several threads: entries are looked up under a lock and keyed
@@ -171,7 +187,9 @@ class WarpFillGenerator:
                 mouth = self._paint_mouth(
                     inputs, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1), hole[0, v0:v1, u0:u1]
                 )
-                fill = None if mouth is None else mouth.painted
+                if mouth is not None:
+                    fill = mouth.painted
+                    hole[:, v0:v1, u0:u1] = mouth.hole  # the anti-aliased opening (teeth style)
             elif reflect:
                 fill = self._mirror_fill(inputs, region, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1))
             if fill is None:
@@ -246,10 +264,23 @@ class WarpFillGenerator:
             )
         except ValueError:  # a degenerate mouth has no interior to paint
             return None
-        v0, _, u0, _ = box
-        ys, xs = torch.nonzero(hole > 0.5, as_tuple=True)
-        frame = visible_opening(frame, (xs + u0 + 0.5).cpu().numpy(), (ys + v0 + 0.5).cpu().numpy())
-        return MouthPaint.over_box(self.mouth_prior, frame, skin, box, hole)
+        v0, v1, u0, u1 = box
+        if self.mouth_style == "strips":
+            ys, xs = torch.nonzero(hole > 0.5, as_tuple=True)
+            frame = visible_opening(frame, (xs + u0 + 0.5).cpu().numpy(), (ys + v0 + 0.5).cpu().numpy())
+            return MouthPaint.over_box(self.mouth_prior, frame, skin, box, hole)
+        # Teeth hang from the upper lip: the lip lines are moved onto the edges of the whole
+        # interior the target shows (a source with its mouth open shows teeth there itself, and the hole is
+        # only the part it lacks), and the painted weight is the opening's anti-aliased area
+        # within the (slightly softened) hole, so that no outline follows the grid's staircase.
+        interior = inputs.fields.labels[v0:v1, u0:u1] == int(Region.MOUTH_INTERIOR)
+        ys, xs = torch.nonzero(interior | (hole > 0.5), as_tuple=True)
+        frame = fit_opening(frame, (xs + u0 + 0.5).cpu().numpy(), (ys + v0 + 0.5).cpu().numpy())
+        y, x = box_centres(box, hole.device)
+        soft = (2 * gaussian_blur(hole[None, None], 0.7)[0, 0]).clamp(0, 1)
+        return MouthPaint.over_box(
+            self.mouth_prior, frame, skin, box, opening_coverage(frame, x, y) * soft, crisp=True
+        )
 
     def _skin_colour(self, source: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor | None:
         """(3,) median colour of the source's skin pixels (cached per source), or None."""

@@ -96,6 +96,13 @@ def main(argv: list[str] | None = None) -> None:
         default=0.25,
         help="how far (face heights) the head shell near the jaw follows it (flow.scene.SceneConfig; 0 = rigid, before session 12)",
     )
+    c.add_argument(
+        "--mouth",
+        choices=("teeth", "strips"),
+        default="teeth",
+        help="how the base paints a mouth the source keeps shut (teeth: teeth, cavity and tongue, "
+        "since session 13; strips: the prior's mean strips, as the shipped weights were trained)",
+    )
     c.add_argument("--max-clips", type=int, default=None)
     c.add_argument(
         "--export-tracks",
@@ -177,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             near=args.near,
             base=args.base,
             skin_follow=args.skin_follow,
+            mouth=args.mouth,
             max_clips=args.max_clips,
         )
         if args.export_tracks and args.from_tracks:

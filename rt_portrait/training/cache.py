@@ -72,6 +72,9 @@ class CacheConfig:
     # the head shell's skin follow (flow.scene.SceneConfig) the pairs are rendered with; a model
     # trained on them records it and is served with it
     skin_follow: float = 0.25
+    # how the base paints a mouth the source keeps shut (generator.mouth.MOUTH_STYLES); recorded
+    # like the base, so a model trained on the pairs is served the same painting
+    mouth: str = "teeth"
     seed: int = 0
     max_clips: int | None = None
 
@@ -198,7 +201,7 @@ def render_clip(
     gap = cfg.history_gap
     if cfg.base not in BASES:
         raise ValueError(f"base must be one of {BASES}, got {cfg.base!r}")
-    fill = base_fill(cfg.base)
+    fill = base_fill(cfg.base, cfg.mouth)
     found = [int(i) for i in pool if track(int(i)).found]
     if len(found) < 6:
         return None
@@ -289,6 +292,11 @@ def _cache_config(root: Path) -> dict[str, str]:
 def cache_base(root: Path) -> str:
     """The residual base a cache was rendered with ("warp" before caches recorded it)."""
     return str(_cache_config(root).get("base", "warp"))
+
+
+def cache_mouth(root: Path) -> str:
+    """The mouth style a cache's base was painted with ("strips" before caches recorded it)."""
+    return str(_cache_config(root).get("mouth", "strips"))
 
 
 def cache_skin_follow(root: Path) -> float:

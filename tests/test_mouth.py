@@ -144,9 +144,9 @@ def test_paint_shows_teeth_under_the_upper_lip() -> None:
 def test_teeth_style_shows_the_lower_teeth_then_the_tongue_as_the_mouth_opens() -> None:
     prior = load_mouth_prior()
     frame = _frame(_open_mouth(0.5))
-    xy = mouth_points(frame, np.full(3, 0.5), np.array([0.5, 0.85, 0.95]))
+    xy = mouth_points(frame, np.full(2, 0.5), np.array([0.5, 0.85]))
     x, y = torch.tensor(xy[..., 0], dtype=torch.float32), torch.tensor(xy[..., 1], dtype=torch.float32)
-    cavity, low, lowest = prior.paint(frame, x, y, torch.tensor([0.7, 0.5, 0.4])).T.numpy()
+    cavity, low = prior.paint(frame, x, y, torch.tensor([0.7, 0.5, 0.4])).T.numpy()
     assert low.mean() > cavity.mean() + 0.05 and low[0] > 1.5 * low[1], (cavity, low)  # a red tongue
     ajar = _lum_down_the_mouth(prior, 0.12, 0.5, rows=21)
     assert ajar[-1] > 0.8 and ajar[-1] > ajar[14] + 0.4, ajar  # the lower teeth's edge, over the cavity
@@ -162,15 +162,21 @@ def test_fit_opening_follows_a_smooth_edge_through_the_pixel_staircase() -> None
     inside = ((xs - c[0]) / rx) ** 2 + ((ys - c[1]) / ry) ** 2 <= 1
     px, py = xs[inside], ys[inside]
     a = np.linspace(0.2, 0.8, 25)
-    true_top = (c[1] - ry * np.sqrt(1 - ((a * frame.width + frame.c0[0] - c[0]) / rx) ** 2) - frame.c0[1]) / frame.width
+    true_top = (
+        c[1] - ry * np.sqrt(1 - ((a * frame.width + frame.c0[0] - c[0]) / rx) ** 2) - frame.c0[1]
+    ) / frame.width
 
     def error(f) -> float:
         return float(np.abs(np.interp(a, f.upper[:, 0], f.upper[:, 1]) - true_top).max() * frame.width)
 
     fitted, stepped = fit_opening(frame, px, py), visible_opening(frame, px, py)
     assert error(fitted) < 0.34 < error(stepped), (error(fitted), error(stepped))
-    cover = opening_coverage(fitted, torch.tensor(xs, dtype=torch.float32), torch.tensor(ys, dtype=torch.float32))
-    assert float(cover.sum()) == pytest.approx(np.pi * rx * ry, rel=0.06)  # anti-aliased: fractions at the edge
+    cover = opening_coverage(
+        fitted, torch.tensor(xs, dtype=torch.float32), torch.tensor(ys, dtype=torch.float32)
+    )
+    assert float(cover.sum()) == pytest.approx(
+        np.pi * rx * ry, rel=0.06
+    )  # anti-aliased: fractions at the edge
     assert 0 < int(((cover > 0.05) & (cover < 0.95)).sum()) < 0.6 * inside.sum()
 
 

@@ -286,7 +286,9 @@ class MouthPrior:
             return self._paint_teeth(frame, x, y, skin)
         return self._paint_strips(frame, x, y, skin)
 
-    def _paint_teeth(self, frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
+    def _paint_teeth(
+        self, frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, skin: torch.Tensor
+    ) -> torch.Tensor:
         shape, dev = x.shape, x.device
         u, d_up, d_lo = lip_depths(frame, x.reshape(-1), y.reshape(-1))
         d_up, d_lo = d_up.clamp_min(0), d_lo.clamp_min(0)
@@ -323,7 +325,9 @@ class MouthPrior:
         light = torch.lerp(skin.mean().expand(3), skin, self.tint)
         return (out.reshape(3, *shape) * light.reshape(3, *([1] * len(shape)))).clamp(0, 1)
 
-    def _paint_strips(self, frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
+    def _paint_strips(
+        self, frame: MouthFrame, x: torch.Tensor, y: torch.Tensor, skin: torch.Tensor
+    ) -> torch.Tensor:
         u, d_up, d_lo = lip_depths(frame, x, y)
         d_up, d_lo = d_up.clamp_min(0), d_lo.clamp_min(0)
         upper, lower = (

@@ -519,7 +519,9 @@ class _Loop:
         self.generator = animator.generator
         # off: the learning-free warp fill when a learned generator is on, else the raw warp
         self.fallback: Generator = (
-            RawWarp() if isinstance(self.generator, WarpFillGenerator) else WarpFillGenerator()
+            RawWarp()
+            if isinstance(self.generator, WarpFillGenerator)
+            else WarpFillGenerator(mouth_style=animator.config.mouth)
         )
         self.generator_on = True
         self.frames_in = 0

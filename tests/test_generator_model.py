@@ -5,6 +5,7 @@ Runs without ../shared: the training smoke run uses a synthetic cache with the r
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -615,6 +616,14 @@ def test_a_model_is_served_the_mouth_painting_it_was_trained_on(tmp_path: Path) 
     fills = [DiffusionGenerator(DiffusionConfig(weights=w))._fill for w in (old, new)]
     assert [(f.mouth_style, f.mirror) for f in fills if f is not None] == [("strips", False), ("teeth", True)]
     assert WarpFillGenerator().mouth_style == "teeth"
+    from rt_portrait.generator.select import add_generator_arguments, build_generator, generator_options
+    from rt_portrait.pipeline import AnimatorConfig
+
+    parser = argparse.ArgumentParser()
+    add_generator_arguments(parser)
+    opts = generator_options(parser.parse_args(["--generator", "warp", "--mouth", "strips"]))
+    warp = build_generator(AnimatorConfig(**opts).generator_spec())
+    assert isinstance(warp, WarpFillGenerator) and warp.mouth_style == "strips"
     with pytest.raises(ValueError, match="unknown mouth style"):
         base_fill("warp_fill", "cartoon")
 

@@ -89,6 +89,7 @@ class EvalConfig:
     detail: float = 0.0
     frame_detail: bool = True  # AnimatorConfig.frame_detail, for every method (flow3d too)
     generator_weights: str | None = None
+    mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth), for every method
     teacher_weights: str | None = None  # the ``teacher`` method's weights (default: the shipped ones)
     teacher_steps: int | None = None  # its sampling steps (default: its metadata's, else 16)
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines)
@@ -102,6 +103,7 @@ class EvalConfig:
             "detail": self.detail,
             "frame_detail": self.frame_detail,
             "generator_weights": self.generator_weights,
+            "mouth": self.mouth,
             "teacher_weights": self.teacher_weights,
             "teacher_steps": self.teacher_steps,
             "backend": self.backend,

@@ -37,6 +37,7 @@ class GeneratorSpec:
     identity_weight: float = 1.0
     detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
     weights: str | Path | None = None  # None: the shipped weights (diffusion.DEFAULT_WEIGHTS)
+    mouth: str = "teeth"  # the warp fill's mouth style (generator.mouth.MOUTH_STYLES)
     device: str = "cpu"
     # the diffusion network's backend (rt_portrait.engines: auto, eager, compile, onnxruntime,
     # tensorrt), resolved once when the generator is built, for working size ``size``
@@ -96,7 +97,7 @@ def build_generator(spec: GeneratorSpec) -> Generator:
     if spec.steps < 1:
         raise ValueError(f"steps must be at least 1, got {spec.steps}")
     if resolve_generator(spec.generator, spec.weights, spec.steps) == "warp":
-        return WarpFillGenerator()
+        return WarpFillGenerator(mouth_style=spec.mouth)
     from rt_portrait.generator.diffusion import DiffusionConfig, DiffusionGenerator
 
     diffusion = DiffusionGenerator(
@@ -202,6 +203,14 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         help="diffusion weights (default: the shipped ones)",
     )
     g.add_argument(
+        "--mouth",
+        choices=("teeth", "strips"),
+        default="teeth",
+        help="how the warp fill paints a mouth the source keeps shut: teeth (teeth, cavity and tongue "
+        "in a smooth outline; default) or strips (the mean mouth of the train clips, before session 13); "
+        "a learned model paints what it was trained on",
+    )
+    g.add_argument(
         "--backend",
         choices=("auto", "eager", "compile", "onnxruntime", "tensorrt"),
         default="auto",
@@ -225,5 +234,6 @@ def generator_options(args: Any) -> dict[str, Any]:
         "detail": args.detail,
         "frame_detail": args.frame_detail,
         "generator_weights": args.generator_weights,
+        "mouth": args.mouth,
         "backend": args.backend,
     }

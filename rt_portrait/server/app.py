@@ -101,6 +101,7 @@ class ServerConfig:
     detail: float = 0.0
     frame_detail: bool = True
     generator_weights: str | None = None
+    mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth)
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines), resolved once
 
 
@@ -197,6 +198,7 @@ class ServerState:
             detail=c.detail,
             frame_detail=c.frame_detail,
             generator_weights=c.generator_weights,
+            mouth=c.mouth,
             backend=c.backend,
         )
 

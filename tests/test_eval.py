@@ -130,6 +130,34 @@ def test_face_oval_is_mediapipes_loop():
     assert edges == {frozenset(e) for e in FACEMESH_FACE_OVAL}
 
 
+def test_inner_lips_are_mediapipes_inner_loop_and_the_templates():
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_LIPS
+
+    from rt_portrait.head.template import load_template
+
+    loop = M.INNER_LIPS
+    edges = {frozenset((loop[i], loop[(i + 1) % len(loop)])) for i in range(len(loop))}
+    assert edges <= {frozenset(e) for e in FACEMESH_LIPS}  # a closed loop of the lips' own edges
+    t = load_template()
+    groups = (*t.group("inner_lip_upper"), *t.group("inner_lip_lower"), *t.group("inner_mouth_corners"))
+    assert set(loop) == {int(i) for i in groups}
+
+
+def test_mouth_mask_is_the_opening(tracker):
+    """The registry portrait with a shut mouth: no opening; the astronaut's smile shows teeth."""
+    shut = assets.default_portrait("grace_hopper")
+    track = tracker.track(shut)
+    assert int(M.mouth_mask(track.landmarks, shut.shape[:2]).sum()) < M.MIN_MOUTH_PIXELS
+    smile = assets.default_portrait("astronaut")
+    track = tracker.track(smile)
+    mask = M.mouth_mask(track.landmarks, smile.shape[:2])
+    assert int(mask.sum()) >= 4 * M.MIN_MOUTH_PIXELS
+    assert mask.sum() < 0.1 * M.face_mask(track.landmarks, smile.shape[:2]).sum()
+    assert float(smile[mask].mean()) > float(
+        smile[M.face_mask(track.landmarks, smile.shape[:2])].mean()
+    )  # teeth
+
+
 def test_face_mask_covers_the_face(astronaut, tracker):
     track = tracker.track(astronaut)
     assert track.found
@@ -262,6 +290,7 @@ def test_eval_end_to_end_writes_json(tmp_path, capsys):
     # real motion in the clip: following the driver's landmarks beats holding still
     s, w = report["methods"]["static"], report["methods"]["warp2d"]
     assert w["face_l1"] < s["face_l1"] and w["landmark_err"] < s["landmark_err"]
+    assert "mouth_l1" in w  # scored on the frames whose mouth is open (NaN, or null, if none)
     assert plot.exists() and plot.stat().st_size > 0
     assert not list(out.parent.glob("*.part"))  # atomic write left no temp file
 

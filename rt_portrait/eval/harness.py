@@ -56,7 +56,7 @@ SUMMARY_METRICS: tuple[tuple[str, bool], ...] = (
     ("pose_err_deg", False),
     ("jitter", False),
 )
-EXTRA_METRICS: tuple[str, ...] = ("full_l1", "retrack_fail", "jitter_driver", "ms_per_frame")
+EXTRA_METRICS: tuple[str, ...] = ("full_l1", "mouth_l1", "retrack_fail", "jitter_driver", "ms_per_frame")
 
 
 VideoReadError = video.MediaError  # a video that cannot be read; the message names the file
@@ -186,6 +186,7 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "face_ssim": "Gaussian-window SSIM map (sigma 1.5, per RGB channel) averaged inside the face mask",
     "face_sharpness": "variance of the grey 4-neighbour Laplacian inside the face mask, / the target's (1 = as sharp as the real frame)",
     "full_l1": "mean |output - target| over the whole frame",
+    "mouth_l1": "mean |output - target| inside the target's inner-lip polygon, over the frames whose mouth is open (at least metrics.MIN_MOUTH_PIXELS inside it)",
     "full_psnr": "PSNR (dB) over the whole frame",
     "full_ssim": "SSIM map averaged over the whole frame",
     "landmark_err": "mean 2D distance of the 478 re-tracked output landmarks to the target's, / target inter-ocular distance (outer eye corners)",
@@ -391,6 +392,7 @@ def _run_method(
             "landmark_err",
             "pose_err_deg",
             "retrack_fail",
+            "mouth_l1",
         )
     }
     out_seq: list[np.ndarray | None] = []
@@ -425,6 +427,10 @@ def _run_method(
         for k, v in asdict(s).items():
             rows[k].append(v)
         rows["retrack_fail"].append(0.0 if out_track.found else 1.0)
+        if gt.found:  # the real frame's mouth opening, when it is open
+            mouth = M.mouth_mask(gt.landmarks, target.shape[:2])
+            if int(mouth.sum()) >= M.MIN_MOUTH_PIXELS:
+                rows["mouth_l1"].append(M.l1(output, target, mouth))
         if out_track.found:
             rows["landmark_err"].append(M.landmark_error(out_track.landmarks, gt.landmarks))
             out_rot = _safe_rotation(pose_fn, out_track)

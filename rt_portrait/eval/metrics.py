@@ -173,6 +173,45 @@ def face_mask(landmarks: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+# the mouth opening: the inner-lip loop (corner, upper lip left to right, corner, lower lip right
+# to left), mediapipe indices as the head template groups them; scored where it covers at least
+# MIN_MOUTH_PIXELS (an open mouth)
+INNER_LIPS: tuple[int, ...] = (
+    78,
+    191,
+    80,
+    81,
+    82,
+    13,
+    312,
+    311,
+    310,
+    415,
+    308,
+    324,
+    318,
+    402,
+    317,
+    14,
+    87,
+    178,
+    88,
+    95,
+)
+MIN_MOUTH_PIXELS = 20
+
+
+def mouth_mask(landmarks: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool mask: the filled inner-lip polygon of ``landmarks`` (pixels): the mouth opening."""
+    h, w = image_size
+    pts = _check_landmarks(landmarks, "landmarks")
+    loop = pts[list(INNER_LIPS), :2]
+    rr, cc = draw_polygon(loop[:, 1], loop[:, 0], shape=(h, w))
+    mask = np.zeros((h, w), dtype=bool)
+    mask[rr, cc] = True
+    return mask
+
+
 def _check_landmarks(landmarks: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(landmarks, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] <= max(max(FACE_OVAL), max(EYE_OUTER)) or arr.shape[1] < 2:

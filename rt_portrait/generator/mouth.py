@@ -108,6 +108,26 @@ def mouth_points(frame: MouthFrame, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return frame.c0 + frame.width * (u[..., None] * frame.e + b[..., None] * frame.n)
 
 
+def _column_edges(
+    frame: MouthFrame, x: np.ndarray, y: np.ndarray, pixel: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """Per pixel column of an opening given by its pixel centres ``x``, ``y`` (pixels ``pixel``
+    wide): the column's ``a``, its top and bottom edges' ``b`` (mouth widths), and half a pixel
+    in mouth widths; None under three columns."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    cols = np.round(x / pixel).astype(np.int64)
+    keys = np.unique(cols)
+    if len(keys) < 3:
+        return None
+    q = np.stack([x, y], axis=1) - frame.c0
+    a, b = q @ frame.e / frame.width, q @ frame.n / frame.width
+    half = 0.5 * pixel / frame.width
+    col_a = np.array([a[cols == k].mean() for k in keys])
+    top = np.array([b[cols == k].min() for k in keys]) - half
+    bottom = np.array([b[cols == k].max() for k in keys]) + half
+    return col_a, top, bottom, half
+
+
 def visible_opening(frame: MouthFrame, x: np.ndarray, y: np.ndarray, pixel: float = 1.0) -> MouthFrame:
     """``frame`` with its lip lines moved to the edges of the opening that shows: ``x``, ``y``
     are the pixel centres of the painted hole (pixels ``pixel`` wide), grouped by column.
@@ -115,18 +135,13 @@ def visible_opening(frame: MouthFrame, x: np.ndarray, y: np.ndarray, pixel: floa
     The rendered lips reach past the inner-lip landmarks (they are splatted points with a
     radius), so the hole starts a few pixels below the landmark line; teeth anchored to the
     landmarks would be painted under the lips. Anchored to the hole's edges, they show."""
-    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    cols = np.round(x / pixel).astype(np.int64)
-    keys = np.unique(cols)
-    if len(keys) < 3:
+    edges = _column_edges(frame, x, y, pixel)
+    if edges is None:
         return frame
-    q = np.stack([x, y], axis=1) - frame.c0
-    a, b = q @ frame.e / frame.width, q @ frame.n / frame.width
-    half = 0.5 * pixel / frame.width
-    top = np.array([[a[cols == k].mean(), b[cols == k].min() - half] for k in keys])
-    bottom = np.array([[a[cols == k].mean(), b[cols == k].max() + half] for k in keys])
+    col_a, top, bottom, _ = edges
 
-    def line(inner: np.ndarray, lip: np.ndarray) -> np.ndarray:
+    def line(edge: np.ndarray, lip: np.ndarray) -> np.ndarray:
+        inner = np.stack([col_a, edge], axis=1)
         inner = inner[(inner[:, 0] > lip[0, 0]) & (inner[:, 0] < lip[-1, 0])]
         out = np.concatenate([lip[:1], inner[np.argsort(inner[:, 0])], lip[-1:]])
         out[:, 0] = np.maximum.accumulate(out[:, 0])
@@ -142,18 +157,11 @@ def fit_opening(frame: MouthFrame, x: np.ndarray, y: np.ndarray, pixel: float = 
     Like :func:`visible_opening`, but each edge is a low-order polynomial fitted to the pixel
     columns' edges (the columns' own edges are a staircase a pixel tall wherever the edge is
     not level); the two curves meet half a pixel beyond the first and the last column."""
-    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    cols = np.round(x / pixel).astype(np.int64)
-    keys = np.unique(cols)
-    if len(keys) < 3:
+    edges = _column_edges(frame, x, y, pixel)
+    if edges is None:
         return frame
-    q = np.stack([x, y], axis=1) - frame.c0
-    a, b = q @ frame.e / frame.width, q @ frame.n / frame.width
-    half = 0.5 * pixel / frame.width
-    col_a = np.array([a[cols == k].mean() for k in keys])
-    top = np.array([b[cols == k].min() for k in keys]) - half
-    bottom = np.array([b[cols == k].max() for k in keys]) + half
-    deg = min(4, len(keys) - 2)
+    col_a, top, bottom, half = edges
+    deg = min(4, len(col_a) - 2)
     top = np.polyval(np.polyfit(col_a, top, deg), col_a)
     bottom = np.polyval(np.polyfit(col_a, bottom, deg), col_a)
     order = np.argsort(col_a)

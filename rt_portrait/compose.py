@@ -258,8 +258,7 @@ def compose(
                 at = (slice(None), slice(iy0 - by0, iy1 - by0), slice(ix0 - bx0, ix1 - bx0))
                 of = (slice(None), slice(iy0 - my0, iy1 - my0), slice(ix0 - mx0, ix1 - mx0))
                 blend_face[at] += detail[of]
-                if mouth.crisp:
-                    a = a.clone()
+                if mouth.crisp:  # ``a`` is this call's own upsampled mask: changed in place
                     a[at] = (a[at] + da[of]).clamp(0, 1)
     if out.is_cuda and _cupy_compose():
         from rt_portrait.engines.cupy_kernels import compose_into_cuda

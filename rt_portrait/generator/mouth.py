@@ -57,6 +57,9 @@ def tooth_boundaries(span: float = 0.84) -> np.ndarray:
     return np.concatenate([-x[:0:-1], x]) + 0.5
 
 
+_TOOTH_GAPS = tooth_boundaries()  # what the teeth style draws (computed once, not per frame)
+
+
 def _smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
     t = ((x - e0) / (e1 - e0)).clamp(0, 1)
     return t * t * (3 - 2 * t)
@@ -304,7 +307,7 @@ class MouthPrior:
         across = 2 * u - 1  # -1 .. 1 corner to corner
         colour = lambda c: torch.as_tensor(np.asarray(c), dtype=torch.float32, device=dev)[:, None]  # noqa: E731
         teeth = colour(self.teeth_colour(frame.opening))
-        gap_u = torch.as_tensor(tooth_boundaries(), dtype=torch.float32, device=dev)
+        gap_u = torch.as_tensor(_TOOTH_GAPS, dtype=torch.float32, device=dev)
         to_gap = (u[:, None] - gap_u[None]).abs().min(dim=1).values
         # upper teeth: hanging from the upper lip, their edges rounding off toward each gap
         height = min(self.teeth_height, 0.7 * opening) * (1 - 0.35 * across**2)

@@ -47,6 +47,7 @@ from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, 
 from rt_portrait.generator.diffusion import displace
 from rt_portrait.generator.select import GeneratorSpec, build_generator, generator_kind, uses_history
 from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
+from rt_portrait.head.shell import ShellFit, fit_shell
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
 from rt_portrait.tracking import (
     FaceTracker,
@@ -54,6 +55,7 @@ from rt_portrait.tracking import (
     TrackerConfig,
     TrackResult,
     check_size,
+    segment_person,
     to_rgb,
     track_image,
 )
@@ -99,6 +101,10 @@ class AnimatorConfig:
     # students were trained with real frames as history, and fed their own outputs they drift
     # (a driven clip diverges within a few seconds), so history waits for a model trained on that.
     history: str = "off"
+    # the head shell: "fitted" (the skull scaled to the source's person segmentation, so a head
+    # turn carries ears and hair with it), "generic" (the template's skull), or "auto": fitted
+    # for the warp fill, generic for a learned generator (its training cache used the generic one)
+    shell: str = "auto"
 
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(
@@ -135,6 +141,7 @@ class History:
 
 
 HISTORY_MODES = ("compose", "exact", "off")
+SHELL_MODES = ("auto", "fitted", "generic")
 
 
 def compose_history_flow(
@@ -251,12 +258,15 @@ class Animator:
         self.image_size = (rgb.shape[0], rgb.shape[1])
         self.source_landmarks = track.landmarks
         self.template = load_template()
-        self.shell = build_shell(self.template)
         self.source_state = fit_head(track.landmarks, self.image_size, template=self.template)
         self.device = torch.device(self.config.device)
         self.source_tensor = to_tensor(rgb, self.device)
         # an explicit generator wins over the config's choice
         self.generator: Generator = generator or build_generator(self.config.generator_spec())
+        self.shell_fit: ShellFit | None = None
+        if self.shell_mode() == "fitted":
+            self.shell_fit = fit_shell(self.template, self.source_state.pose, segment_person(rgb))
+        self.shell = build_shell(self.template, fit=self.shell_fit)
         self._warp_generator: Generator | None = (
             generator if isinstance(generator, WarpFillGenerator) else None
         )
@@ -292,6 +302,16 @@ class Animator:
                 if scene is None:
                     scene = self._scenes[size] = self._build_scene(size)
         return scene
+
+    def shell_mode(self) -> str:
+        """ "fitted" or "generic": the config's choice, or for "auto" the one the generator
+        was trained on (the warp fill has no training: fitted)."""
+        mode = self.config.shell
+        if mode not in SHELL_MODES:
+            raise ValueError(f"shell must be one of {SHELL_MODES}, got {mode!r}")
+        if mode != "auto":
+            return mode
+        return "fitted" if isinstance(self.generator, WarpFillGenerator) else "generic"
 
     def scene_config(self) -> SceneConfig:
         """The scene's settings: the config's, else those the generator was trained on."""

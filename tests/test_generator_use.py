@@ -319,3 +319,12 @@ def test_frame_detail_keeps_a_large_portraits_sharpness(astronaut: np.ndarray) -
         mask = face_mask(animator.source_landmarks, source.shape[:2])
         ratios[frame_detail] = sharpness_ratio(out, source, mask)
     assert ratios[True] > 0.85 and ratios[False] < 0.4, ratios  # measured 0.99 and 0.18
+
+
+def test_a_learned_generator_keeps_the_generic_shell_it_was_trained_on(small_source: np.ndarray) -> None:
+    """The training cache was rendered on the generic skull: "auto" keeps it for any generator
+    but the warp fill; "fitted" is there on request."""
+    auto = Animator(small_source, AnimatorConfig(size=128), generator=Spy())
+    assert auto.shell_mode() == "generic" and auto.shell_fit is None
+    fitted = Animator(small_source, AnimatorConfig(size=128, shell="fitted"), generator=Spy())
+    assert fitted.shell_mode() == "fitted" and fitted.shell_fit is not None

@@ -25,6 +25,8 @@ from rt_portrait.head import (
     load_template,
     rotation_from_euler,
 )
+from rt_portrait.head.shell import ShellFit, fit_shell, shell_geometry
+from rt_portrait.head.types import Pose
 from rt_portrait.tracking import FaceTracker, TrackerConfig
 
 
@@ -262,6 +264,71 @@ def test_yaw_edit_measured_by_refit(source, template):
     refit = fit_head(seen, source.image_size, template)
     assert head_euler(refit)[0] - head_euler(source)[0] == pytest.approx(15.0, abs=2.0)
     assert head_euler(refit)[2] == pytest.approx(head_euler(source)[2], abs=2.0)
+
+
+@pytest.mark.parametrize("control", ["yaw", "pitch", "roll"])
+def test_turn_edits_pivot_about_the_skull_centre(source, template, control):
+    """A neck turns a head about the skull: the skull's centre stays where it was in the
+    image and the face swings toward the turn (about the face's own centre, the skull would
+    swing the other way and open a gap of background beside the turned-away cheek)."""
+    centre = shell_geometry(template).centre[None]
+    edited = apply_edits(source, Edits(**{control: 30.0}), template)
+    np.testing.assert_allclose(edited.pose.apply(centre), source.pose.apply(centre), atol=1e-6)
+    swing = edited.vertices().mean(0) - source.vertices().mean(0)
+    assert np.linalg.norm(swing[:2]) > 0.1 * np.ptp(source.vertices()[:, 0])
+    if control == "yaw":  # the measured turn is the edit's, and the face moves the way it turns
+        yaw = head_euler(edited)[0] - head_euler(source)[0]
+        assert yaw == pytest.approx(30.0, abs=1e-6)
+        nose = [1]  # mediapipe's nose tip
+        moved = edited.vertices()[nose, 0].mean() - source.vertices()[nose, 0].mean()
+        mirrored = apply_edits(source, Edits(yaw=-30.0), template)
+        back = mirrored.vertices()[nose, 0].mean() - source.vertices()[nose, 0].mean()
+        assert np.sign(moved) == -np.sign(back) != 0
+
+
+def _disc_mask(pose: Pose, template, radius_scale: float, size: tuple[int, int]) -> np.ndarray:
+    """A person mask: a disc around the skull's image centre, ``radius_scale`` generic
+    skull widths wide, and a wide body below it."""
+    geo = shell_geometry(template)
+    cx, cy = pose.apply(geo.centre[None])[0, :2]
+    r = radius_scale * geo.axes[0] * pose.scale
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    return (((xx - cx) ** 2 + (yy - cy) ** 2 < r * r) | (yy > cy + 2.5 * r)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("radius_scale", "expected"), [(1.25, 1.25), (0.9, 0.9), (3.0, 1.5)])
+def test_shell_fit_meets_the_person_outline(template, radius_scale, expected):
+    """A frontal head whose person mask is a disc k skull widths wide gets side scales ~k
+    (clipped to the fit's limits), measured where the mask ends."""
+    pose = Pose(np.eye(3), np.array([400.0, 380.0, 0.0]), 80.0)
+    mask = _disc_mask(pose, template, radius_scale, (900, 800))
+    fit = fit_shell(template, pose, mask)
+    assert fit.left == pytest.approx(expected, rel=0.06)
+    assert fit.right == pytest.approx(expected, rel=0.06)
+    ax, ay = shell_geometry(template).axes[:2]  # the disc's top against the skull's crown
+    assert fit.top == pytest.approx(np.clip(radius_scale * ax / ay, 0.85, 1.5), rel=0.06)
+
+
+def test_shell_fit_keeps_the_generic_skull_without_a_person(template):
+    pose = Pose(np.eye(3), np.array([400.0, 380.0, 0.0]), 80.0)
+    assert fit_shell(template, pose, np.zeros((900, 800), np.float32)) == ShellFit()
+    with pytest.raises(ValueError, match="person mask"):
+        fit_shell(template, pose, np.zeros((900, 800, 3), np.float32))
+
+
+def test_fitted_shell_is_wider_on_its_side_only_and_meets_the_face(template):
+    generic = build_shell(template)
+    wide = build_shell(template, fit=ShellFit(left=1.3, right=1.0, top=1.2))
+    c = shell_geometry(template).centre
+    g, w = generic.points - c, wide.points - c
+    # canonical -x (left) reaches ~1.3x as far; the blend into the face oval takes a little back
+    assert 1.15 < w[:, 0].min() / g[:, 0].min() <= 1.3 + 1e-6
+    assert w[:, 0].max() == pytest.approx(g[:, 0].max(), rel=0.02)
+    assert w[:, 1].min() / g[:, 1].min() == pytest.approx(1.2, rel=0.03)  # the crown rises
+    oval = template.vertices[template.groups["face_oval"]]
+    assert np.linalg.norm(oval[:, None] - wide.points[None], axis=-1).min(1).max() < 1.5 * 0.08  # no seam gap
+    with pytest.raises(ValueError, match="left"):
+        build_shell(template, fit=ShellFit(left=0.0))
 
 
 def test_other_edits_move_the_right_way(source, template):

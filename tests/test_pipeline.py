@@ -423,3 +423,23 @@ def test_an_opened_mouth_has_a_crisp_smooth_outline_in_the_frame(grace_hopper: n
         outline[style] = (float(ramp), int(np.abs(np.diff(top)).max()))
     assert outline["teeth"][0] < 3 and outline["teeth"][1] <= 1, outline
     assert outline["strips"][0] > 4 and outline["strips"][1] >= 2, outline
+
+
+def test_warp_fill_fits_the_shell_to_the_person_and_generic_keeps_the_template(
+    animator: Animator, astronaut: np.ndarray
+) -> None:
+    from rt_portrait.head import build_shell
+    from rt_portrait.head.shell import SHELL_FIT_LIMITS
+
+    assert animator.shell_mode() == "fitted" and animator.shell_fit is not None
+    lo, hi = SHELL_FIT_LIMITS
+    fit = animator.shell_fit
+    # the helmet and suit reach well past the generic skull on both sides (symmetric portrait)
+    assert fit.left > 1.1 and fit.right > 1.1 and lo <= fit.top <= hi
+    assert fit.left == pytest.approx(fit.right, abs=0.15)
+    generic = Animator(astronaut, AnimatorConfig(size=256, shell="generic"))
+    assert generic.shell_mode() == "generic" and generic.shell_fit is None
+    np.testing.assert_array_equal(generic.shell.points, build_shell(generic.template).points)
+    assert np.ptp(animator.shell.points[:, 0]) > 1.1 * np.ptp(generic.shell.points[:, 0])
+    with pytest.raises(ValueError, match="shell must be one of"):
+        Animator(astronaut, AnimatorConfig(size=256, shell="oval"))

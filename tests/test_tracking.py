@@ -23,10 +23,12 @@ from rt_portrait.tracking import (
     FaceTracker,
     ImageError,
     ImageLimits,
+    SegmentationConfig,
     TrackerConfig,
     TrackResult,
     check_size,
     load_image,
+    segment_person,
     to_rgb,
     track_image,
 )
@@ -358,3 +360,27 @@ def test_fast_landmark_decoding_matches_the_protobuf_fields() -> None:
     np.testing.assert_array_equal(_landmark_array(plain), values.astype(np.float64))
     plain.landmark[7].visibility = 0.5  # another wire layout: the general path answers
     np.testing.assert_array_equal(_landmark_array(plain), values.astype(np.float64))
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_segment_person_covers_the_face_and_not_the_corners(
+    name: str, request: pytest.FixtureRequest, static_tracker: FaceTracker
+) -> None:
+    rgb = request.getfixturevalue(name)
+    mask = segment_person(rgb)
+    assert mask.shape == rgb.shape[:2] and mask.dtype == np.float32
+    assert mask.min() >= 0.0 and mask.max() <= 1.0
+    face = np.round(static_tracker.track(rgb).landmarks[:, :2]).astype(int)
+    on_face = mask[face[:, 1].clip(0, rgb.shape[0] - 1), face[:, 0].clip(0, rgb.shape[1] - 1)]
+    assert (on_face > 0.5).mean() > 0.97  # the face mesh lies on the person
+    corners = [mask[:24, :24], mask[:24, -24:]]
+    assert max(float(c.mean()) for c in corners) < 0.05  # the top corners are background
+    assert 0.2 < float((mask > 0.5).mean()) < 0.9
+
+
+def test_segment_person_finds_nobody_in_a_blank_image_and_refuses_bad_input() -> None:
+    assert segment_person(np.full((200, 200, 3), 90, np.uint8)).max() < 0.1
+    with pytest.raises(ImageError, match="image"):
+        segment_person(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="segmentation model"):
+        segment_person(np.zeros((200, 200, 3), np.uint8), SegmentationConfig(model="portrait"))

@@ -10,7 +10,9 @@ template's mouth width ``W_m`` is about 0.9 and eye width ``W_e`` about 0.6).
 control                 range       operation
 ======================  ==========  ========================================================
 yaw, pitch, roll        [-45, 45]   degrees added to the pose's Euler angles (the measured
-                                    angle changes by exactly that; see rotation.py)
+                                    angle changes by exactly that; see rotation.py), about
+                                    the skull's centre, where a neck turns a head: the face
+                                    swings toward the turn and the skull stays in place
 jaw_open                [0, 1]      jaw, chin and lower lip rotate about the hinge axis
                                     (the two face-oval points in front of the ears) by
                                     up to 18 degrees, per-vertex weights from the
@@ -39,6 +41,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .rotation import euler_from_rotation, rotation_from_euler
+from .shell import shell_geometry
 from .template import Template, load_template
 from .types import Edits, HeadState, Pose
 
@@ -187,7 +190,11 @@ def apply_edits(state: HeadState, edits: Edits, template: Template | None = None
     if edits.yaw or edits.pitch or edits.roll:
         yaw, pitch, roll = euler_from_rotation(pose.rotation)
         rot = rotation_from_euler(yaw + edits.yaw, pitch + edits.pitch, roll + edits.roll)
-        pose = Pose(rotation=rot, translation=pose.translation, scale=pose.scale)
+        # Turning about the canonical origin (the face's centre) would swing the skull behind
+        # the face sideways and open a gap of background beside the turned-away cheek
+        pivot = shell_geometry(template or load_template()).centre
+        shift = pose.scale * (pose.rotation - rot) @ pivot
+        pose = Pose(rotation=rot, translation=pose.translation + shift, scale=pose.scale)
     return HeadState(
         pose=pose, identity=state.identity, expression=x - state.identity, image_size=state.image_size
     )

@@ -18,6 +18,7 @@ import numpy as np
 from rt_portrait.core.types import Region
 
 from .template import Template, load_template
+from .types import Pose
 
 
 @dataclass(frozen=True)
@@ -67,17 +68,128 @@ def _angles(d: np.ndarray) -> np.ndarray:
     return np.stack([np.arctan2(d[:, 0], -d[:, 2]), np.arcsin(np.clip(-d[:, 1], -1, 1))], axis=1)
 
 
-def build_shell(template: Template | None = None, density: float = 0.08) -> HeadShell:
-    """Shell points about ``density`` canonical units apart (the template has unit RMS radius)."""
+@dataclass(frozen=True)
+class ShellFit:
+    """Scales of the skull ellipsoid's semi-axes for one subject (1 = the generic skull):
+    toward canonical -x and +x (the image's left and right in a frontal view) and upward
+    (the crown). The generic skull is 1.08 face widths across; heads with ears, full hair or
+    a narrow crop differ, and a head turn then carries the real head's edge (an ear, hair)
+    only as far as the shell reaches: beyond it the source's head stays put like background."""
+
+    left: float = 1.0
+    right: float = 1.0
+    top: float = 1.0
+
+    def validate(self) -> None:
+        for name in ("left", "right", "top"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and 0.25 <= v <= 4.0):
+                raise ValueError(f"shell fit {name} scale must be in [0.25, 4], got {v}")
+
+
+SHELL_FIT_LIMITS = (0.85, 1.5)  # the scales fit_shell may choose
+
+
+def _skull_axes(dirs: np.ndarray, axes: np.ndarray, fit: ShellFit) -> np.ndarray:
+    """(N, 3) the ellipsoid semi-axes that apply along each direction (canonical y is down)."""
+    out = np.tile(np.asarray(axes, dtype=np.float64), (len(dirs), 1))
+    out[:, 0] *= np.where(dirs[:, 0] < 0, fit.left, fit.right)
+    out[:, 1] *= np.where(dirs[:, 1] < 0, fit.top, 1.0)
+    return out
+
+
+def fit_shell(
+    template: Template,
+    pose: Pose,
+    person: np.ndarray,
+    threshold: float = 0.5,
+    limits: tuple[float, float] = SHELL_FIT_LIMITS,
+) -> ShellFit:
+    """The skull scales that make the shell's outline meet the person's outline in a source
+    image: ``person`` (H, W) is its person probability (``tracking.segment_person``), ``pose``
+    the source head's pose.
+
+    Along lines through the skull's centre in the head's own axes (sideways at five heights
+    around the ears, and up), the distance from the centre to where the person mask ends is
+    compared with the generic skull's projected radius on the same line; the median ratio per
+    side, clipped to ``limits``, is that side's scale. A line that leaves the image, or meets
+    no person at the centre, keeps 1."""
+    if person.ndim != 2:
+        raise ValueError(f"person mask must be (H, W), got shape {person.shape}")
+    h, w = person.shape
+    geo = shell_geometry(template)
+    c, ay = geo.centre, geo.axes[1]
+    origin = pose.apply(c[None])[0, :2]
+    ex = pose.rotation[:2, 0] / max(np.linalg.norm(pose.rotation[:2, 0]), 1e-9)
+    ey = pose.rotation[:2, 1] / max(np.linalg.norm(pose.rotation[:2, 1]), 1e-9)
+    # the generic ellipsoid's outline in the image: project a dense sampling of it
+    el = np.linspace(-np.pi / 2, np.pi / 2, 61)
+    az_ = np.linspace(-np.pi, np.pi, 121)
+    E, A = np.meshgrid(el, az_)
+    d = np.stack([np.cos(E) * np.sin(A), -np.sin(E), -np.cos(E) * np.cos(A)], -1).reshape(-1, 3)
+    surface = c + d * geo.axes
+    rel = pose.apply(surface)[:, :2] - origin
+    u, v = rel @ ex, rel @ ey
+    unit = pose.scale * float(ay)
+
+    lo, hi = limits
+
+    def mask_reach(direction: np.ndarray, start: np.ndarray, far: float) -> float | None:
+        """Pixels from ``start`` along ``direction`` to where the person ends, or ``far`` when
+        it runs on that far (None: no person at the start, or the image edge first)."""
+        steps = np.arange(0.0, far + 1.0, 1.0)
+        pts = start[None] + steps[:, None] * direction[None]
+        xi, yi = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        if not inside[0] or person[yi[0], xi[0]] < threshold:
+            return None
+        on = np.zeros(len(steps), dtype=bool)
+        on[inside] = person[yi[inside], xi[inside]] >= threshold
+        off = np.flatnonzero(~on)
+        if len(off) == 0:
+            return far
+        return float(steps[off[0]]) if inside[off[0]] else None
+
+    scales: dict[str, float] = {}
+    for name, sign in (("left", -1.0), ("right", 1.0)):
+        ratios = []
+        for t in np.linspace(-0.3, 0.3, 5):  # heights around the skull's widest row
+            band = np.abs(v - t * unit) < 0.05 * unit
+            side = band & (sign * u > 0)
+            if not side.any():
+                continue
+            radius = float(np.max(sign * u[side]))
+            reach = mask_reach(sign * ex, origin + t * unit * ey, hi * radius + 2.0)
+            if reach is not None and radius > 0:
+                ratios.append(reach / radius)
+        scales[name] = float(np.clip(np.median(ratios), lo, hi)) if ratios else 1.0
+    up = np.abs(u) < 0.05 * unit
+    top = 1.0
+    if up.any():
+        radius = float(np.max(-v[up]))
+        reach = mask_reach(-ey, origin, hi * radius + 2.0)
+        if reach is not None and radius > 0:
+            top = float(np.clip(reach / radius, lo, hi))
+    # canonical -x is the image's left when the head faces the camera (rotation ~ identity)
+    return ShellFit(left=scales["left"], right=scales["right"], top=top)
+
+
+def build_shell(
+    template: Template | None = None, density: float = 0.08, fit: ShellFit | None = None
+) -> HeadShell:
+    """Shell points about ``density`` canonical units apart (the template has unit RMS radius),
+    on the generic skull or on one scaled by ``fit`` (:func:`fit_shell`)."""
     from matplotlib.path import Path as MplPath
 
     if not (0.005 <= density <= 1.0):
         raise ValueError(
             f"shell density (point spacing) must be in [0.005, 1] canonical units, got {density}"
         )
+    fit = fit or ShellFit()
+    fit.validate()
     tpl = template or load_template()
     geo = shell_geometry(tpl)
-    c, (ax, ay, az) = geo.centre, geo.axes
+    c = geo.centre
     # --- skull: rows of constant elevation on the ellipsoid, ~density apart
     r_mean = float(np.mean(geo.axes))
     n_rows = max(8, int(np.ceil(np.pi * r_mean / density)))
@@ -89,13 +201,14 @@ def build_shell(template: Template | None = None, density: float = 0.08) -> Head
         pts.append(d)
     pts.append(np.array([[0.0, -1.0, 0.0], [0.0, 1.0, 0.0]]))
     dirs = np.concatenate(pts)
-    re = 1.0 / np.sqrt((dirs[:, 0] / ax) ** 2 + (dirs[:, 1] / ay) ** 2 + (dirs[:, 2] / az) ** 2)
+    axes = _skull_axes(dirs, geo.axes, fit)
+    re = 1.0 / np.sqrt(((dirs / axes) ** 2).sum(1))
     # radius correction so the skull meets the face oval: interpolate oval/ellipsoid radius
     # ratios over nearby directions, fading out within ~30 degrees
     oval = tpl.vertices[tpl.groups["face_oval"]] - c
     r_oval = np.linalg.norm(oval, axis=1)
     d_oval = oval / r_oval[:, None]
-    re_oval = 1.0 / np.sqrt((d_oval[:, 0] / ax) ** 2 + (d_oval[:, 1] / ay) ** 2 + (d_oval[:, 2] / az) ** 2)
+    re_oval = 1.0 / np.sqrt(((d_oval / _skull_axes(d_oval, geo.axes, fit)) ** 2).sum(1))
     ratio = r_oval / re_oval
     ang = np.arccos(np.clip(dirs @ d_oval.T, -1, 1))  # (M, K)
     w = np.exp(-((ang / np.radians(12.0)) ** 2)) + 1e-12
@@ -105,7 +218,7 @@ def build_shell(template: Template | None = None, density: float = 0.08) -> Head
     # drop the face's own angular footprint (the mesh covers it)
     footprint = MplPath(_angles(d_oval))
     inside = footprint.contains_points(_angles(dirs))
-    normals = (skull - c) / geo.axes**2
+    normals = (skull - c) / axes**2
     keep = ~inside
     # drop skull points inside the neck (below the neck top) so the surface stays outer
     nx, nz = geo.neck_centre_xz
@@ -124,7 +237,7 @@ def build_shell(template: Template | None = None, density: float = 0.08) -> Head
     neck = np.concatenate([ring + np.array([0.0, y, 0.0]) for y in ys])
     neck_n = np.stack([np.sin(t) / rx, np.zeros_like(t), -np.cos(t) / rz], axis=1)
     neck_n = np.tile(neck_n, (len(ys), 1))
-    in_skull = (((neck - c) / geo.axes) ** 2).sum(1) < 1.0
+    in_skull = (((neck - c) / _skull_axes(neck - c, geo.axes, fit)) ** 2).sum(1) < 1.0
     neck, neck_n = neck[~in_skull], neck_n[~in_skull]
     points = np.concatenate([skull, neck])
     normals = np.concatenate([normals, neck_n])

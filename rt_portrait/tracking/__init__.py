@@ -1,6 +1,8 @@
-"""Tracking stage: frames -> 478 face-mesh landmarks in pixels, plus online smoothing."""
+"""Tracking stage: frames -> 478 face-mesh landmarks in pixels, plus online smoothing; a
+source portrait's person segmentation."""
 
 from rt_portrait.core.image import ImageError, ImageLimits, check_size, fit_long_side, load_image, to_rgb
+from rt_portrait.tracking.segmentation import SegmentationConfig, segment_person
 from rt_portrait.tracking.smoothing import (
     LandmarkSmoother,
     OneEuroConfig,
@@ -19,12 +21,14 @@ __all__ = [
     "LandmarkSmoother",
     "OneEuroConfig",
     "OneEuroFilter",
+    "SegmentationConfig",
     "SmoothingConfig",
     "TrackResult",
     "TrackerConfig",
     "check_size",
     "fit_long_side",
     "load_image",
+    "segment_person",
     "to_rgb",
     "track_image",
 ]

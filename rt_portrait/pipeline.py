@@ -47,7 +47,7 @@ from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, 
 from rt_portrait.generator.diffusion import displace
 from rt_portrait.generator.select import GeneratorSpec, build_generator, generator_kind, uses_history
 from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
-from rt_portrait.head.shell import ShellFit, fit_shell
+from rt_portrait.head.shell import SHELL_MODES, ShellFit, fit_shell
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
 from rt_portrait.tracking import (
     FaceTracker,
@@ -141,7 +141,6 @@ class History:
 
 
 HISTORY_MODES = ("compose", "exact", "off")
-SHELL_MODES = ("auto", "fitted", "generic")
 
 
 def compose_history_flow(

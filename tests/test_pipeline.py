@@ -443,3 +443,21 @@ def test_warp_fill_fits_the_shell_to_the_person_and_generic_keeps_the_template(
     assert np.ptp(animator.shell.points[:, 0]) > 1.1 * np.ptp(generic.shell.points[:, 0])
     with pytest.raises(ValueError, match="shell must be one of"):
         Animator(astronaut, AnimatorConfig(size=256, shell="oval"))
+
+
+def test_cli_shell_choice_reaches_the_render(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """``--shell generic`` and ``--shell fitted`` turn the astronaut's helmet differently;
+    ``auto`` is ``fitted`` on the warp fill."""
+    from rt_portrait.core.image import load_image
+
+    src = write_image(tmp_path / "a.png", astronaut[::2, ::2])
+    outs = {}
+    for shell in ("generic", "fitted", "auto"):
+        outs[shell] = tmp_path / f"{shell}.png"
+        cmd = [sys.executable, "-m", "rt_portrait.cli", "edit", "--source", str(src), "--yaw", "30"]
+        cmd += ["--generator", "warp", "--shell", shell, "-o", str(outs[shell]), "--size", "128"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    img = {k: load_image(v).astype(float) for k, v in outs.items()}
+    assert np.abs(img["generic"] - img["fitted"]).mean() > 0.5
+    np.testing.assert_array_equal(img["auto"], img["fitted"])

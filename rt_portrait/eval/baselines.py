@@ -228,12 +228,12 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
     # fusion weights, detail, the compose and the network's engine apply to every diffusion method
     fusion: dict[str, Any] = {
         k: opts[k]
-        for k in ("motion_weight", "identity_weight", "detail", "frame_detail", "mouth", "backend")
+        for k in ("motion_weight", "identity_weight", "detail", "frame_detail", "mouth", "shell", "backend")
         if k in opts
     }
     weights = opts.get("generator_weights")
     if name == "flow3d":  # the warp fill, composed the same way as the others
-        return {"generator": "warp", **{k: opts[k] for k in ("frame_detail", "mouth") if k in opts}}
+        return {"generator": "warp", **{k: opts[k] for k in ("frame_detail", "mouth", "shell") if k in opts}}
     if name == "refined":
         return {"generator": "diffusion", "steps": 1, "generator_weights": weights, **fusion}
     if name == "refined2":

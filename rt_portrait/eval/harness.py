@@ -90,6 +90,7 @@ class EvalConfig:
     frame_detail: bool = True  # AnimatorConfig.frame_detail, for every method (flow3d too)
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth), for every method
+    shell: str = "auto"  # the head shell (AnimatorConfig.shell), for every method
     teacher_weights: str | None = None  # the ``teacher`` method's weights (default: the shipped ones)
     teacher_steps: int | None = None  # its sampling steps (default: its metadata's, else 16)
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines)
@@ -104,6 +105,7 @@ class EvalConfig:
             "frame_detail": self.frame_detail,
             "generator_weights": self.generator_weights,
             "mouth": self.mouth,
+            "shell": self.shell,
             "teacher_weights": self.teacher_weights,
             "teacher_steps": self.teacher_steps,
             "backend": self.backend,

@@ -23,6 +23,7 @@ from typing import Any
 
 from rt_portrait.generator.types import Generator
 from rt_portrait.generator.warp_fill import WarpFillGenerator
+from rt_portrait.head.shell import SHELL_MODES
 
 GENERATORS = ("auto", "diffusion", "warp")
 
@@ -211,6 +212,14 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         "a learned model paints what it was trained on",
     )
     g.add_argument(
+        "--shell",
+        choices=SHELL_MODES,
+        default="auto",
+        help="the head's skull behind the face: fitted (scaled to the source's person outline, so a "
+        "turn carries ears and hair along), generic (the template's), or auto (default: fitted for the "
+        "warp fill, generic for a learned model, which was trained on it)",
+    )
+    g.add_argument(
         "--backend",
         choices=("auto", "eager", "compile", "onnxruntime", "tensorrt"),
         default="auto",
@@ -235,5 +244,6 @@ def generator_options(args: Any) -> dict[str, Any]:
         "frame_detail": args.frame_detail,
         "generator_weights": args.generator_weights,
         "mouth": args.mouth,
+        "shell": args.shell,
         "backend": args.backend,
     }

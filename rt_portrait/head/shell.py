@@ -88,6 +88,8 @@ class ShellFit:
 
 
 SHELL_FIT_LIMITS = (0.85, 1.5)  # the scales fit_shell may choose
+# how a pipeline picks its shell: fitted to the source, the generic skull, or by generator
+SHELL_MODES = ("auto", "fitted", "generic")
 
 
 def _skull_axes(dirs: np.ndarray, axes: np.ndarray, fit: ShellFit) -> np.ndarray:

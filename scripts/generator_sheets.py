@@ -2,9 +2,10 @@
 
     python scripts/generator_sheets.py [--out docs] [--weights FILE]
 
-* ``generator_yaw.jpg``: the embedded portrait turned by yaw edits up to +-40 degrees
-  (``--compare LABEL FILE`` adds a row of other weights to this sheet and the next,
-  ``--push-pull`` a row of the warp fill before its hair and background were reflected);
+* ``generator_yaw.jpg``: the embedded portrait turned by yaw edits up to +-40 degrees, first as
+  the warp fill turned it before session 14 (about the face's centre, on the generic skull),
+  then as now (``--compare LABEL FILE`` adds a row of other weights to this sheet and the
+  next, ``--push-pull`` a row of the warp fill before its hair and background were reflected);
 * ``generator_mouth.jpg``: an opening mouth (jaw-open edits, then a smile);
 * ``generator_closed_mouth.jpg``: Grace Hopper's shut mouth opened (mouth crops): the interior
   is the mouth prior's (teeth under the upper lip), warp-only and refined;
@@ -40,7 +41,7 @@ from rt_portrait.core.image import fit_long_side, resize
 from rt_portrait.core.video import read_frames
 from rt_portrait.flow.scene import SceneConfig
 from rt_portrait.generator import WarpFillGenerator
-from rt_portrait.head.types import Edits, RetargetConfig
+from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
@@ -91,10 +92,31 @@ def sheet(path: Path, rows: list[tuple[str, list[np.ndarray]]], titles: list[str
     return path
 
 
-def edit_sheet(path: Path, edits: list[tuple[str, Edits]], generators: dict[str, Animator]) -> Path:
-    first = next(iter(generators.values()))
-    box = crop_box(first)
-    rows = [(name, [tile(a.render_edits(e).image, box) for _, e in edits]) for name, a in generators.items()]
+class FaceCentredTurn:
+    """An animator whose turn edits pivot about the face's centre (the canonical origin), as
+    ``apply_edits`` did before session 14: the skull behind the face swings sideways."""
+
+    def __init__(self, animator: Animator) -> None:
+        self.animator = animator
+
+    def render_edits(self, edits: Edits) -> np.ndarray:
+        a = self.animator
+        state = a.target_state(edits)
+        pose = Pose(state.pose.rotation, a.source_state.pose.translation, state.pose.scale)
+        old = HeadState(pose, state.identity, state.expression, state.image_size)
+        return a.render_frame(old).image
+
+
+def edit_sheet(
+    path: Path,
+    edits: list[tuple[str, Edits]],
+    generators: dict[str, Animator],
+    before: dict[str, FaceCentredTurn] | None = None,
+) -> Path:
+    """``before``: rows drawn first, turned about the face's centre."""
+    box = crop_box(next(iter(generators.values())))
+    rows = [(name, [tile(a.render_edits(e), box) for _, e in edits]) for name, a in (before or {}).items()]
+    rows += [(name, [tile(a.render_edits(e).image, box) for _, e in edits]) for name, a in generators.items()]
     return sheet(path, rows, [t for t, _ in edits])
 
 
@@ -248,6 +270,11 @@ def main() -> None:
             out / "generator_yaw.jpg",
             [(f"yaw {y:+d}", Edits(yaw=y)) for y in (-40, -25, 25, 40)],
             gens,
+            before={
+                "session 13\n(face-centred\nturn, generic\nskull)": FaceCentredTurn(
+                    Animator(source, AnimatorConfig(size=256, generator="warp", shell="generic"))
+                )
+            },
         )
     if "mouth" in args.sheets:
         edit_sheet(

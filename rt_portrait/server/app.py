@@ -102,6 +102,7 @@ class ServerConfig:
     frame_detail: bool = True
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth)
+    shell: str = "auto"  # the head shell (AnimatorConfig.shell)
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines), resolved once
 
 
@@ -199,6 +200,7 @@ class ServerState:
             frame_detail=c.frame_detail,
             generator_weights=c.generator_weights,
             mouth=c.mouth,
+            shell=c.shell,
             backend=c.backend,
         )
 

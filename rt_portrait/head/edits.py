@@ -159,7 +159,8 @@ def apply_edits(state: HeadState, edits: Edits, template: Template | None = None
     validate_edits(edits)
     if edits.is_identity():
         return state
-    rig = _rig(template or load_template())
+    tpl = template or load_template()
+    rig = _rig(tpl)
     x = state.canonical().copy()
     if edits.jaw_open:
         # rotate about the hinge axis (x-ish, through both hinge points); positive angle about
@@ -192,7 +193,7 @@ def apply_edits(state: HeadState, edits: Edits, template: Template | None = None
         rot = rotation_from_euler(yaw + edits.yaw, pitch + edits.pitch, roll + edits.roll)
         # Turning about the canonical origin (the face's centre) would swing the skull behind
         # the face sideways and open a gap of background beside the turned-away cheek
-        pivot = shell_geometry(template or load_template()).centre
+        pivot = shell_geometry(tpl).centre
         shift = pose.scale * (pose.rotation - rot) @ pivot
         pose = Pose(rotation=rot, translation=pose.translation + shift, scale=pose.scale)
     return HeadState(

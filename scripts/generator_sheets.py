@@ -5,7 +5,12 @@
 * ``generator_yaw.jpg``: the embedded portrait turned by yaw edits up to +-40 degrees, first as
   the warp fill turned it before session 14 (about the face's centre, on the generic skull),
   then as now (``--compare LABEL FILE`` adds a row of other weights to this sheet and the
-  next, ``--push-pull`` a row of the warp fill before its hair and background were reflected);
+  next, ``--push-pull`` a row of the warp fill before its hair and background were reflected),
+  and as the warp fill of session 15 turned it (the side of the head showing a stretched sliver
+  of the face's edge);
+* ``generator_side.jpg``: the same turns closer, on two portraits: the warp fill of session 15,
+  then today's, which fills hair, neck and background that show such a sliver from the hair and
+  background beside them;
 * ``generator_mouth.jpg``: an opening mouth (jaw-open edits, then a smile);
 * ``generator_closed_mouth.jpg``: Grace Hopper's shut mouth opened (mouth crops): the interior
   is the mouth prior's (teeth under the upper lip), warp-only and refined;
@@ -46,7 +51,13 @@ from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
 TILE = 150
-SHEETS = ("yaw", "mouth", "closed_mouth", "chin", "teeth", "driver")
+SHEETS = ("yaw", "side", "mouth", "closed_mouth", "chin", "teeth", "driver")
+
+
+def session15_fill() -> WarpFillGenerator:
+    """The warp fill before session 16: hair, neck and background pixels that the source shows
+    only as a stretched sliver of the face's edge keep it, and reflections may take it."""
+    return WarpFillGenerator(own_kind_donors=False, stretch_at=0.0)
 
 
 def crop_box(animator: Animator, margin: float = 0.75) -> tuple[int, int, int, int]:
@@ -111,11 +122,15 @@ def edit_sheet(
     path: Path,
     edits: list[tuple[str, Edits]],
     generators: dict[str, Animator],
-    before: dict[str, FaceCentredTurn] | None = None,
+    before: dict[str, FaceCentredTurn | Animator] | None = None,
 ) -> Path:
-    """``before``: rows drawn first, turned about the face's centre."""
+    """``before``: rows drawn first (earlier sessions' renderings)."""
+
+    def image(a: FaceCentredTurn | Animator, e: Edits) -> np.ndarray:
+        return a.render_edits(e) if isinstance(a, FaceCentredTurn) else a.render_edits(e).image
+
     box = crop_box(next(iter(generators.values())))
-    rows = [(name, [tile(a.render_edits(e), box) for _, e in edits]) for name, a in (before or {}).items()]
+    rows = [(name, [tile(image(a, e), box) for _, e in edits]) for name, a in (before or {}).items()]
     rows += [(name, [tile(a.render_edits(e).image, box) for _, e in edits]) for name, a in generators.items()]
     return sheet(path, rows, [t for t, _ in edits])
 
@@ -273,8 +288,26 @@ def main() -> None:
             before={
                 "session 13\n(face-centred\nturn, generic\nskull)": FaceCentredTurn(
                     Animator(source, AnimatorConfig(size=256, generator="warp", shell="generic"))
-                )
+                ),
+                "session 15\n(stretched\nface edge)": Animator(
+                    source, AnimatorConfig(size=256, generator="warp"), generator=session15_fill()
+                ),
             },
+        )
+    if "side" in args.sheets:
+        crops_sheet(
+            out / "generator_side.jpg",
+            [(f"yaw {y:+d}", Edits(yaw=y)) for y in (-40, -25, 25, 40)],
+            {
+                who: {
+                    "session 15": Animator(
+                        img, AnimatorConfig(size=256, generator="warp"), generator=session15_fill()
+                    ),
+                    "warp-only": Animator(img, AnimatorConfig(size=256, generator="warp")),
+                }
+                for who, img in (("astronaut", source), ("Hopper", default_portrait("grace_hopper")))
+            },
+            lambda a: crop_box(a, margin=0.3),
         )
     if "mouth" in args.sheets:
         edit_sheet(

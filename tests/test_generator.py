@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
-from rt_portrait.core.fill import mirror_fill, nearest_seed, nearest_seed_jfa, push_pull_fill
+from rt_portrait.core.fill import (
+    mirror_fill,
+    nearest_seed,
+    nearest_seed_jfa,
+    push_pull_fill,
+    source_area_ratio,
+)
 from rt_portrait.flow.types import FlowFields, Region
 from rt_portrait.generator import GeneratorInput, WarpFillGenerator, iris_discs, label_irises
+from rt_portrait.generator.diffusion import base_fill
 from rt_portrait.head import load_template
 
 R = 128
@@ -148,3 +156,62 @@ def test_a_revealed_background_continues_the_texture_beside_it() -> None:
     assert abs(float(hole.mean()) - float(stripes[20:90].mean())) < 0.1  # no skin, no shirt
     flat = WarpFillGenerator(mirror=False)(inputs).face[:, 20:90, 45:65]
     assert float(flat.std(dim=1).mean()) < 0.1
+
+
+def test_source_area_ratio_of_a_scaling_and_a_fold() -> None:
+    ys, xs = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    squeeze = torch.stack((0.5 * xs - xs, 0.25 * ys - ys))  # source = (x / 2, y / 4)
+    assert torch.allclose(source_area_ratio(squeeze), torch.full((16, 16), 0.125))
+    mirror = torch.stack((16 - xs - xs, torch.zeros_like(ys)))  # source = (16 - x, y): folded
+    assert torch.allclose(source_area_ratio(mirror), torch.full((16, 16), -1.0))
+    with pytest.raises(ValueError, match=r"\(2, R, R\)"):
+        source_area_ratio(torch.zeros(3, 16, 16))
+
+
+def _side_of_head(turned: bool = True) -> GeneratorInput:
+    """Hair (shell) at columns 0-70, the face beyond. ``turned``: the head has turned to the
+    right since the source, so hair columns 40-70 are visible in the source only as the sliver
+    of the face's edge at source columns 62-66 (seen edge-on there), stretched over 30 columns.
+    Else the source is in the target's pose and the hair's last 2 columns, the outline's
+    anti-aliased band, sample the face's edge 3 px further in."""
+    labels = torch.full((R, R), int(Region.HEAD_SHELL), dtype=torch.int64)
+    labels[:, 70:] = int(Region.SKIN)
+    source_labels = labels.clone()
+    xs = torch.arange(R, dtype=torch.float32) + 0.5
+    flow = torch.zeros(2, R, R)
+    if turned:
+        source_labels[:, 60:] = int(Region.SKIN)
+        flow[0, :, 40:70] = (62 + (xs[40:70] - 40) * 4 / 30 - xs[40:70])[None]
+    else:
+        flow[0, :, 68:70] = 3.0
+    hair = 0.3 + 0.2 * torch.sign(torch.sin(0.9 * torch.arange(R, dtype=torch.float32)))[:, None].expand(R, R)
+    warped = torch.full((3, R, R), 0.8)  # the face's skin, wherever it is sampled
+    warped[:, :, :40] = hair[:, :40]
+    return GeneratorInput(
+        warped=warped, source=warped, fields=_fields(labels, flow), history=None, source_labels=source_labels
+    )
+
+
+def test_a_stretched_sliver_of_face_on_the_side_of_the_head_is_refilled_with_hair() -> None:
+    inputs = _side_of_head()
+    assert float(source_area_ratio(inputs.fields.flow)[:, 45:65].max()) < 0.2
+    out = WarpFillGenerator()(inputs)
+    side = out.face[:, 10:118, 42:68]
+    assert float(out.alpha[0, 10:118, 42:68].min()) == 1.0
+    assert float(side.mean()) < 0.5  # hair-dark, not the skin's 0.8
+    assert float(side.std(dim=1).mean()) > 0.1  # the hair's strands run on
+    assert torch.equal(out.face[:, :, 70:], inputs.warped[:, :, 70:])  # the face itself is kept
+    # the fill the shipped weights were trained on keeps the stretched skin
+    before = base_fill("warp_mirror", "teeth")
+    assert before is not None
+    kept = before(inputs)
+    assert torch.equal(kept.face, inputs.warped) and float(kept.alpha.max()) == 0.0
+
+
+def test_hair_that_shows_the_face_beside_it_is_kept() -> None:
+    """Without stretch (a head still in the source's pose), hair pixels right at the face's
+    outline may sample its edge: that anti-aliased band stays as the warp shows it."""
+    inputs = _side_of_head(turned=False)
+    assert bool((WarpFillGenerator._sampled_labels(inputs, (0, R, 68, 70)) == int(Region.SKIN)).all())
+    out = WarpFillGenerator()(inputs)
+    assert float(out.alpha.max()) == 0.0 and torch.equal(out.face, inputs.warped)

@@ -116,6 +116,18 @@ def mirror_fill(image: torch.Tensor, donor: torch.Tensor, y_scale: float = 1.0) 
     return image[:, sy, sx]
 
 
+def source_area_ratio(flow: torch.Tensor) -> torch.Tensor:
+    """(R, R) source area per target area of a (2, R, R) backward flow (the determinant of
+    the Jacobian of pixel -> pixel + flow, central differences, one-sided at the borders).
+    Near 0 where a sliver of the source is stretched over many target pixels (a surface the
+    source saw edge-on, now seen face-on); negative where the mapping folds."""
+    if flow.dim() != 3 or flow.shape[0] != 2:
+        raise ValueError(f"flow must be (2, R, R), got {tuple(flow.shape)}")
+    gx = torch.gradient(flow, dim=2)[0]
+    gy = torch.gradient(flow, dim=1)[0]
+    return (1 + gx[0]) * (1 + gy[1]) - gx[1] * gy[0]
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """(B, C, H, W) separable Gaussian blur, replicate-padded (sigma in pixels)."""
     r = max(1, int(3 * sigma + 0.5))

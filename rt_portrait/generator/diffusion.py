@@ -77,7 +77,13 @@ def base_fill(base: str, mouth: str = "strips") -> WarpFillGenerator | None:
     mouth in (``strips`` for files from before session 13, which do not record one)."""
     if base not in BASES:
         raise ValueError(f"unknown residual base {base!r}; expected one of {BASES}")
-    return None if base == "warp" else WarpFillGenerator(mirror=base == "warp_mirror", mouth_style=mouth)
+    if base == "warp":
+        return None
+    # the fill as these bases were trained on: before session 16 every shell and background
+    # pixel the source shows was kept, however stretched (WarpFillGenerator.stretch_at)
+    return WarpFillGenerator(
+        mirror=base == "warp_mirror", mouth_style=mouth, own_kind_donors=False, stretch_at=0.0
+    )
 
 
 # A model with two flow channels (UNetConfig.flow_channels) also *displaces* its base: the face

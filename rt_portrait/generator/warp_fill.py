@@ -14,8 +14,9 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from rt_portrait.core.fill import gaussian_blur, mirror_fill, nonzero_box, push_pull_fill
+from rt_portrait.core.fill import gaussian_blur, mirror_fill, nonzero_box, push_pull_fill, source_area_ratio
 from rt_portrait.core.types import Region
 from rt_portrait.generator.mouth import (
     MOUTH_STYLES,
@@ -102,7 +103,11 @@ class WarpFillGenerator:
         mirror_y_scale: float = 2.0,
         soften: float = 1.0,
         mouth_style: str = "teeth",
+        own_kind_donors: bool = True,
+        stretch_at: float = 0.5,
     ) -> None:
+        self.own_kind_donors = own_kind_donors
+        self.stretch_at = stretch_at
         self.mouth_darkness = mouth_darkness
         # A head turn, the largest motion, opens holes sideways: reflect the pixels beside a
         # hole rather than those above or below it (the body under a revealed background).
@@ -129,10 +134,15 @@ class WarpFillGenerator:
         alpha = torch.zeros_like(warped[:1])
         r = warped.shape[-1]
         margin = max(8, r // 32)
-        # Every hole lies where the source is not visible or in an eye: work on that box only.
+        # Every hole lies where the source is not visible, in an eye, or where the hair and
+        # background show a stretched sliver of the source's face: work on that box only.
         active = fields.visibility[0] < 0.75 * self.visible_at
+        stretched: torch.Tensor | None = None
         if inputs.source_labels is not None:
             active |= fields.labels == int(Region.EYES)
+            stretched = self._stretched_face(inputs)
+            if stretched is not None:
+                active |= stretched > 0
         outer = nonzero_box(active, margin=margin)
         if outer is None:
             return GeneratorOutput(face=warped, alpha=alpha)
@@ -176,6 +186,9 @@ class WarpFillGenerator:
                 hole, weight = (1 - vis) * mask, vis * mask
                 if sampled is not None:
                     hole = hole * (sampled != int(Region.BACKGROUND)) * (sampled != int(Region.HEAD_SHELL))
+                if stretched is not None:
+                    st = mask * stretched[None, ov0:ov1, ou0:ou1]
+                    hole, weight = torch.maximum(hole, st), weight * (1 - st)
             box = nonzero_box(hole > 0.25, margin=margin)
             if box is None:
                 continue
@@ -223,6 +236,46 @@ class WarpFillGenerator:
         alpha[sub] = alpha_c
         return GeneratorOutput(face=out, alpha=alpha, mouth=mouth)
 
+    def _stretched_face(self, inputs: GeneratorInput) -> torch.Tensor | None:
+        """(R, R) in [0, 1]: hair, neck and background pixels that sample the source's face
+        where the source saw their surface edge-on. Visible, but their texture is a sliver of
+        the face's edge spread over the side of the head (a flat skin patch with the grid's
+        staircase at a large turn): 1 where the source area per pixel is below half of
+        ``stretch_at``, fading to 0 at ``stretch_at``. None when off or without source labels."""
+        if self.stretch_at <= 0 or inputs.source_labels is None:
+            return None
+        fields = inputs.fields
+        r = fields.labels.shape[-1]
+        band = max(2, r // 64)
+        head = nonzero_box(fields.labels != int(Region.BACKGROUND), margin=2 * band + 2)
+        if head is None:
+            return None
+        h0, h1, w0, w1 = head
+        labels = fields.labels[h0:h1, w0:w1]
+        sampled = self._sampled_labels(inputs, head)
+        assert sampled is not None
+        outside = (labels == int(Region.HEAD_SHELL)) | (labels == int(Region.BACKGROUND))
+        on_face = outside & (sampled != int(Region.HEAD_SHELL)) & (sampled != int(Region.BACKGROUND))
+        box = nonzero_box(on_face, margin=band + 1)
+        if box is None:
+            return None
+        v0, v1, u0, u1 = box
+        out_c = outside[v0:v1, u0:u1]
+        v0, v1, u0, u1 = v0 + h0, v1 + h0, u0 + w0, u1 + w0  # on the grid
+        # the flow jumps across the face's outline: differences that straddle it are no
+        # stretch (NaN there, hence 0), so the outline's anti-aliased band stays
+        ratio = source_area_ratio(fields.flow[:, v0:v1, u0:u1].masked_fill(~out_c, float("nan")))
+        st = ((self.stretch_at - ratio) / (0.5 * self.stretch_at)).clamp(0, 1).nan_to_num(0.0)
+        # beyond a band around the target's own face, face texture there is always a stretch
+        face = (~out_c).float()[None, None]
+        k = 2 * band + 1
+        near = F.max_pool2d(F.max_pool2d(face, (1, k), 1, (0, band)), (k, 1), 1, (band, 0))[0, 0] > 0
+        out = torch.zeros_like(fields.visibility[0])
+        out[v0:v1, u0:u1] = (
+            torch.where(near, st, torch.ones_like(st)) * on_face[v0 - h0 : v1 - h0, u0 - w0 : u1 - w0]
+        )
+        return out
+
     def _mirror_fill(
         self, inputs: GeneratorInput, region: Region, box: tuple[int, int, int, int]
     ) -> torch.Tensor | None:
@@ -241,6 +294,12 @@ class WarpFillGenerator:
         donor = (fields.visibility[0, e0:e1, f0:f1] >= self.visible_at) & (
             fields.labels[e0:e1, f0:f1] == int(region)
         )
+        if self.own_kind_donors:
+            sampled = self._sampled_labels(inputs, (e0, e1, f0, f1))
+            if sampled is not None:
+                # a visible shell pixel near the jaw may show the source's cheek (the shell
+                # there follows the jaw): reflecting it paints a flat skin patch over the ear
+                donor &= sampled == int(region)
         filled = mirror_fill(inputs.warped[:, e0:e1, f0:f1], donor, self.mirror_y_scale)
         return None if filled is None else filled[:, v0 - e0 : v1 - e0, u0 - f0 : u1 - f0]
 

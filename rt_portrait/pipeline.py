@@ -103,7 +103,7 @@ class AnimatorConfig:
     history: str = "off"
     # the head shell: "fitted" (the skull scaled to the source's person segmentation, so a head
     # turn carries ears and hair with it), "generic" (the template's skull), or "auto": fitted
-    # for the warp fill, generic for a learned generator (its training cache used the generic one)
+    # for the warp fill, for a learned generator the one it was trained on (its ``shell``)
     shell: str = "auto"
 
     def generator_spec(self) -> GeneratorSpec:
@@ -310,7 +310,9 @@ class Animator:
             raise ValueError(f"shell must be one of {SHELL_MODES}, got {mode!r}")
         if mode != "auto":
             return mode
-        return "fitted" if isinstance(self.generator, WarpFillGenerator) else "generic"
+        if isinstance(self.generator, WarpFillGenerator):
+            return "fitted"
+        return str(getattr(self.generator, "shell", "generic"))
 
     def scene_config(self) -> SceneConfig:
         """The scene's settings: the config's, else those the generator was trained on."""

@@ -560,22 +560,65 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
     assert meta["base"] == "warp"  # the synthetic cache has no config: the raw warp
     assert meta["skin_follow"] == "0.0"  # ... and a rigid head shell
     assert meta["mouth"] == "strips"  # ... and the mouth painting before session 13
+    assert meta["shell"] == "generic"  # ... and the generic skull before session 16
 
 
 def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) -> None:
     import json
 
-    from rt_portrait.training.cache import CacheConfig, cache_base, cache_mouth, cache_skin_follow
+    from rt_portrait.training.cache import (
+        CacheConfig,
+        cache_base,
+        cache_mouth,
+        cache_shell,
+        cache_skin_follow,
+    )
 
     assert cache_base(tmp_path) == "warp"
     assert cache_skin_follow(tmp_path) == 0.0  # caches from before session 12: a rigid shell
     assert cache_mouth(tmp_path) == "strips"  # ... before session 13: the mean strips
+    assert cache_shell(tmp_path) == "generic"  # ... before session 16: the generic skull
     (tmp_path / "config.json").write_text(
-        json.dumps({"split": "train", "base": "warp_fill", "skin_follow": "0.25", "mouth": "teeth"})
+        json.dumps(
+            {
+                "split": "train",
+                "base": "warp_fill",
+                "skin_follow": "0.25",
+                "mouth": "teeth",
+                "shell": "fitted",
+            }
+        )
     )
     assert cache_base(tmp_path) == "warp_fill"
     assert cache_skin_follow(tmp_path) == 0.25
     assert cache_mouth(tmp_path) == "teeth" == CacheConfig(data=tmp_path).mouth  # new caches: teeth
+    assert cache_shell(tmp_path) == "fitted" == CacheConfig(data=tmp_path).shell  # ... on a fitted skull
+
+
+def test_a_model_is_served_the_skull_it_was_trained_on(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """``shell="auto"`` gives a learned model the skull its metadata names (generic for files
+    without one, as the shipped weights were trained); an explicit shell wins; a bad name is
+    an error naming the file."""
+    from rt_portrait.core.assets import default_portrait_landmarks
+    from rt_portrait.pipeline import Animator, AnimatorConfig
+    from rt_portrait.tracking.types import TrackResult
+
+    old, new, bad = (tmp_path / f"{n}.safetensors" for n in ("old", "new", "bad"))
+    save_weights(ConditionalUNet(SMALL), old, residual_scale=2.0)
+    save_weights(ConditionalUNet(SMALL), new, residual_scale=2.0, extra={"shell": "fitted"})
+    save_weights(ConditionalUNet(SMALL), bad, residual_scale=2.0, extra={"shell": "round"})
+    track = TrackResult.from_landmarks(default_portrait_landmarks("astronaut"), astronaut.shape[:2])
+    for weights, shell in ((old, "generic"), (new, "fitted")):
+        a = Animator(
+            astronaut,
+            AnimatorConfig(size=64, generator="diffusion", generator_weights=str(weights)),
+            source_track=track,
+        )
+        assert a.shell_mode() == shell and (a.shell_fit is not None) == (shell == "fitted")
+    pinned = AnimatorConfig(size=64, generator="diffusion", generator_weights=str(new), shell="generic")
+    assert Animator(astronaut, pinned, source_track=track).shell_fit is None
+    with pytest.raises(ValueError, match=r"bad\.safetensors.*shell 'round'"):
+        DiffusionGenerator(DiffusionConfig(weights=bad))
 
 
 def test_a_model_is_served_the_head_geometry_it_was_trained_on(tmp_path: Path, astronaut: np.ndarray) -> None:

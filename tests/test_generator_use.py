@@ -323,8 +323,8 @@ def test_frame_detail_keeps_a_large_portraits_sharpness(astronaut: np.ndarray) -
 
 
 def test_a_learned_generator_keeps_the_generic_shell_it_was_trained_on(small_source: np.ndarray) -> None:
-    """The training cache was rendered on the generic skull: "auto" keeps it for any generator
-    but the warp fill; "fitted" is there on request."""
+    """A generator that names no skull (the shipped weights' training cache was rendered on the
+    generic one): "auto" keeps the generic skull for it; "fitted" is there on request."""
     auto = Animator(small_source, AnimatorConfig(size=128), generator=Spy())
     assert auto.shell_mode() == "generic" and auto.shell_fit is None
     fitted = Animator(small_source, AnimatorConfig(size=128, shell="fitted"), generator=Spy())

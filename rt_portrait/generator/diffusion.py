@@ -279,6 +279,11 @@ class DiffusionGenerator:
         # The head shell the weights were trained on (flow.scene.SceneConfig.skin_follow): a
         # model sees the geometry it learned. Files from before session 12 saw a rigid shell.
         self.skin_follow = float(self.meta.get("skin_follow") or 0.0)
+        # and the skull behind the face (pipeline.AnimatorConfig.shell); files from before
+        # session 16 do not record it and were trained on the generic one
+        self.shell = self.meta.get("shell") or "generic"
+        if self.shell not in ("fitted", "generic"):
+            raise ValueError(f"{path}: unknown shell {self.shell!r}; expected 'fitted' or 'generic'")
         self._noise: dict[tuple[int, int], torch.Tensor] = {}
 
     def _autocast(self) -> AbstractContextManager[object]:

@@ -217,7 +217,7 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         default="auto",
         help="the head's skull behind the face: fitted (scaled to the source's person outline, so a "
         "turn carries ears and hair along), generic (the template's), or auto (default: fitted for the "
-        "warp fill, generic for a learned model, which was trained on it)",
+        "warp fill, for a learned model the skull it was trained on: the shipped one's is generic)",
     )
     g.add_argument(
         "--backend",

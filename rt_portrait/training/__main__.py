@@ -103,6 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         help="how the base paints a mouth the source keeps shut (teeth: teeth, cavity and tongue, "
         "since session 13; strips: the prior's mean strips, as the shipped weights were trained)",
     )
+    c.add_argument(
+        "--shell",
+        choices=("fitted", "generic"),
+        default="fitted",
+        help="the skull behind the face the pairs are rendered on (fitted: scaled to each source's "
+        "person outline, the warp fill's since session 14; generic: the template's, as the shipped "
+        "weights were trained)",
+    )
     c.add_argument("--max-clips", type=int, default=None)
     c.add_argument(
         "--export-tracks",
@@ -185,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             base=args.base,
             skin_follow=args.skin_follow,
             mouth=args.mouth,
+            shell=args.shell,
             max_clips=args.max_clips,
         )
         if args.export_tracks and args.from_tracks:

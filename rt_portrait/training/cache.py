@@ -75,6 +75,9 @@ class CacheConfig:
     # how the base paints a mouth the source keeps shut (generator.mouth.MOUTH_STYLES); recorded
     # like the base, so a model trained on the pairs is served the same painting
     mouth: str = "teeth"
+    # the skull behind the face (pipeline.AnimatorConfig.shell: "fitted" or "generic"); recorded
+    # too: a model is served the skull it was trained on
+    shell: str = "fitted"
     seed: int = 0
     max_clips: int | None = None
 
@@ -218,7 +221,12 @@ def render_clip(
         s = int(s)
         animator = Animator(
             frames[s],
-            AnimatorConfig(size=cfg.size, generator="warp", scene=SceneConfig(skin_follow=cfg.skin_follow)),
+            AnimatorConfig(
+                size=cfg.size,
+                generator="warp",
+                scene=SceneConfig(skin_follow=cfg.skin_follow),
+                shell=cfg.shell,
+            ),
             source_track=track(s),
         )
         scene = animator.scene(cfg.size)
@@ -302,6 +310,13 @@ def cache_mouth(root: Path) -> str:
 def cache_skin_follow(root: Path) -> float:
     """The head shell's skin follow a cache was rendered with (0: a rigid shell, before session 12)."""
     return float(_cache_config(root).get("skin_follow", 0.0))
+
+
+def cache_shell(root: Path) -> str:
+    """The skull a cache's pairs were rendered on ("generic" before caches recorded it; the
+    teeth cache of sessions 15-16 was rendered on the fitted skull before it did, and its
+    config.json was given the key by hand)."""
+    return str(_cache_config(root).get("shell", "generic"))
 
 
 def _save_clip(dest: Path, arrays: dict[str, np.ndarray]) -> None:

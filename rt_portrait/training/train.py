@@ -49,7 +49,7 @@ from rt_portrait.generator.conditioning import drop_groups
 from rt_portrait.generator.diffusion import displaced_face, displacement_field, load_weights, save_weights
 from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, x0_to_velocity
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig, add_flow_channels
-from rt_portrait.training.cache import cache_base, cache_mouth, cache_skin_follow
+from rt_portrait.training.cache import cache_base, cache_mouth, cache_shell, cache_skin_follow
 from rt_portrait.training.dataset import (
     AugmentConfig,
     Batch,
@@ -369,6 +369,7 @@ def _export(run: _Run) -> Path:
         "base": cache_base(cfg.cache),
         "skin_follow": str(cache_skin_follow(cfg.cache)),
         "mouth": cache_mouth(cfg.cache),
+        "shell": cache_shell(cfg.cache),
         "student_steps": str(cfg.student_steps)
         if cfg.mode == "distill"
         else "1"
@@ -383,7 +384,7 @@ def _export(run: _Run) -> Path:
 
 # What every averaged file must share: the same network, predicting the same thing over the
 # same base and head geometry.
-AVERAGE_MUST_MATCH = ("unet_config", "residual_scale", "prediction", "base", "skin_follow", "mouth")
+AVERAGE_MUST_MATCH = ("unet_config", "residual_scale", "prediction", "base", "skin_follow", "mouth", "shell")
 
 
 def average_weights(paths: list[Path], out: Path) -> Path:

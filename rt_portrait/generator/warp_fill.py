@@ -91,6 +91,12 @@ class WarpFillGenerator:
     working pixels, as before session 13). ``mirror=False`` fills hair and background by push-pull
     alone (the fill before session 12); ``mirror_y_scale`` weights vertical distances in the
     search for pixels to reflect, ``soften`` (Gaussian sigma, working px) the reflected pixels.
+
+    Hair, neck and background pixels that show the source's *face* (a sliver of its edge that
+    the source saw edge-on, spread over the side of a turned head) are filled like holes
+    (``stretch_at``, see :meth:`_stretched_face`; 0 keeps them, the fill before session 16), and
+    a reflection takes only pixels that show their own kind in the source
+    (``own_kind_donors``; False: any visible pixel of the kind, before session 16).
     """
 
     def __init__(
@@ -240,8 +246,10 @@ class WarpFillGenerator:
         """(R, R) in [0, 1]: hair, neck and background pixels that sample the source's face
         where the source saw their surface edge-on. Visible, but their texture is a sliver of
         the face's edge spread over the side of the head (a flat skin patch with the grid's
-        staircase at a large turn): 1 where the source area per pixel is below half of
-        ``stretch_at``, fading to 0 at ``stretch_at``. None when off or without source labels."""
+        staircase at a large turn). 1 beyond a band of ``r / 64`` px around the target's face;
+        within it 1 where the source area per pixel (:func:`source_area_ratio`) is below half of
+        ``stretch_at``, fading to 0 at ``stretch_at``. None when off, without source labels or
+        with nothing to fill."""
         if self.stretch_at <= 0 or inputs.source_labels is None:
             return None
         fields = inputs.fields

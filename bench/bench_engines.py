@@ -49,12 +49,7 @@ RESULTS: dict[str, float] = {}  # median ms per backend, filled by the benchmark
 NOTES: dict[str, str] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,13 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 
 from rt_portrait.core.assets import default_portrait, pyfeat_file
 from rt_portrait.core.video import read_frames
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import fit_long_side
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the product default (rt-portrait --threads 1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(size: int, frames: int = 48):

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from rt_portrait.core.assets import default_portrait
 from rt_portrait.core.image import fit_long_side
@@ -31,12 +30,7 @@ FILLS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the product default (rt-portrait --threads 1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Capture:

@@ -144,11 +144,17 @@ class WarpFillGenerator:
         # background show a stretched sliver of the source's face: work on that box only.
         active = fields.visibility[0] < 0.75 * self.visible_at
         stretched: torch.Tensor | None = None
+        # the source label each pixel samples: once for the whole grid when the stretch check
+        # and the donors read it beyond the holes' box, else for that box alone (below)
+        sampled_all: torch.Tensor | None = None
         if inputs.source_labels is not None:
             active |= fields.labels == int(Region.EYES)
-            stretched = self._stretched_face(inputs)
-            if stretched is not None:
-                active |= stretched > 0
+            if self.stretch_at > 0 or self.own_kind_donors:
+                sampled_all = self._sampled_labels(inputs, (0, r, 0, r))
+                assert sampled_all is not None
+                stretched = self._stretched_face(inputs, sampled_all)
+                if stretched is not None:
+                    active |= stretched > 0
         outer = nonzero_box(active, margin=margin)
         if outer is None:
             return GeneratorOutput(face=warped, alpha=alpha)
@@ -160,7 +166,9 @@ class WarpFillGenerator:
         reflected: torch.Tensor | None = None
         vis = (fields.visibility[sub] / self.visible_at).clamp(0, 1)
         labels = fields.labels[ov0:ov1, ou0:ou1]
-        sampled = self._sampled_labels(inputs, outer)
+        sampled = (
+            self._sampled_labels(inputs, outer) if sampled_all is None else sampled_all[ov0:ov1, ou0:ou1]
+        )
         for region in (Region.HEAD_SHELL, Region.BACKGROUND, Region.MOUTH_INTERIOR, Region.EYES):
             mask = (labels == int(region))[None].float()
             if region == Region.EYES:
@@ -210,7 +218,9 @@ class WarpFillGenerator:
                     fill = mouth.painted
                     hole[:, v0:v1, u0:u1] = mouth.hole  # the anti-aliased opening (teeth style)
             elif reflect:
-                fill = self._mirror_fill(inputs, region, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1))
+                fill = self._mirror_fill(
+                    inputs, region, (ov0 + v0, ov0 + v1, ou0 + u0, ou0 + u1), sampled_all
+                )
             if fill is None:
                 fill = push_pull_fill(base[crop], weight[crop])
                 if region == Region.MOUTH_INTERIOR:  # no prior: a dark cavity, darker deep inside
@@ -242,15 +252,15 @@ class WarpFillGenerator:
         alpha[sub] = alpha_c
         return GeneratorOutput(face=out, alpha=alpha, mouth=mouth)
 
-    def _stretched_face(self, inputs: GeneratorInput) -> torch.Tensor | None:
+    def _stretched_face(self, inputs: GeneratorInput, sampled_all: torch.Tensor) -> torch.Tensor | None:
         """(R, R) in [0, 1]: hair, neck and background pixels that sample the source's face
         where the source saw their surface edge-on. Visible, but their texture is a sliver of
         the face's edge spread over the side of the head (a flat skin patch with the grid's
         staircase at a large turn). 1 beyond a band of ``r / 64`` px around the target's face;
         within it 1 where the source area per pixel (:func:`source_area_ratio`) is below half of
         ``stretch_at``, fading to 0 at ``stretch_at``. None when off, without source labels or
-        with nothing to fill."""
-        if self.stretch_at <= 0 or inputs.source_labels is None:
+        with nothing to fill. ``sampled_all``: :meth:`_sampled_labels` over the whole grid."""
+        if self.stretch_at <= 0:
             return None
         fields = inputs.fields
         r = fields.labels.shape[-1]
@@ -260,8 +270,7 @@ class WarpFillGenerator:
             return None
         h0, h1, w0, w1 = head
         labels = fields.labels[h0:h1, w0:w1]
-        sampled = self._sampled_labels(inputs, head)
-        assert sampled is not None
+        sampled = sampled_all[h0:h1, w0:w1]
         outside = (labels == int(Region.HEAD_SHELL)) | (labels == int(Region.BACKGROUND))
         on_face = outside & (sampled != int(Region.HEAD_SHELL)) & (sampled != int(Region.BACKGROUND))
         box = nonzero_box(on_face, margin=band + 1)
@@ -285,7 +294,11 @@ class WarpFillGenerator:
         return out
 
     def _mirror_fill(
-        self, inputs: GeneratorInput, region: Region, box: tuple[int, int, int, int]
+        self,
+        inputs: GeneratorInput,
+        region: Region,
+        box: tuple[int, int, int, int],
+        sampled_all: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """The warp over the working-grid ``box`` filled by reflection from the visible pixels
         of ``region`` (:func:`mirror_fill`) around it, or None where there are none.
@@ -302,12 +315,10 @@ class WarpFillGenerator:
         donor = (fields.visibility[0, e0:e1, f0:f1] >= self.visible_at) & (
             fields.labels[e0:e1, f0:f1] == int(region)
         )
-        if self.own_kind_donors:
-            sampled = self._sampled_labels(inputs, (e0, e1, f0, f1))
-            if sampled is not None:
-                # a visible shell pixel near the jaw may show the source's cheek (the shell
-                # there follows the jaw): reflecting it paints a flat skin patch over the ear
-                donor &= sampled == int(region)
+        if self.own_kind_donors and sampled_all is not None:
+            # a visible shell pixel near the jaw may show the source's cheek (the shell there
+            # follows the jaw): reflecting it paints a flat skin patch over the ear
+            donor &= sampled_all[e0:e1, f0:f1] == int(region)
         filled = mirror_fill(inputs.warped[:, e0:e1, f0:f1], donor, self.mirror_y_scale)
         return None if filled is None else filled[:, v0 - e0 : v1 - e0, u0 - f0 : u1 - f0]
 

@@ -273,9 +273,18 @@ def test_capture_to_display_latency_is_recorded(browser_run: BrowserRun, record_
     assert p90 < 2000, f"the avatar lags the camera by {p90:.0f} ms (p90)"
 
 
-def test_motion_follows_the_driver(browser_run: BrowserRun) -> None:
+def test_motion_follows_the_driver(browser_run: BrowserRun, record_property: Any) -> None:
     """Needs the real pipeline: the avatar's mouth opening tracks the driver frame it was
-    made from (aligned by the stamp the server carried over)."""
+    made from (aligned by the stamp the server carried over).
+
+    The criterion is a rank statistic, not a linear correlation: the clip's mouth is either
+    shut or open (its openings form two clusters), the avatar's response to them is a step,
+    and which frames the server renders, and at which working size, depends on this
+    machine's load. So: of the snapshots whose driver frame is among the most open third,
+    and those among the most shut third, how often does an open one show the wider avatar
+    mouth (the area under the ROC curve)? Unrelated openings give 0.5 +- 0.1 for these group
+    sizes; runs here gave 0.93-1.0 while the Pearson r of the same frames swung 0.70-0.88
+    (and 0.49 on one CI run, which failed the former r > 0.5)."""
     n = len(browser_run.driver_frames)
     pairs = [(read_stamp(av, SNAP_ROWS), av) for _, av in browser_run.snapshots]
     pairs = [(k, av) for k, av in pairs if k < n]
@@ -286,7 +295,21 @@ def test_motion_follows_the_driver(browser_run: BrowserRun) -> None:
         if a is not None and driver_open[k] is not None:
             xs.append(driver_open[k])
             ys.append(a)
-    assert len(xs) >= 15, f"only {len(xs)} aligned avatar/driver pairs with faces"
-    assert np.std(xs) > 0.01, "the driver clip does not move its mouth enough to test"
-    r = float(np.corrcoef(xs, ys)[0, 1]) if np.std(ys) > 0 else 0.0
-    assert r > 0.5, f"avatar mouth opening does not follow the driver: r = {r:.2f} over {len(xs)} frames"
+    assert len(xs) >= 24, f"only {len(xs)} aligned avatar/driver pairs with faces"
+    x, y = np.asarray(xs), np.asarray(ys)
+    assert np.std(x) > 0.01, "the driver clip does not move its mouth enough to test"
+    shut_below, open_above = np.quantile(x, [1 / 3, 2 / 3])
+    shut, opened = y[x <= shut_below], y[x >= open_above]
+    auc = float(np.mean(opened[:, None] > shut[None, :]) + 0.5 * np.mean(opened[:, None] == shut[None, :]))
+    r = float(np.corrcoef(x, y)[0, 1]) if np.std(y) > 0 else 0.0
+    print(
+        f"\nmouth opening, avatar vs driver: AUC {auc:.2f} (open third vs shut third), Pearson r {r:.2f}, {len(x)} frames"
+    )
+    record_property("mouth_open_auc", round(auc, 3))
+    record_property("mouth_open_r", round(r, 3))
+    # chance gives 0.5 +- sqrt((a + b + 1) / (12 a b)): 0.8 is 2.9 sd above it for the usual
+    # groups of 16, and still 2 sd for the smallest allowed (8)
+    assert min(len(shut), len(opened)) >= 8, (len(shut), len(opened))
+    assert auc >= 0.8, (
+        f"avatar mouth opening does not follow the driver: AUC {auc:.2f} (r = {r:.2f}) over {len(x)} frames"
+    )

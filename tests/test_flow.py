@@ -279,6 +279,32 @@ def test_scene_cloud_is_index_aligned_and_labelled(real_scene) -> None:
     assert float((cloud.normal[face, 2] < 0).float().mean()) > 0.8
 
 
+def test_the_mirrored_cloud_puts_each_face_point_at_its_partner(real_scene) -> None:
+    """A frontal template head: every face point of the mirrored cloud is its own point
+    reflected through the face's midline, still looking at the camera; the shell stays."""
+    from dataclasses import replace as dc_replace
+
+    from rt_portrait.head.types import Pose
+
+    tpl, state, builder = real_scene
+    frontal = dc_replace(
+        state,
+        pose=Pose(rotation=np.eye(3), translation=state.pose.translation, scale=state.pose.scale),
+        identity=tpl.vertices.copy(),
+        expression=np.zeros_like(tpl.vertices),
+    )
+    cloud, mirrored = builder(frontal), builder.build_mirrored(frontal, tpl.mirror)
+    nf = builder.counts["face"]
+    mid = (float(state.pose.translation[0]) - builder.window.x0) * builder.window.scale
+    reflected = cloud.xyz[:nf].clone()
+    reflected[:, 0] = 2 * mid - reflected[:, 0]
+    assert float((mirrored.xyz[:nf] - reflected).abs().max()) < 1e-3
+    assert torch.allclose(mirrored.normal[:nf, 2], cloud.normal[:nf, 2], atol=1e-4)  # turned back out
+    assert torch.equal(mirrored.xyz[-100:], cloud.xyz[-100:]) and torch.equal(mirrored.label, cloud.label)
+    with pytest.raises(ValueError, match="mirror must be"):
+        builder.build_mirrored(frontal, tpl.mirror[:10])
+
+
 def test_scene_flow_on_a_real_face(real_scene) -> None:
     from rt_portrait.head import apply_edits
     from rt_portrait.head.types import Edits

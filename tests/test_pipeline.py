@@ -461,3 +461,30 @@ def test_cli_shell_choice_reaches_the_render(tmp_path: Path, astronaut: np.ndarr
     img = {k: load_image(v).astype(float) for k, v in outs.items()}
     assert np.abs(img["generic"] - img["fitted"]).mean() > 0.5
     np.testing.assert_array_equal(img["auto"], img["fitted"])
+
+
+def test_a_source_looking_aside_turned_to_the_camera_takes_the_far_cheek_from_the_near_one(
+    animator: Animator, astronaut: np.ndarray
+) -> None:
+    """The portrait turned 35° aside is the source; turned back, the far half of its face is
+    one the source hides or shows edge-on. Taken from the mirror side, the face re-tracks
+    closer to the real (frontal) portrait than the warp of that sliver, which ghosts (a
+    seam through the far eye)."""
+    aside = animator.render_edits(Edits(yaw=35)).image
+    mirrored = Animator(aside, AnimatorConfig(generator="warp"))
+    assert mirrored.scene(256).mirror is not None  # the source looks aside: the mirror is offered
+    warp_only = Animator(aside, generator=WarpFillGenerator(mirror_face=False))
+    back = mirrored.render_edits(Edits(yaw=-35)).image
+    plain = warp_only.render_edits(Edits(yaw=-35)).image
+    truth = track_image(astronaut).landmarks[:, :2]
+
+    def err(img: np.ndarray) -> float:
+        track = track_image(img)
+        assert track.found
+        return float(np.linalg.norm(track.landmarks[:, :2] - truth, axis=1).mean())
+
+    changed = np.abs(back.astype(int) - plain.astype(int)).max(2) > 8
+    assert changed.sum() > 300, "the mirror changed too little of the face to test"
+    assert err(back) < 0.85 * err(plain), (err(back), err(plain))
+    # a near-frontal source shows both halves: no mirror, the warp fill as before
+    assert animator.scene(256).mirror is None

@@ -33,7 +33,7 @@ matmuls. Depth z is the camera-frame z scaled by the window scale (working px, l
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -288,6 +288,25 @@ class SceneBuilder:
         self.counts = {"face": len(self._face_ids), "fans": len(self._fan_w), "shell": len(self._shell_pts)}
         labels = np.concatenate([face_labels, fan_labels, shell_labels])
         self._labels = torch.from_numpy(labels).to(self.device)
+
+    def build_mirrored(self, state: HeadState, mirror: np.ndarray) -> PointCloud:
+        """The cloud of ``state`` with every face and fan point placed where its left-right
+        mirror partner is (``mirror``: the template's (478,) partner index, see
+        :attr:`Template.mirror`; the template is symmetric, so a mirrored barycentric sample
+        is a sample of the mirrored triangle). Index-aligned with :meth:`build`'s clouds:
+        the flow from a target cloud to this one gives each target pixel the source position
+        of its partner, e.g. the near cheek for a far cheek the source does not show.
+        Mirroring reverses the triangles' winding, so the face normals are turned back out;
+        the shell is left as it is."""
+        mirror = np.asarray(mirror, dtype=np.int64)
+        if mirror.shape != (self._num_vertices,):
+            raise ValueError(f"mirror must be ({self._num_vertices},) vertex indices, got {mirror.shape}")
+        cloud = self.build(
+            replace(state, identity=state.identity[mirror], expression=state.expression[mirror])
+        )
+        normal = cloud.normal.clone()
+        normal[: self.counts["face"]] *= -1
+        return replace(cloud, normal=normal)
 
     @property
     def num_points(self) -> int:

@@ -80,9 +80,14 @@ def base_fill(base: str, mouth: str = "strips") -> WarpFillGenerator | None:
     if base == "warp":
         return None
     # the fill as these bases were trained on: before session 16 every shell and background
-    # pixel the source shows was kept, however stretched (WarpFillGenerator.stretch_at)
+    # pixel the source shows was kept, however stretched (WarpFillGenerator.stretch_at), and
+    # before session 17 the face kept the warp where the source hid it (mirror_face)
     return WarpFillGenerator(
-        mirror=base == "warp_mirror", mouth_style=mouth, own_kind_donors=False, stretch_at=0.0
+        mirror=base == "warp_mirror",
+        mouth_style=mouth,
+        own_kind_donors=False,
+        stretch_at=0.0,
+        mirror_face=False,
     )
 
 

@@ -9,6 +9,7 @@ target head's 478 vertices in working pixels (x, y, z), the geometry behind the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -26,6 +27,10 @@ class GeneratorInput:
     history: torch.Tensor | None  # (3, R, R) previous output warped to now, or None
     source_labels: torch.Tensor | None = None  # (R, R) region labels of the source image
     landmarks: torch.Tensor | None = None  # (478, 3) target head vertices, working px
+    # the flow from each target pixel to its left-right mirror partner in the source
+    # (flow.scene.SceneBuilder.build_mirrored), computed on demand: a second flow pass, which
+    # only a face the source shows badly needs. Only the warp fill reads it; not conditioning.
+    mirror: Callable[[], FlowFields] | None = None
 
     def to(self, device: torch.device) -> GeneratorInput:
         """The tensors the conditioning reads (images, fields, history) on ``device``."""

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rt_portrait.core.fill import gaussian_blur, mirror_fill, nonzero_box, push_pull_fill, source_area_ratio
+from rt_portrait.core.fill import (
+    gaussian_blur,
+    mirror_fill,
+    nonzero_box,
+    push_pull_fill,
+    source_area_ratio,
+    warp_working,
+)
 from rt_portrait.core.types import Region
 from rt_portrait.generator.mouth import (
     MOUTH_STYLES,
@@ -75,6 +82,61 @@ def label_irises(labels: torch.Tensor, landmarks: torch.Tensor, template: Templa
 _Ref = weakref.ref  # weak reference to a tensor (an entry must not keep its source alive)
 
 
+# face labels whose texture may come from the mirror side (not the mouth interior: the mouth
+# prior paints that; not hair and background: the shell has no mirror partner)
+MIRROR_REGIONS = (Region.SKIN, Region.EYES, Region.BROWS, Region.NOSE, Region.LIPS, Region.IRIS)
+# the source area per target pixel under which a visible face pixel is a stretched sliver
+# (weight 0 at the first, 1 at the second), and under which skin is seen obliquely enough to
+# sample past the silhouette
+MIRROR_RATIO = (0.25, 0.5)
+MIRROR_OBLIQUE = 0.7
+# the share of the face that must be shown badly before the mirror side is consulted, and
+# the size (working px) a badly shown region must span across to count
+MIRROR_MIN_AREA = 0.06
+MIRROR_OPENING = 5
+
+
+def _area_ratio(flow: torch.Tensor) -> torch.Tensor:
+    """:func:`source_area_ratio` of a (2, H, W) flow smoothed by a pixel (the splatted flow's
+    point-to-point noise makes its per-pixel Jacobian speckled), 0 where undefined."""
+    return source_area_ratio(gaussian_blur(flow[None], 1.0)[0]).nan_to_num(0.0)
+
+
+def _shown_well(visibility: torch.Tensor, flow: torch.Tensor, sign: float) -> torch.Tensor:
+    """(H, W) in [0, 1]: how well the source shows what a (2, H, W) flow samples: its
+    visibility (1, H, W), times a ramp of the source area per pixel (``sign`` -1 for a mirror
+    flow, whose Jacobian determinant is negative) from MIRROR_RATIO[0] to MIRROR_RATIO[1]."""
+    lo, hi = MIRROR_RATIO
+    ratio = sign * _area_ratio(flow)
+    return visibility[0].clamp(0, 1) * ((ratio - lo) / (hi - lo)).clamp(0, 1)
+
+
+def _chroma_distance(image: torch.Tensor, skin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W) chromaticity distance of each pixel of a (3, H, W) image from the (3,) skin
+    colour, and its brightness relative to the skin's."""
+    total = image.sum(0).clamp_min(1e-3)
+    ref = skin[:2] / skin.sum().clamp_min(1e-3)
+    return (image[:2] / total - ref[:, None, None]).norm(dim=0), total / skin.sum().clamp_min(1e-3)
+
+
+def _skin_likeness(image: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
+    """(H, W) in [0, 1]: how much each pixel of a (3, H, W) image looks like the (3,) skin
+    colour: its chromaticity within 0.04 of the skin's (0 beyond 0.08) and its brightness
+    at least 0.65 of it (0 under 0.5: hair, a shadow, a cavity). Shading changes brightness
+    much more than chromaticity, so a darker cheek still counts as skin, a blue sky not."""
+    dist, bright = _chroma_distance(image, skin)
+    return ((0.08 - dist) / 0.04).clamp(0, 1) * ((bright - 0.5) / 0.15).clamp(0, 1)
+
+
+def _not_unlike_skin(image: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
+    """(H, W) in [0, 1]: 0 only where a pixel is about as bright as skin (0.6 of it or more)
+    and its chromaticity is plainly not skin's (beyond 0.12; 1 within 0.08): a sea or a sky,
+    not the skin's own shadows, make-up or stubble, nor hair over it."""
+    dist, bright = _chroma_distance(image, skin)
+    unlike = ((dist - 0.08) / 0.04).clamp(0, 1) * ((bright - 0.5) / 0.1).clamp(0, 1)
+    return 1 - unlike
+
+
 class WarpFillGenerator:
     """Learning-free pass-through: the warp itself, holes filled.
 
@@ -97,6 +159,12 @@ class WarpFillGenerator:
     (``stretch_at``, see :meth:`_stretched_face`; 0 keeps them, the fill before session 16), and
     a reflection takes only pixels that show their own kind in the source
     (``own_kind_donors``; False: any visible pixel of the kind, before session 16).
+
+    Face pixels the source does not show, or shows only as a sliver seen edge-on (a source
+    that looks aside, turned to the camera), take the source at their left-right mirror
+    partner (``inputs.mirror``) where the source shows that one well, its colour matched to
+    the visible face around them (``mirror_face``; see :meth:`_mirrored_face`); before
+    session 17 they kept the warp, a ghost of whatever the source showed there.
     """
 
     def __init__(
@@ -111,7 +179,9 @@ class WarpFillGenerator:
         mouth_style: str = "teeth",
         own_kind_donors: bool = True,
         stretch_at: float = 0.5,
+        mirror_face: bool = True,
     ) -> None:
+        self.mirror_face = mirror_face
         self.own_kind_donors = own_kind_donors
         self.stretch_at = stretch_at
         self.mouth_darkness = mouth_darkness
@@ -138,6 +208,13 @@ class WarpFillGenerator:
         warped = inputs.warped
         fields = inputs.fields
         alpha = torch.zeros_like(warped[:1])
+        mirrored = self._mirrored_face(inputs) if self.mirror_face else None
+        if mirrored is not None:  # the face fixed first: what follows fills around it
+            (fv0, fv1, fu0, fu1), face_fill, face_weight = mirrored
+            on = (slice(None), slice(fv0, fv1), slice(fu0, fu1))
+            warped = warped.clone()
+            warped[on] = torch.lerp(warped[on], face_fill, face_weight)
+            alpha[on] = face_weight
         r = warped.shape[-1]
         margin = max(8, r // 32)
         # Every hole lies where the source is not visible, in an eye, or where the hair and
@@ -251,6 +328,78 @@ class WarpFillGenerator:
         out[sub] = face
         alpha[sub] = alpha_c
         return GeneratorOutput(face=out, alpha=alpha, mouth=mouth)
+
+    def _mirrored_face(
+        self, inputs: GeneratorInput
+    ) -> tuple[tuple[int, int, int, int], torch.Tensor, torch.Tensor] | None:
+        """The face where the source shows it badly, taken from the mirror side: (box, fill
+        (3, h, w), weight (1, h, w)) over the working-grid box (v0, v1, u0, u1), or None when
+        the face needs none (under MIRROR_MIN_AREA of it is shown badly), or without a mirror
+        flow or source labels.
+
+        A face pixel is shown badly where the source hides it (visibility) or shows it as a
+        sliver seen edge-on (the flow's source area ratio under MIRROR_RATIO[1], none under
+        MIRROR_RATIO[0]), or, on skin seen obliquely, where the warp samples something
+        plainly not skin (the fitted mesh's silhouette reaches past the real one, onto the
+        background). A source that looks 40° aside shows its far cheek, eye and brow like
+        that; turned to the camera they came out as a ghost stretched over the background.
+        Such a pixel takes the source at its mirror partner (a mirror flow folds, hence the
+        ratio's sign) where that one is shown well and, on skin, looks like skin (a strand of
+        hair over the near cheek would become a dark spot on the far one). The mirrored
+        texture is shifted by the smooth difference between the two sides where both are
+        shown well, so light falling differently on the two cheeks leaves no edge. Face pixels
+        the source hides and whose partner it does not show well take a push-pull average of
+        the face around them; a visible sliver without a partner keeps the warp.
+
+        Talking heads near the source's pose show badly only a few pixels (the sides of the
+        nose, a closing lid), which the gate leaves alone: measured on ``val``, mirroring
+        those cost up to 2.8 dB on a frontal clip."""
+        if inputs.mirror is None or inputs.source_labels is None:
+            return None
+        fields = inputs.fields
+        labels = fields.labels
+        facey = torch.zeros_like(labels, dtype=torch.bool)
+        for region in MIRROR_REGIONS:
+            facey |= labels == int(region)
+        box = nonzero_box(facey, margin=2)
+        if box is None:
+            return None
+        v0, v1, u0, u1 = box
+        cut = (slice(None), slice(v0, v1), slice(u0, u1))
+        face = facey[v0:v1, u0:u1].float()
+        # the face's rim keeps the warp: the fitted oval reaches past the real outline, and a
+        # mirrored rim is a band of skin over the hair or the background beside the face
+        rim = max(2, labels.shape[-1] // 64)
+        inner = -F.max_pool2d(-face[None, None], 2 * rim + 1, 1, rim)[0, 0]
+        warped = inputs.warped[cut]
+        shown = _shown_well(fields.visibility[cut], fields.flow[cut], 1.0) * face
+        skin = self._skin_colour(inputs.source, inputs.source_labels)
+        on_skin = labels[v0:v1, u0:u1] == int(Region.SKIN)
+        if skin is not None:
+            oblique = _area_ratio(fields.flow[cut]) < MIRROR_OBLIQUE
+            shown = shown * torch.where(on_skin & oblique, _not_unlike_skin(warped, skin), 1.0)
+        # only regions: the thin bands along the silhouette and under the lips, and the
+        # specks a talking head shows badly, keep the warp (an opening of the mask)
+        k = MIRROR_OPENING
+        opened = F.max_pool2d(-F.max_pool2d(-(1 - shown)[None, None], k, 1, k // 2), k, 1, k // 2)
+        poor = opened[0, 0] * inner
+        if float((poor > 0.5).sum()) < MIRROR_MIN_AREA * float(face.sum()):
+            return None
+        mirror = inputs.mirror()
+        partner = _shown_well(mirror.visibility[cut], mirror.flow[cut], -1.0) * face
+        mwarp = warp_working(inputs.source, mirror.flow)[cut]
+        if skin is not None:
+            partner = partner * torch.where(on_skin, _skin_likeness(mwarp, skin), 1.0)
+        shift = push_pull_fill(warped - mwarp, (shown * partner)[None])
+        fill = mwarp + gaussian_blur(shift[None], 2.0)[0]
+        weight = poor * partner
+        rest = (1 - weight) * poor * (fields.visibility[0, v0:v1, u0:u1] < self.visible_at)
+        if bool((rest > 0).any()):
+            around = push_pull_fill(warped, shown[None])
+            total = (weight + rest).clamp_min(1e-6)
+            fill = fill * (weight / total) + around * (rest / total)
+            weight = weight + rest
+        return box, fill.clamp(0, 1), weight.clamp(0, 1)[None]
 
     def _stretched_face(self, inputs: GeneratorInput, sampled_all: torch.Tensor) -> torch.Tensor | None:
         """(R, R) in [0, 1]: hair, neck and background pixels that sample the source's face

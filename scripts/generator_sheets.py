@@ -51,7 +51,7 @@ from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
 TILE = 150
-SHEETS = ("yaw", "side", "mouth", "closed_mouth", "chin", "teeth", "driver")
+SHEETS = ("yaw", "side", "aside", "mouth", "closed_mouth", "chin", "teeth", "driver")
 
 
 def session15_fill() -> WarpFillGenerator:
@@ -225,6 +225,27 @@ def driver_sheet(path: Path, source: np.ndarray, weights: str | None, start: int
     return sheet(path, rows)
 
 
+def aside_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: int = 35) -> Path:
+    """Each portrait turned ``yaw`` degrees aside (a warp-fill edit) is the source; turned back
+    to the camera by 20 degrees and by all of ``yaw``, without and with the face's mirror side
+    (session 16's fill, today's). The first tiles are the source and the real portrait."""
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    for who, img in portraits.items():
+        front = Animator(img, AnimatorConfig(size=256, generator="warp"))
+        aside = front.render_edits(Edits(yaw=yaw)).image
+        box = crop_box(front, margin=0.3)
+        fills = {
+            "session 16": Animator(aside, generator=WarpFillGenerator(mirror_face=False)),
+            "mirror side": Animator(aside, AnimatorConfig(generator="warp")),
+        }
+        for label, animator in fills.items():
+            backs = [animator.render_edits(Edits(yaw=-y)).image for y in (20, yaw)]
+            rows.append(
+                (f"{who}\n{label}", [tile(aside, box), tile(img, box)] + [tile(b, box) for b in backs])
+            )
+    return sheet(path, rows, ["source", "real, frontal", "back 20°", f"back {yaw}°"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="docs")
@@ -308,6 +329,11 @@ def main() -> None:
                 for who, img in (("astronaut", source), ("Hopper", default_portrait("grace_hopper")))
             },
             lambda a: crop_box(a, margin=0.3),
+        )
+    if "aside" in args.sheets:
+        aside_sheet(
+            out / "generator_aside.jpg",
+            {"astronaut": source, "Hopper": fit_long_side(default_portrait("grace_hopper"), 512)},
         )
     if "mouth" in args.sheets:
         edit_sheet(

@@ -9,6 +9,7 @@ import torch
 from rt_portrait.flow import (
     FlowBackendError,
     FlowConfig,
+    FlowFields,
     PointCloud,
     Region,
     compute_flow,
@@ -462,3 +463,50 @@ def test_a_wide_open_mouth_shows_no_head_shell(grace_hopper) -> None:
     v0, v1, u0, u1 = box
     inner = labels[v0 + 1 : v1 - 1, u0 + 1 : u1 - 1]
     assert inner.numel() > 20 and not bool((inner == int(Region.HEAD_SHELL)).any())
+
+
+def _head_fields(flow: torch.Tensor, radius: float = 30.0) -> FlowFields:
+    """A disc-shaped head in the middle of a 256² grid with the given (2, R, R) flow."""
+    r = flow.shape[-1]
+    yy, xx = torch.meshgrid(torch.arange(r) + 0.5, torch.arange(r) + 0.5, indexing="ij")
+    inside = (yy - r / 2) ** 2 + (xx - r / 2) ** 2 <= radius**2
+    labels = torch.where(inside, int(Region.SKIN), int(Region.BACKGROUND)).long()
+    one = torch.ones(1, r, r)
+    return FlowFields(
+        flow=flow * inside,
+        visibility=one,
+        depth=one,
+        normal=one.repeat(3, 1, 1),
+        labels=labels,
+        encoding=torch.zeros(16, r, r),
+    )
+
+
+def test_the_background_stretches_with_a_moving_head_and_stays_put_far_away() -> None:
+    from rt_portrait.flow.elastic import elastic_background
+
+    r = 256
+    flow = torch.zeros(2, r, r)
+    flow[0] = 12.0
+    fields = _head_fields(flow)
+    out = elastic_background(fields)
+    head = fields.labels > 0
+    assert torch.equal(out[:, head], fields.flow[:, head])  # the head keeps its own flow
+    assert float(out[0, r // 2, r // 2 + 36]) > 4.0  # just outside the head: moves with it
+    assert float(out[:, :8, :8].abs().max()) < 0.5  # the far corner stays
+
+
+def test_a_face_turning_in_place_does_not_stretch_the_far_background() -> None:
+    """The face's pixels move far (a turn), its outline does not: the background a few
+    head radii away stays where it is."""
+    from rt_portrait.flow.elastic import elastic_background
+
+    r = 256
+    yy, xx = torch.meshgrid(torch.arange(r) + 0.5, torch.arange(r) + 0.5, indexing="ij")
+    dist = ((yy - r / 2) ** 2 + (xx - r / 2) ** 2).sqrt()
+    flow = torch.zeros(2, r, r)
+    flow[0] = 60.0 * (1 - dist / 26).clamp(0, 1)  # 60 px at the centre, none from 4 px inside the rim
+    out = elastic_background(_head_fields(flow))
+    far = dist > 30 + 40
+    # (before session 17 it all moved by about 2 px: the reach followed the face's 60)
+    assert float(out[:, far].abs().max()) < 0.5, float(out[:, far].abs().max())

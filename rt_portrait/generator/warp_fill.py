@@ -102,12 +102,12 @@ def _area_ratio(flow: torch.Tensor) -> torch.Tensor:
     return source_area_ratio(gaussian_blur(flow[None], 1.0)[0]).nan_to_num(0.0)
 
 
-def _shown_well(visibility: torch.Tensor, flow: torch.Tensor, sign: float) -> torch.Tensor:
-    """(H, W) in [0, 1]: how well the source shows what a (2, H, W) flow samples: its
-    visibility (1, H, W), times a ramp of the source area per pixel (``sign`` -1 for a mirror
-    flow, whose Jacobian determinant is negative) from MIRROR_RATIO[0] to MIRROR_RATIO[1]."""
+def _shown_well(visibility: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """(H, W) in [0, 1]: how well the source shows what a flow samples: its visibility
+    (1, H, W), times a ramp of its source area per pixel ``ratio`` (H, W; :func:`_area_ratio`,
+    negated for a mirror flow, whose Jacobian determinant is negative) from MIRROR_RATIO[0]
+    to MIRROR_RATIO[1]."""
     lo, hi = MIRROR_RATIO
-    ratio = sign * _area_ratio(flow)
     return visibility[0].clamp(0, 1) * ((ratio - lo) / (hi - lo)).clamp(0, 1)
 
 
@@ -372,11 +372,12 @@ class WarpFillGenerator:
         rim = max(2, labels.shape[-1] // 64)
         inner = -F.max_pool2d(-face[None, None], 2 * rim + 1, 1, rim)[0, 0]
         warped = inputs.warped[cut]
-        shown = _shown_well(fields.visibility[cut], fields.flow[cut], 1.0) * face
+        ratio = _area_ratio(fields.flow[cut])
+        shown = _shown_well(fields.visibility[cut], ratio) * face
         skin = self._skin_colour(inputs.source, inputs.source_labels)
         on_skin = labels[v0:v1, u0:u1] == int(Region.SKIN)
         if skin is not None:
-            oblique = _area_ratio(fields.flow[cut]) < MIRROR_OBLIQUE
+            oblique = ratio < MIRROR_OBLIQUE
             shown = shown * torch.where(on_skin & oblique, _not_unlike_skin(warped, skin), 1.0)
         # only regions: the thin bands along the silhouette and under the lips, and the
         # specks a talking head shows badly, keep the warp (an opening of the mask)
@@ -386,7 +387,7 @@ class WarpFillGenerator:
         if float((poor > 0.5).sum()) < MIRROR_MIN_AREA * float(face.sum()):
             return None
         mirror = inputs.mirror()
-        partner = _shown_well(mirror.visibility[cut], mirror.flow[cut], -1.0) * face
+        partner = _shown_well(mirror.visibility[cut], -_area_ratio(mirror.flow[cut])) * face
         mwarp = warp_working(inputs.source, mirror.flow)[cut]
         if skin is not None:
             partner = partner * torch.where(on_skin, _skin_likeness(mwarp, skin), 1.0)

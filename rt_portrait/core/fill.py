@@ -8,6 +8,18 @@ import torch
 import torch.nn.functional as F
 
 
+def dilate(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """Max over the (2 radius + 1)² square around each pixel of an (H, W) float map."""
+    k = 2 * radius + 1
+    return F.max_pool2d(image[None, None], k, 1, radius)[0, 0]
+
+
+def erode(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """Min over the (2 radius + 1)² square around each pixel of an (H, W) float map (the
+    grid's border does not erode)."""
+    return -dilate(-image, radius)
+
+
 def nonzero_box(mask: torch.Tensor, margin: int = 0) -> tuple[int, int, int, int] | None:
     """(v0, v1, u0, u1) bounding box of the nonzero pixels of a (..., H, W) mask, or None."""
     m = mask.reshape(-1, *mask.shape[-2:]).any(0)

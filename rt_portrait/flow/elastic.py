@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rt_portrait.core.fill import push_pull_fill
+from rt_portrait.core.fill import erode, push_pull_fill
 from rt_portrait.flow.types import FlowFields
 
 
@@ -31,8 +31,7 @@ def elastic_background(fields: FlowFields, reach: int | None = None, factor: int
         flow = fields.flow
         # the region the head left is as wide as its outline moved; a head turning in place
         # moves its face far more than its outline, and that must not stretch the whole frame
-        inner = -F.max_pool2d(-head[None], 7, 1, 3)[0]
-        ring = (head[0] > 0) & (inner[0] == 0)
+        ring = (head[0] > 0) & (erode(head[0], 3) == 0)
         if not bool(ring.any()):  # a head over the whole grid has no outline in it
             ring = head[0] > 0
         # (not linalg.norm over dim 0: that reduction is very slow on the CPU)

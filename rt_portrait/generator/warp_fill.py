@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from rt_portrait.core.fill import (
+    dilate,
+    erode,
     gaussian_blur,
     mirror_fill,
     nonzero_box,
@@ -370,7 +372,7 @@ class WarpFillGenerator:
         # the face's rim keeps the warp: the fitted oval reaches past the real outline, and a
         # mirrored rim is a band of skin over the hair or the background beside the face
         rim = max(2, labels.shape[-1] // 64)
-        inner = -F.max_pool2d(-face[None, None], 2 * rim + 1, 1, rim)[0, 0]
+        inner = erode(face, rim)
         warped = inputs.warped[cut]
         ratio = _area_ratio(fields.flow[cut])
         shown = _shown_well(fields.visibility[cut], ratio) * face
@@ -381,9 +383,8 @@ class WarpFillGenerator:
             shown = shown * torch.where(on_skin & oblique, _not_unlike_skin(warped, skin), 1.0)
         # only regions: the thin bands along the silhouette and under the lips, and the
         # specks a talking head shows badly, keep the warp (an opening of the mask)
-        k = MIRROR_OPENING
-        opened = F.max_pool2d(-F.max_pool2d(-(1 - shown)[None, None], k, 1, k // 2), k, 1, k // 2)
-        poor = opened[0, 0] * inner
+        half = MIRROR_OPENING // 2
+        poor = dilate(erode(1 - shown, half), half) * inner
         if float((poor > 0.5).sum()) < MIRROR_MIN_AREA * float(face.sum()):
             return None
         mirror = inputs.mirror()

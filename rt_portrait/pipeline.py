@@ -47,6 +47,7 @@ from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
 from rt_portrait.generator.diffusion import displace
 from rt_portrait.generator.select import GeneratorSpec, build_generator, generator_kind, uses_history
+from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.fit import head_euler
 from rt_portrait.head.shell import SHELL_MODES, ShellFit, fit_shell
@@ -76,7 +77,7 @@ class AnimatorConfig:
     device: str = "cpu"
     flow_backend: str = "auto"  # "auto", "torch" or "triton"
     # the point cloud the flow splats; None: the head geometry the generator was trained on
-    # (a learned generator's ``skin_follow``), else SceneConfig's defaults
+    # (a learned generator's ``skin_follow``, where its weights record it), else SceneConfig's
     scene: SceneConfig | None = None
     hold_frames: int = 5  # frames without a face during which the last motion is held
     ease_frames: int = 20  # then frames over which the head eases back to neutral
@@ -89,12 +90,16 @@ class AnimatorConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
+    texture_gain: float = (
+        TEXTURE_GAIN  # match the warp's texture energy (DiffusionConfig.texture_gain); 1 = off
+    )
     # compose the generator's face as a correction of the full-resolution warp where the source
     # is visible, so detail finer than the working grid survives (compose.compose's ``warped``)
     frame_detail: bool = True
     generator_weights: str | None = None  # None: the shipped weights
-    # how the warp fill paints a mouth the source keeps shut ("teeth" or "strips", the mean strips
-    # of sessions 11-12; generator.mouth.MOUTH_STYLES); a learned model paints what it was trained on
+    # how a mouth the source keeps shut is painted, by the warp fill and in a learned generator's
+    # base ("teeth" or "strips", the mean strips of sessions 11-12 that the shipped weights were
+    # trained on; generator.mouth.MOUTH_STYLES)
     mouth: str = "teeth"
     # the diffusion network's engine (rt_portrait.engines): "auto", "eager", "compile",
     # "onnxruntime" or "tensorrt", resolved once when the generator is built
@@ -120,6 +125,7 @@ class AnimatorConfig:
             motion_weight=self.motion_weight,
             identity_weight=self.identity_weight,
             detail=self.detail,
+            texture_gain=self.texture_gain,
             weights=self.generator_weights,
             mouth=self.mouth,
             device=self.device,

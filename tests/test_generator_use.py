@@ -93,12 +93,14 @@ def test_animator_builds_the_configured_generator(small_source: np.ndarray, tiny
         motion_weight=1.5,
         identity_weight=0.5,
         detail=2.0,
+        texture_gain=1.1,
         generator_weights=str(tiny_weights),
     )
     diff = Animator(small_source, cfg)
     assert isinstance(diff.generator, DiffusionGenerator)
     assert (diff.generator.config.steps, diff.generator.config.motion_weight) == (2, 1.5)
     assert (diff.generator.config.identity_weight, diff.generator.config.detail) == (0.5, 2.0)
+    assert diff.generator.config.texture_gain == 1.1
     assert diff.render_edits(Edits(yaw=10)).image.shape == small_source.shape
     # an explicit generator wins over the config
     spy = Spy()
@@ -112,7 +114,7 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
 
     parser = build_parser()
     flags = ["--generator", "warp", "--steps", "2", "--motion-weight", "1.5", "--identity-weight", "0.8"]
-    flags += ["--detail", "1.5"]
+    flags += ["--detail", "1.5", "--texture-gain", "1.1"]
     commands = {
         "animate": ["animate", "--source", "a.png", "--driver", "d.mp4", "-o", "o.mp4"],
         "edit": ["edit", "--source", "a.png", "-o", "o.png"],
@@ -131,9 +133,11 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
         ), name
     cfg = _config(parser.parse_args([*commands["animate"], *flags, "--reference", "frontal"]))
     assert (cfg.generator, cfg.steps, cfg.motion_weight, cfg.identity_weight) == ("warp", 2, 1.5, 0.8)
-    assert cfg.detail == 1.5
+    assert (cfg.detail, cfg.texture_gain) == (1.5, 1.1)
     with pytest.raises(ValueError, match="--detail must be 0 or more"):
         _config(parser.parse_args([*commands["animate"], "--detail", "-1"]))
+    with pytest.raises(ValueError, match="--texture-gain must be 1 or more"):
+        _config(parser.parse_args([*commands["animate"], "--texture-gain", "0.5"]))
     assert cfg.retarget.reference == "frontal"
     with pytest.raises(SystemExit):
         parser.parse_args(["edit", "--source", "a.png", "-o", "o.png", "--generator", "gan"])
@@ -141,6 +145,7 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
 
     server = config_from_args(parser.parse_args(["serve", *flags]))
     assert (server.generator, server.steps, server.motion_weight, server.detail) == ("warp", 2, 1.5, 1.5)
+    assert server.texture_gain == 1.1
 
 
 def test_bench_reports_a_generator_stage() -> None:

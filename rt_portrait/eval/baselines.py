@@ -225,12 +225,10 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
     from rt_portrait.generator.select import TEACHER_STEPS, teacher_weights, weights_metadata
 
     opts = dict(options or {})
-    # fusion weights, detail, the compose and the network's engine apply to every diffusion method
-    fusion: dict[str, Any] = {
-        k: opts[k]
-        for k in ("motion_weight", "identity_weight", "detail", "frame_detail", "mouth", "shell", "backend")
-        if k in opts
-    }
+    # fusion weights, detail, texture, the compose and the network's engine apply to every
+    # diffusion method
+    keys = ("motion_weight", "identity_weight", "detail", "texture_gain", "frame_detail", "mouth", "shell")
+    fusion: dict[str, Any] = {k: opts[k] for k in (*keys, "backend") if k in opts}
     weights = opts.get("generator_weights")
     if name == "flow3d":  # the warp fill, composed the same way as the others
         return {"generator": "warp", **{k: opts[k] for k in ("frame_detail", "mouth", "shell") if k in opts}}

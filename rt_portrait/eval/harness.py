@@ -40,6 +40,7 @@ import numpy as np
 from rt_portrait.core import video
 from rt_portrait.eval import metrics as M
 from rt_portrait.eval.baselines import GENERATOR_METHODS, METHOD_NAMES, Method, make_method
+from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.tracking.types import TrackResult
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
@@ -87,6 +88,7 @@ class EvalConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     detail: float = 0.0
+    texture_gain: float = TEXTURE_GAIN
     frame_detail: bool = True  # AnimatorConfig.frame_detail, for every method (flow3d too)
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth), for every method
@@ -102,6 +104,7 @@ class EvalConfig:
             "motion_weight": self.motion_weight,
             "identity_weight": self.identity_weight,
             "detail": self.detail,
+            "texture_gain": self.texture_gain,
             "frame_detail": self.frame_detail,
             "generator_weights": self.generator_weights,
             "mouth": self.mouth,

@@ -43,8 +43,9 @@ from rt_portrait.core.cpu import auto_dtype
 from rt_portrait.core.fill import gaussian_blur, warp_batch
 from rt_portrait.core.types import Region
 from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch, drop_groups
-from rt_portrait.generator.mouth import MouthPaint
+from rt_portrait.generator.mouth import MOUTH_STYLES, MouthPaint
 from rt_portrait.generator.sampling import SAMPLERS, fused_model_fn, schedule, x0_to_velocity
+from rt_portrait.generator.texture import TEXTURE_GAIN, match_warp_texture
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
 from rt_portrait.generator.warp_fill import WarpFillGenerator
@@ -170,6 +171,15 @@ class DiffusionConfig:
     # working pixels), so the warp's real detail shows through; hidden regions keep the whole
     # residual. 0 = off (the model's output as trained). See keep_warp_detail.
     detail: float = 0.0
+    # Where the source is visible, amplify the face's finest band (at most this factor) until
+    # its local energy matches the warp's: a one-step sample is a mean and comes out softer than
+    # the real frame. 1 = off (the model's output as trained). See match_warp_texture.
+    texture_gain: float = TEXTURE_GAIN
+    # The mouth interior the base paints where the source shows none (generator.mouth's
+    # MOUTH_STYLES), or None for the one the weights were trained on (their metadata ``mouth``;
+    # files from before session 13: the mean strips). The shipped file, trained on strips and
+    # served teeth, scores the same on val and is sharper (README: "Texture energy matched").
+    mouth: str | None = None
 
 
 def load_weights(
@@ -261,6 +271,8 @@ class DiffusionGenerator:
             raise ValueError(f"unknown sampler {cfg.sampler!r}; choose from {sorted(SAMPLERS)}")
         if cfg.steps < 1:
             raise ValueError(f"steps must be at least 1, got {cfg.steps}")
+        if not cfg.texture_gain >= 1:
+            raise ValueError(f"texture_gain must be 1 or more (1 = off), got {cfg.texture_gain}")
         self.device = torch.device(cfg.device)
         path = Path(cfg.weights) if cfg.weights is not None else default_weights(cfg.steps)
         self.model, self.meta = load_weights(path, self.device)
@@ -278,12 +290,19 @@ class DiffusionGenerator:
         self.base = self.meta.get("base", "warp")
         if self.base not in BASES:
             raise ValueError(f"{path}: unknown residual base {self.base!r}; expected one of {BASES}")
-        # and the mouth interior it was trained on (files before session 13: the mean strips)
-        self.mouth = self.meta.get("mouth") or "strips"
+        # and the mouth interior: the one asked for, else the one it was trained on (files from
+        # before session 13 do not record theirs: the mean strips)
+        self.mouth = cfg.mouth or self.meta.get("mouth") or "strips"
+        if self.mouth not in MOUTH_STYLES:
+            raise ValueError(f"unknown mouth style {self.mouth!r}; choose from {', '.join(MOUTH_STYLES)}")
         self._fill = base_fill(self.base, self.mouth)
         # The head shell the weights were trained on (flow.scene.SceneConfig.skin_follow): a
-        # model sees the geometry it learned. Files from before session 12 saw a rigid shell.
-        self.skin_follow = float(self.meta.get("skin_follow") or 0.0)
+        # model sees the geometry it learned. Files from before session 12 saw a rigid shell
+        # and do not say so: they get the runtime's (None), whose neck follows the jaw. The
+        # shipped file scores the same on val with it and leaves no ghost of the old jawline
+        # under a lowered chin (README: "Texture energy matched to the warp ...").
+        follow = self.meta.get("skin_follow")
+        self.skin_follow: float | None = None if follow is None else float(follow)
         # and the skull behind the face (pipeline.AnimatorConfig.shell); files from before
         # session 16 do not record it and were trained on the generic one
         self.shell = self.meta.get("shell") or "generic"
@@ -383,17 +402,19 @@ class DiffusionGenerator:
         mouths: Sequence[MouthPaint | None] | None = None,
     ) -> list[GeneratorOutput]:
         """The sampled faces (N, 3, R, R) (and displacements (N, 2, R, R) of a displacing
-        model) as outputs: the warp-detail post-process when it is on, then each one's blend
+        model) as outputs: the warp-detail and texture post-processes when they are on, then each one's blend
         mask (shared by the eager and the engine paths). ``mouths``: where each base has the
         mouth prior painted (:meth:`bases`); dropped for a displaced base, which moved it."""
-        if self.config.detail > 0:
+        cfg = self.config
+        if cfg.detail > 0 or cfg.texture_gain > 1:
             if warped is None:
                 warped = torch.stack([x.warped.to(device).float() for x in inputs])
             visibility = torch.stack([x.fields.visibility.to(device) for x in inputs])
             if displacement is not None:  # the detail of the base the face was built on
                 warped = displace(warped, displacement)
                 visibility = warp_batch(visibility, displacement)
-            face = keep_warp_detail(face.float(), warped, visibility, self.config.detail)
+            face = keep_warp_detail(face.float(), warped, visibility, cfg.detail)
+            face = match_warp_texture(face.float(), warped, visibility, cfg.texture_gain)
         labels = torch.stack([x.fields.labels.to(device) for x in inputs])
         alpha = face_alpha(labels, self.config.feather)
         if mouths is None or displacement is not None:

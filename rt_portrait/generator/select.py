@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.generator.types import Generator
 from rt_portrait.generator.warp_fill import WarpFillGenerator
 from rt_portrait.head.shell import SHELL_MODES
@@ -37,8 +38,11 @@ class GeneratorSpec:
     motion_weight: float = 1.0  # fusion weights (1 = as trained; see generator.sampling)
     identity_weight: float = 1.0
     detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
+    texture_gain: float = (
+        TEXTURE_GAIN  # match the warp's texture energy (DiffusionConfig.texture_gain); 1 = off
+    )
     weights: str | Path | None = None  # None: the shipped weights (diffusion.DEFAULT_WEIGHTS)
-    mouth: str = "teeth"  # the warp fill's mouth style (generator.mouth.MOUTH_STYLES)
+    mouth: str = "teeth"  # the mouth style every base paints (generator.mouth.MOUTH_STYLES)
     device: str = "cpu"
     # the diffusion network's backend (rt_portrait.engines: auto, eager, compile, onnxruntime,
     # tensorrt), resolved once when the generator is built, for working size ``size``
@@ -108,6 +112,8 @@ def build_generator(spec: GeneratorSpec) -> Generator:
             motion_weight=spec.motion_weight,
             identity_weight=spec.identity_weight,
             detail=spec.detail,
+            texture_gain=spec.texture_gain,
+            mouth=spec.mouth,
             device=spec.device,
         )
     )
@@ -190,6 +196,15 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         "less accurate); 0 = the model's output as trained (default)",
     )
     g.add_argument(
+        "--texture-gain",
+        type=float,
+        default=TEXTURE_GAIN,
+        metavar="G",
+        help="where the source is visible, amplify the generator's finest detail, by at most G, "
+        "until its local energy matches the warp's (the one-step sample is softer than the real "
+        f"frame); 1 = the model's output as trained (default: {TEXTURE_GAIN})",
+    )
+    g.add_argument(
         "--frame-detail",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -207,9 +222,9 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         "--mouth",
         choices=("teeth", "strips"),
         default="teeth",
-        help="how the warp fill paints a mouth the source keeps shut: teeth (teeth, cavity and tongue "
-        "in a smooth outline; default) or strips (the mean mouth of the train clips, before session 13); "
-        "a learned model paints what it was trained on",
+        help="how a mouth the source keeps shut is painted (the warp fill, and the learned generator's "
+        "base): teeth (teeth, cavity and tongue in a smooth outline; default) or strips (the mean mouth "
+        "of the train clips, before session 13; what the shipped weights were trained on)",
     )
     g.add_argument(
         "--shell",
@@ -235,12 +250,15 @@ def generator_options(args: Any) -> dict[str, Any]:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if not args.detail >= 0:
         raise ValueError(f"--detail must be 0 or more, got {args.detail}")
+    if not args.texture_gain >= 1:
+        raise ValueError(f"--texture-gain must be 1 or more (1 = off), got {args.texture_gain}")
     return {
         "generator": args.generator,
         "steps": args.steps,
         "motion_weight": args.motion_weight,
         "identity_weight": args.identity_weight,
         "detail": args.detail,
+        "texture_gain": args.texture_gain,
         "frame_detail": args.frame_detail,
         "generator_weights": args.generator_weights,
         "mouth": args.mouth,

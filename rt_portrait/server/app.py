@@ -53,6 +53,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from rt_portrait.generator import Generator
 from rt_portrait.generator.select import add_generator_arguments, build_generator, generator_options
+from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.server.memory import ALLOCATORS, Allocator, loaded_allocator, tune_malloc, use_allocator
 from rt_portrait.server.session import (
@@ -99,6 +100,7 @@ class ServerConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     detail: float = 0.0
+    texture_gain: float = TEXTURE_GAIN
     frame_detail: bool = True
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth)
@@ -197,6 +199,7 @@ class ServerState:
             motion_weight=c.motion_weight,
             identity_weight=c.identity_weight,
             detail=c.detail,
+            texture_gain=c.texture_gain,
             frame_detail=c.frame_detail,
             generator_weights=c.generator_weights,
             mouth=c.mouth,

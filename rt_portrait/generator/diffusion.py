@@ -178,7 +178,7 @@ class DiffusionConfig:
     # The mouth interior the base paints where the source shows none (generator.mouth's
     # MOUTH_STYLES), or None for the one the weights were trained on (their metadata ``mouth``;
     # files from before session 13: the mean strips). The shipped file, trained on strips and
-    # served teeth, scores the same on val and is sharper (README: "Texture energy matched").
+    # served teeth, scores the same on val and is sharper (README: "A sharper learned face").
     mouth: str | None = None
 
 
@@ -300,7 +300,7 @@ class DiffusionGenerator:
         # model sees the geometry it learned. Files from before session 12 saw a rigid shell
         # and do not say so: they get the runtime's (None), whose neck follows the jaw. The
         # shipped file scores the same on val with it and leaves no ghost of the old jawline
-        # under a lowered chin (README: "Texture energy matched to the warp ...").
+        # under a lowered chin (README: "A sharper learned face, with teeth and no jaw ghost").
         follow = self.meta.get("skin_follow")
         self.skin_follow: float | None = None if follow is None else float(follow)
         # and the skull behind the face (pipeline.AnimatorConfig.shell); files from before

@@ -1,6 +1,6 @@
 """Texture energy matched to the warp: the diffusion generator's post-process for the one-step
-face's missing fine detail (``DiffusionConfig.texture_gain``; README: "Texture energy matched
-to the warp"). Torch only, so the CLI and configs can name the default without loading the
+face's missing fine detail (``DiffusionConfig.texture_gain``; README: "A sharper learned
+face"). Torch only, so the CLI and configs can name the default without loading the
 diffusion module."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 # The default texture gain (DiffusionConfig.texture_gain): chosen on 13 train clips as the gain
-# that brings the one-step face to about 0.95 of the real frame's sharpness (README: "Texture
-# energy matched to the warp").
+# that brings the one-step face to about 0.95 of the real frame's sharpness (README: "A sharper
+# learned face").
 TEXTURE_GAIN = 1.25
 TEXTURE_POOL = 4  # the texture energy is averaged over about 3 x 4 working pixels (a coarse grid)
 
@@ -44,7 +44,7 @@ def match_warp_texture(
     (the measure the training's texture loss matches, :mod:`rt_portrait.training.losses`). Only
     the face's own band is scaled, never the warp's copied in: it keeps the model's structure
     (whose corrections put misplaced texture right), where the warp's detail, even where it agrees
-    with the face's, costs SSIM (README: "Texture energy matched to the warp"). The gain never
+    with the face's, costs SSIM (README: "A sharper learned face"). The gain never
     falls below 1, so a face as sharp as the warp is left as it is; where the source shows
     nothing (a revealed cheek, an opened mouth) the warp's energy means nothing and the face
     stays whole."""

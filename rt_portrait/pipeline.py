@@ -39,6 +39,7 @@ from rt_portrait.compose import (
     warp_working,
     window_taper,
 )
+from rt_portrait.core.fill import gaussian_blur
 from rt_portrait.core.image import ImageLimits, fit_long_side
 from rt_portrait.flow import compute_flow, source_background_visibility, source_visibility
 from rt_portrait.flow.elastic import elastic_background
@@ -117,6 +118,14 @@ class AnimatorConfig:
     # mirror_face); None: never. A near-frontal source shows both halves: there the mirror
     # only replaced hair over a cheek's edge with skin (measured: -0.5 dB on a val clip).
     mirror_from_yaw: float | None = 20.0
+    # Take away the generator's own change of the still source: its output for the source's
+    # head state minus the warp there, low-passed with this Gaussian sigma (working pixels),
+    # carried to each frame by the flow and subtracted where the source is visible. A learned
+    # generator changes a face that does not move (the shipped one: dlib distance 0.13 from the
+    # portrait), and that low-frequency bias moves the likeness in every frame (README: "The
+    # generator's change of the still source"). None: off. Not computed for the warp fill,
+    # which leaves a still face as it is.
+    still_sigma: float | None = 4.0
 
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(
@@ -301,6 +310,8 @@ class Animator:
         )
         self._scenes: dict[int, _Scene] = {}
         self._scene_lock = threading.Lock()
+        # (working size, generator) -> its low-passed change of the still source (still_change)
+        self._still: dict[tuple[int, int], tuple[Generator, torch.Tensor]] = {}
 
     def backend_summary(self) -> dict[str, object] | None:
         """The generator backend in use and why (None for a generator without a network)."""
@@ -420,6 +431,58 @@ class Animator:
         return replace(fields, flow=elastic_background(fields) * scene.taper)
 
     @torch.inference_mode()
+    def generator_input(self, target: HeadState, size: int) -> tuple[GeneratorInput, PointCloud]:
+        """The generator's input for ``target`` at working size ``size`` (no history), and the
+        target's point cloud: the flow from the target to the source and the warp by it."""
+        scene = self.scene(size)
+        target_points = scene.builder(target)
+        fields = compute_flow(
+            target_points,
+            scene.source_points,
+            scene.flow_config,
+            source_visible=scene.source_visible,
+            source_background=scene.source_background,
+        )
+        fields = replace(fields, flow=elastic_background(fields) * scene.taper)
+        inputs = GeneratorInput(
+            warped=warp_working(scene.source_working, fields.flow),
+            source=scene.source_working,
+            fields=fields,
+            history=None,
+            source_labels=scene.source_labels,
+            landmarks=self._working_landmarks(target, scene.window),
+            mirror=None if scene.mirror is None else partial(mirror_flow, scene, target_points),
+        )
+        return inputs, target_points
+
+    def still_change(self, size: int, generator: Generator | None = None) -> torch.Tensor | None:
+        """(3, R, R) what ``generator`` (default: the animator's) changes in the still source:
+        its face for the source's own head state minus the warp there, blended by its mask and
+        low-passed (``AnimatorConfig.still_sigma``), in the source's working coordinates. None
+        when off or for the warp fill. Computed once per working size and generator (one more
+        generator call; sessions in several threads share it)."""
+        gen = generator or self.generator
+        sigma = self.config.still_sigma
+        if sigma is None or isinstance(gen, WarpFillGenerator):
+            return None
+        key = (size, id(gen))
+        entry = self._still.get(key)
+        if entry is None or entry[0] is not gen:
+            with self._scene_lock:
+                entry = self._still.get(key)
+                if entry is None or entry[0] is not gen:
+                    entry = self._still[key] = (gen, self._measure_still_change(size, gen, sigma))
+        return entry[1]
+
+    def _measure_still_change(self, size: int, gen: Generator, sigma: float) -> torch.Tensor:
+        inputs, _ = self.generator_input(self.source_state, size)
+        out = gen(inputs)
+        seen = inputs.fields.visibility.reshape(1, 1, size, size).float()
+        change = ((out.face - inputs.warped) * out.alpha)[None] * seen
+        # averaged over what the source shows: the unseen pixels' (filled) change stays out
+        low = gaussian_blur(change, sigma) / gaussian_blur(seen, sigma).clamp_min(1e-3)
+        return low[0]
+
     def render_frame(
         self,
         target: HeadState,
@@ -436,17 +499,9 @@ class Animator:
         gen = generator or self.generator
         scene = self.scene(size)
         t0 = time.perf_counter()
-        target_points = scene.builder(target)
-        fields = compute_flow(
-            target_points,
-            scene.source_points,
-            scene.flow_config,
-            source_visible=scene.source_visible,
-            source_background=scene.source_background,
-        )
-        fields = replace(fields, flow=elastic_background(fields) * scene.taper)
+        inputs, target_points = self.generator_input(target, size)
+        fields, warped = inputs.fields, inputs.warped
         t1 = time.perf_counter()
-        warped = warp_working(scene.source_working, fields.flow)
         timings: dict[str, float] = {"flow": (t1 - t0) * 1e3}
         hist_image, hist_valid = None, None
         mode = self.config.history
@@ -462,18 +517,11 @@ class Animator:
             t_h = time.perf_counter()
             timings["history"] = (t_h - t1) * 1e3
             t1 = t_h
-        landmarks = self._working_landmarks(target, scene.window)
-        out = gen(
-            GeneratorInput(
-                warped=warped,
-                source=scene.source_working,
-                fields=fields,
-                history=hist_image,
-                source_labels=scene.source_labels,
-                landmarks=landmarks,
-                mirror=None if scene.mirror is None else partial(mirror_flow, scene, target_points),
-            )
-        )
+        out = gen(replace(inputs, history=hist_image))
+        still = self.still_change(size, gen)
+        if still is not None:  # the generator's bias, where this frame shows the source
+            shift = warp_working(still, fields.flow) * fields.visibility.reshape(1, size, size)
+            out = replace(out, face=(out.face - shift).clamp(0, 1))
         if out.displacement is not None:  # the face was built on a displaced warp: so is the frame
             fields = displace_fields(fields, out.displacement)
             warped = displace(warped[None], out.displacement[None])[0]

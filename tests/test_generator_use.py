@@ -24,7 +24,7 @@ from rt_portrait.generator.select import (
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
 from rt_portrait.head.types import Edits
 from rt_portrait.pipeline import Animator, AnimatorConfig, compose_history_flow
-from rt_portrait.tracking import SmoothingConfig, fit_long_side
+from rt_portrait.tracking import SmoothingConfig, fit_long_side, track_image
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,20 @@ class Spy:
     def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
         self.inputs.append(inputs)
         return GeneratorOutput(face=inputs.warped, alpha=torch.zeros_like(inputs.warped[:1]))
+
+
+class Biased(Spy):
+    """A generator that darkens the whole head by a fixed amount: a bias that does not depend
+    on the motion, as a learned generator's change of a still face."""
+
+    def __init__(self, bias: float = 0.1) -> None:
+        super().__init__(reads_history=False)
+        self.bias = bias
+
+    def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
+        self.inputs.append(inputs)
+        head = (inputs.fields.labels != 0).float()[None]
+        return GeneratorOutput(face=(inputs.warped - self.bias).clamp(0, 1), alpha=head)
 
 
 # --------------------------------------------------------------------------- choice
@@ -334,3 +348,43 @@ def test_a_learned_generator_keeps_the_generic_shell_it_was_trained_on(small_sou
     assert auto.shell_mode() == "generic" and auto.shell_fit is None
     fitted = Animator(small_source, AnimatorConfig(size=128, shell="fitted"), generator=Spy())
     assert fitted.shell_mode() == "fitted" and fitted.shell_fit is not None
+
+
+# --------------------------------------------------------------------------- still calibration
+
+
+def test_the_generators_change_of_the_still_source_is_taken_away_in_every_frame(
+    small_source: np.ndarray,
+) -> None:
+    """A generator that darkens the face whatever the motion: its change of the still source is
+    measured once (one more call per working size) and subtracted, carried by the flow, where
+    the frame shows the source; turned and at rest the face is then the warp's. Off, or for
+    the warp fill, nothing is measured."""
+    from rt_portrait.eval.metrics import face_mask
+
+    mask = face_mask(track_image(small_source).landmarks, small_source.shape[:2])
+    outputs = {}
+    for sigma in (4.0, None):
+        gen = Biased()
+        animator = Animator(small_source, AnimatorConfig(size=128, still_sigma=sigma), generator=gen)
+        still = animator.render_edits(Edits()).image
+        turned = animator.render_edits(Edits(yaw=15)).image
+        assert len(gen.inputs) == (3 if sigma else 2)  # the still source's own input, measured once
+        outputs[sigma] = (still, turned)
+        if sigma is not None:
+            change = animator.still_change(128)
+            assert change is not None and change.shape == (3, 128, 128)
+            assert animator.still_change(128) is change and len(gen.inputs) == 3  # cached
+            assert float(change.min()) < -0.08  # the bias, measured
+    warp = Animator(small_source, AnimatorConfig(size=128, generator="warp"))
+    assert warp.still_change(128) is None
+    warp_still = warp.render_edits(Edits()).image.astype(float)
+    warp_turned = warp.render_edits(Edits(yaw=15)).image.astype(float)
+
+    def darker(img: np.ndarray, ref: np.ndarray) -> float:
+        return float((ref - img.astype(float))[mask].mean())
+
+    assert darker(outputs[None][0], warp_still) > 20  # the bias, 0.1 of 255 on the face
+    assert abs(darker(outputs[4.0][0], warp_still)) < 3  # taken away at rest
+    assert darker(outputs[None][1], warp_turned) > 20
+    assert abs(darker(outputs[4.0][1], warp_turned)) < 4  # and carried to a turned head

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,36 +104,9 @@ def _pose_expr_distance(a, b) -> float:  # HeadState, HeadState
     return float(ang + scale + expr)
 
 
-def render_input(animator, target_state, size: int):  # Animator, HeadState -> GeneratorInput, fields
+def render_input(animator, target_state, size: int):  # Animator, HeadState -> GeneratorInput, points
     """The GeneratorInput exactly as Animator.render builds it (history None)."""
-    from rt_portrait.compose import warp_working
-    from rt_portrait.flow import compute_flow
-    from rt_portrait.flow.elastic import elastic_background
-    from rt_portrait.generator import GeneratorInput
-
-    scene = animator.scene(size)
-    target_points = scene.builder(target_state)
-    fields = compute_flow(
-        target_points,
-        scene.source_points,
-        scene.flow_config,
-        source_visible=scene.source_visible,
-        source_background=scene.source_background,
-    )
-    fields = replace(fields, flow=elastic_background(fields) * scene.taper)
-    warped = warp_working(scene.source_working, fields.flow)
-    landmarks = animator._working_landmarks(target_state, scene.window)
-    return (
-        GeneratorInput(
-            warped=warped,
-            source=scene.source_working,
-            fields=fields,
-            history=None,
-            source_labels=scene.source_labels,
-            landmarks=landmarks,
-        ),
-        target_points,
-    )
+    return animator.generator_input(target_state, size)
 
 
 def history_warp(

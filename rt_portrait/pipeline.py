@@ -47,7 +47,13 @@ from rt_portrait.flow.scene import SceneBuilder, SceneConfig
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
 from rt_portrait.generator.diffusion import displace
-from rt_portrait.generator.select import GeneratorSpec, build_generator, generator_kind, uses_history
+from rt_portrait.generator.select import (
+    STILL_SIGMA,
+    GeneratorSpec,
+    build_generator,
+    generator_kind,
+    uses_history,
+)
 from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.fit import head_euler
@@ -122,10 +128,10 @@ class AnimatorConfig:
     # head state minus the warp there, low-passed with this Gaussian sigma (working pixels),
     # carried to each frame by the flow and subtracted where the source is visible. A learned
     # generator changes a face that does not move (the shipped one: dlib distance 0.13 from the
-    # portrait), and that low-frequency bias moves the likeness in every frame (README: "The
-    # generator's change of the still source"). None: off. Not computed for the warp fill,
+    # portrait), and that low-frequency bias moves the likeness in every frame (README: "A
+    # sharper learned face"). None: off. Not computed for the warp fill,
     # which leaves a still face as it is.
-    still_sigma: float | None = 4.0
+    still_sigma: float | None = STILL_SIGMA
 
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(

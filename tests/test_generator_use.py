@@ -128,7 +128,7 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
 
     parser = build_parser()
     flags = ["--generator", "warp", "--steps", "2", "--motion-weight", "1.5", "--identity-weight", "0.8"]
-    flags += ["--detail", "1.5", "--texture-gain", "1.1"]
+    flags += ["--detail", "1.5", "--texture-gain", "1.1", "--still-sigma", "2"]
     commands = {
         "animate": ["animate", "--source", "a.png", "--driver", "d.mp4", "-o", "o.mp4"],
         "edit": ["edit", "--source", "a.png", "-o", "o.png"],
@@ -147,7 +147,8 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
         ), name
     cfg = _config(parser.parse_args([*commands["animate"], *flags, "--reference", "frontal"]))
     assert (cfg.generator, cfg.steps, cfg.motion_weight, cfg.identity_weight) == ("warp", 2, 1.5, 0.8)
-    assert (cfg.detail, cfg.texture_gain) == (1.5, 1.1)
+    assert (cfg.detail, cfg.texture_gain, cfg.still_sigma) == (1.5, 1.1, 2.0)
+    assert _config(parser.parse_args([*commands["animate"], "--still-sigma", "0"])).still_sigma is None  # off
     with pytest.raises(ValueError, match="--detail must be 0 or more"):
         _config(parser.parse_args([*commands["animate"], "--detail", "-1"]))
     with pytest.raises(ValueError, match="--texture-gain must be 1 or more"):
@@ -159,7 +160,7 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
 
     server = config_from_args(parser.parse_args(["serve", *flags]))
     assert (server.generator, server.steps, server.motion_weight, server.detail) == ("warp", 2, 1.5, 1.5)
-    assert server.texture_gain == 1.1
+    assert (server.texture_gain, server.still_sigma) == (1.1, 2.0)
 
 
 def test_bench_reports_a_generator_stage() -> None:

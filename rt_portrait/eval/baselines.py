@@ -227,7 +227,16 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
     opts = dict(options or {})
     # fusion weights, detail, texture, the compose and the network's engine apply to every
     # diffusion method
-    keys = ("motion_weight", "identity_weight", "detail", "texture_gain", "frame_detail", "mouth", "shell")
+    keys = (
+        "motion_weight",
+        "identity_weight",
+        "detail",
+        "texture_gain",
+        "still_sigma",
+        "frame_detail",
+        "mouth",
+        "shell",
+    )
     fusion: dict[str, Any] = {k: opts[k] for k in (*keys, "backend") if k in opts}
     weights = opts.get("generator_weights")
     if name == "flow3d":  # the warp fill, composed the same way as the others

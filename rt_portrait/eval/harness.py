@@ -40,6 +40,7 @@ import numpy as np
 from rt_portrait.core import video
 from rt_portrait.eval import metrics as M
 from rt_portrait.eval.baselines import GENERATOR_METHODS, METHOD_NAMES, Method, make_method
+from rt_portrait.generator.select import STILL_SIGMA
 from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.tracking.types import TrackResult
 
@@ -89,6 +90,7 @@ class EvalConfig:
     identity_weight: float = 1.0
     detail: float = 0.0
     texture_gain: float = TEXTURE_GAIN
+    still_sigma: float | None = STILL_SIGMA  # AnimatorConfig.still_sigma, for the diffusion methods
     frame_detail: bool = True  # AnimatorConfig.frame_detail, for every method (flow3d too)
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth), for every method
@@ -105,6 +107,7 @@ class EvalConfig:
             "identity_weight": self.identity_weight,
             "detail": self.detail,
             "texture_gain": self.texture_gain,
+            "still_sigma": self.still_sigma,
             "frame_detail": self.frame_detail,
             "generator_weights": self.generator_weights,
             "mouth": self.mouth,

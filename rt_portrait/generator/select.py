@@ -27,6 +27,10 @@ from rt_portrait.generator.warp_fill import WarpFillGenerator
 from rt_portrait.head.shell import SHELL_MODES
 
 GENERATORS = ("auto", "diffusion", "warp")
+# the default low-pass of the generator's change of the still source (pipeline.AnimatorConfig's
+# still_sigma, working pixels): chosen on val between 2 and 4 (4 kept the SSIM), confirmed on
+# train clips (README: "A sharper learned face")
+STILL_SIGMA = 4.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,15 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         f"frame); 1 = the model's output as trained (default: {TEXTURE_GAIN})",
     )
     g.add_argument(
+        "--still-sigma",
+        type=float,
+        default=STILL_SIGMA,
+        metavar="SIGMA",
+        help="take away the generator's own change of the still source (its output for the source's "
+        "head state minus the warp, low-passed with this Gaussian sigma in working pixels) from every "
+        f"frame; 0 = off (default: {STILL_SIGMA:g})",
+    )
+    g.add_argument(
         "--frame-detail",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -250,6 +263,8 @@ def generator_options(args: Any) -> dict[str, Any]:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if not args.detail >= 0:
         raise ValueError(f"--detail must be 0 or more, got {args.detail}")
+    if not args.still_sigma >= 0:
+        raise ValueError(f"--still-sigma must be 0 (off) or more, got {args.still_sigma}")
     if not args.texture_gain >= 1:
         raise ValueError(f"--texture-gain must be 1 or more (1 = off), got {args.texture_gain}")
     return {
@@ -259,6 +274,7 @@ def generator_options(args: Any) -> dict[str, Any]:
         "identity_weight": args.identity_weight,
         "detail": args.detail,
         "texture_gain": args.texture_gain,
+        "still_sigma": args.still_sigma or None,
         "frame_detail": args.frame_detail,
         "generator_weights": args.generator_weights,
         "mouth": args.mouth,

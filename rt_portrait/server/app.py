@@ -52,7 +52,12 @@ from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from rt_portrait.generator import Generator
-from rt_portrait.generator.select import add_generator_arguments, build_generator, generator_options
+from rt_portrait.generator.select import (
+    STILL_SIGMA,
+    add_generator_arguments,
+    build_generator,
+    generator_options,
+)
 from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.server.memory import ALLOCATORS, Allocator, loaded_allocator, tune_malloc, use_allocator
@@ -101,6 +106,7 @@ class ServerConfig:
     identity_weight: float = 1.0
     detail: float = 0.0
     texture_gain: float = TEXTURE_GAIN
+    still_sigma: float | None = STILL_SIGMA  # AnimatorConfig.still_sigma
     frame_detail: bool = True
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth)
@@ -200,6 +206,7 @@ class ServerState:
             identity_weight=c.identity_weight,
             detail=c.detail,
             texture_gain=c.texture_gain,
+            still_sigma=c.still_sigma,
             frame_detail=c.frame_detail,
             generator_weights=c.generator_weights,
             mouth=c.mouth,

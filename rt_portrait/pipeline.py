@@ -97,9 +97,8 @@ class AnimatorConfig:
     motion_weight: float = 1.0
     identity_weight: float = 1.0
     detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
-    texture_gain: float = (
-        TEXTURE_GAIN  # match the warp's texture energy (DiffusionConfig.texture_gain); 1 = off
-    )
+    # match the warp's texture energy where the source is visible (DiffusionConfig.texture_gain); 1 = off
+    texture_gain: float = TEXTURE_GAIN
     # compose the generator's face as a correction of the full-resolution warp where the source
     # is visible, so detail finer than the working grid survives (compose.compose's ``warped``)
     frame_detail: bool = True
@@ -318,6 +317,7 @@ class Animator:
         self._scene_lock = threading.Lock()
         # (working size, generator) -> its low-passed change of the still source (still_change)
         self._still: dict[tuple[int, int], tuple[Generator, torch.Tensor]] = {}
+        self._still_lock = threading.Lock()
 
     def backend_summary(self) -> dict[str, object] | None:
         """The generator backend in use and why (None for a generator without a network)."""
@@ -436,7 +436,6 @@ class Animator:
         fields = compute_flow(target_points, previous.points, scene.flow_config)
         return replace(fields, flow=elastic_background(fields) * scene.taper)
 
-    @torch.inference_mode()
     def generator_input(self, target: HeadState, size: int) -> tuple[GeneratorInput, PointCloud]:
         """The generator's input for ``target`` at working size ``size`` (no history), and the
         target's point cloud: the flow from the target to the source and the warp by it."""
@@ -474,12 +473,13 @@ class Animator:
         key = (size, id(gen))
         entry = self._still.get(key)
         if entry is None or entry[0] is not gen:
-            with self._scene_lock:
+            with self._still_lock:  # not the scene's: measuring may build the scene
                 entry = self._still.get(key)
                 if entry is None or entry[0] is not gen:
                     entry = self._still[key] = (gen, self._measure_still_change(size, gen, sigma))
         return entry[1]
 
+    @torch.inference_mode()
     def _measure_still_change(self, size: int, gen: Generator, sigma: float) -> torch.Tensor:
         inputs, _ = self.generator_input(self.source_state, size)
         out = gen(inputs)
@@ -489,6 +489,7 @@ class Animator:
         low = gaussian_blur(change, sigma) / gaussian_blur(seen, sigma).clamp_min(1e-3)
         return low[0]
 
+    @torch.inference_mode()
     def render_frame(
         self,
         target: HeadState,

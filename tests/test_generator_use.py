@@ -377,6 +377,9 @@ def test_the_generators_change_of_the_still_source_is_taken_away_in_every_frame(
             assert change is not None and change.shape == (3, 128, 128)
             assert animator.still_change(128) is change and len(gen.inputs) == 3  # cached
             assert float(change.min()) < -0.08  # the bias, measured
+    # asked for before any frame, it builds the scene it needs first
+    fresh = Animator(small_source, AnimatorConfig(size=128), generator=Biased())
+    assert fresh.still_change(128) is not None
     warp = Animator(small_source, AnimatorConfig(size=128, generator="warp"))
     assert warp.still_change(128) is None
     warp_still = warp.render_edits(Edits()).image.astype(float)

@@ -524,8 +524,8 @@ class Animator:
             t_h = time.perf_counter()
             timings["history"] = (t_h - t1) * 1e3
             t1 = t_h
+        still = self.still_change(size, gen)  # measured before the frame's own call, once
         out = gen(replace(inputs, history=hist_image))
-        still = self.still_change(size, gen)
         if still is not None:  # the generator's bias, where this frame shows the source
             shift = warp_working(still, fields.flow) * fields.visibility.reshape(1, size, size)
             out = replace(out, face=(out.face - shift).clamp(0, 1))

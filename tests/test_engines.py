@@ -79,7 +79,9 @@ def real_inputs(astronaut) -> list[GeneratorInput]:
     cap = _Capture()
     # the packaged landmarks, not the tracker: these tests also run on GPU machines without mediapipe
     track = TrackResult.from_landmarks(default_portrait_landmarks("astronaut"), astronaut.shape[:2])
-    animator = Animator(astronaut, AnimatorConfig(size=128), generator=cap, source_track=track)
+    # still_sigma None: only the two frames' inputs (no measurement of the still source)
+    config = AnimatorConfig(size=128, still_sigma=None)
+    animator = Animator(astronaut, config, generator=cap, source_track=track)
     animator.render_edits(Edits(yaw=20.0, smile=0.6, jaw_open=0.4))
     animator.render_edits(Edits(pitch=-10.0, blink_left=1.0))
     assert len(cap.inputs) == 2

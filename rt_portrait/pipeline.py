@@ -479,6 +479,14 @@ class Animator:
                     entry = self._still[key] = (gen, self._measure_still_change(size, gen, sigma))
         return entry[1]
 
+    def prepare(self, size: int | None = None) -> None:
+        """Build what the first frame at working size ``size`` would otherwise build: the scene
+        and the generator's change of the still source (one generator call), so a live
+        session's first frame costs what the others do."""
+        size = size or self.config.size
+        self.scene(size)
+        self.still_change(size)
+
     @torch.inference_mode()
     def _measure_still_change(self, size: int, gen: Generator, sigma: float) -> torch.Tensor:
         inputs, _ = self.generator_input(self.source_state, size)

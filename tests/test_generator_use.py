@@ -377,9 +377,15 @@ def test_the_generators_change_of_the_still_source_is_taken_away_in_every_frame(
             assert change is not None and change.shape == (3, 128, 128)
             assert animator.still_change(128) is change and len(gen.inputs) == 3  # cached
             assert float(change.min()) < -0.08  # the bias, measured
-    # asked for before any frame, it builds the scene it needs first
-    fresh = Animator(small_source, AnimatorConfig(size=128), generator=Biased())
-    assert fresh.still_change(128) is not None
+    # asked for before any frame, it builds the scene it needs first; prepare() does both, so
+    # a live session's first frame costs one generator call, as every other
+    biased = Biased()
+    fresh = Animator(small_source, AnimatorConfig(size=128), generator=biased)
+    fresh.prepare()
+    assert len(biased.inputs) == 1 and 128 in fresh._scenes
+    assert fresh.still_change(128) is not None and len(biased.inputs) == 1
+    fresh.render_edits(Edits(yaw=5))
+    assert len(biased.inputs) == 2
     warp = Animator(small_source, AnimatorConfig(size=128, generator="warp"))
     assert warp.still_change(128) is None
     warp_still = warp.render_edits(Edits()).image.astype(float)

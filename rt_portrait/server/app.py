@@ -232,10 +232,13 @@ class ServerState:
 
     async def build_animator(self, image: np.ndarray, name: str) -> Animator:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.build_executor,
-            lambda: Animator(image, self.animator_config(), name=name, generator=self.generator),
-        )
+
+        def build() -> Animator:
+            animator = Animator(image, self.animator_config(), name=name, generator=self.generator)
+            animator.prepare()  # the scene and the still source's change, off the frame path
+            return animator
+
+        return await loop.run_in_executor(self.build_executor, build)
 
     def _forget(self, session: Session) -> None:
         self.sessions.pop(session.id, None)

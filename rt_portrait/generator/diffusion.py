@@ -402,8 +402,8 @@ class DiffusionGenerator:
         mouths: Sequence[MouthPaint | None] | None = None,
     ) -> list[GeneratorOutput]:
         """The sampled faces (N, 3, R, R) (and displacements (N, 2, R, R) of a displacing
-        model) as outputs: the warp-detail and texture post-processes when they are on, then each one's blend
-        mask (shared by the eager and the engine paths). ``mouths``: where each base has the
+        model) as outputs: the warp-detail and texture post-processes when they are on, then
+        each one's blend mask (shared by the eager and the engine paths). ``mouths``: where each base has the
         mouth prior painted (:meth:`bases`); dropped for a displaced base, which moved it."""
         cfg = self.config
         if cfg.detail > 0 or cfg.texture_gain > 1:

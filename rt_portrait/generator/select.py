@@ -42,9 +42,8 @@ class GeneratorSpec:
     motion_weight: float = 1.0  # fusion weights (1 = as trained; see generator.sampling)
     identity_weight: float = 1.0
     detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
-    texture_gain: float = (
-        TEXTURE_GAIN  # match the warp's texture energy (DiffusionConfig.texture_gain); 1 = off
-    )
+    # match the warp's texture energy where the source is visible (DiffusionConfig.texture_gain); 1 = off
+    texture_gain: float = TEXTURE_GAIN
     weights: str | Path | None = None  # None: the shipped weights (diffusion.DEFAULT_WEIGHTS)
     mouth: str = "teeth"  # the mouth style every base paints (generator.mouth.MOUTH_STYLES)
     device: str = "cpu"

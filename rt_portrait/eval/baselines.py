@@ -236,8 +236,9 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
         "frame_detail",
         "mouth",
         "shell",
+        "backend",
     )
-    fusion: dict[str, Any] = {k: opts[k] for k in (*keys, "backend") if k in opts}
+    fusion: dict[str, Any] = {k: opts[k] for k in keys if k in opts}
     weights = opts.get("generator_weights")
     if name == "flow3d":  # the warp fill, composed the same way as the others
         return {"generator": "warp", **{k: opts[k] for k in ("frame_detail", "mouth", "shell") if k in opts}}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 # that brings the one-step face to about 0.95 of the real frame's sharpness (README: "A sharper
 # learned face").
 TEXTURE_GAIN = 1.25
-TEXTURE_POOL = 4  # the texture energy is averaged over about 3 x 4 working pixels (a coarse grid)
+TEXTURE_POOL = 4  # energies are averaged over 3x3 cells of a grid this much coarser: ~12 px
 
 
 def _fine_band(x: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,7 @@ class EngineGenerator(DiffusionGenerator):
                 self._eager_sizes.add(size)
                 log.info("generator: size %d not prepared for %s, eager at that size", size, self.engine.name)
             return super().generate_batch(inputs)
-        inputs, mouths = self.bases(inputs)
+        inputs, mouths, details = self.bases(inputs)
         cond = self.condition(inputs)
         n, _, h, w = cond.shape
         dev = self.engine_device
@@ -101,7 +101,7 @@ class EngineGenerator(DiffusionGenerator):
         out = self.engine(cond, noise).to(dev)
         face, disp = out[:, :3], (out[:, 3:5] if out.shape[1] > 3 else None)
         # the detail post-process runs outside the folded graph
-        return self.outputs(face, inputs, dev, displacement=disp, mouths=mouths)
+        return self.outputs(face, inputs, dev, displacement=disp, mouths=mouths, details=details)
 
     def summary(self) -> dict[str, object]:
         """The backend choice, for /stats and bench output."""

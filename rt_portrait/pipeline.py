@@ -99,6 +99,9 @@ class AnimatorConfig:
     detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
     # match the warp's texture energy where the source is visible (DiffusionConfig.texture_gain); 1 = off
     texture_gain: float = TEXTURE_GAIN
+    # the most detail a learned generator is shown of the source; the rest is added back where
+    # visible (DiffusionConfig.source_detail); None: the weights' level, 0: off
+    source_detail: float | None = None
     # compose the generator's face as a correction of the full-resolution warp where the source
     # is visible, so detail finer than the working grid survives (compose.compose's ``warped``)
     frame_detail: bool = True
@@ -140,6 +143,7 @@ class AnimatorConfig:
             identity_weight=self.identity_weight,
             detail=self.detail,
             texture_gain=self.texture_gain,
+            source_detail=self.source_detail,
             weights=self.generator_weights,
             mouth=self.mouth,
             device=self.device,

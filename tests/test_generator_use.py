@@ -108,6 +108,7 @@ def test_animator_builds_the_configured_generator(small_source: np.ndarray, tiny
         identity_weight=0.5,
         detail=2.0,
         texture_gain=1.1,
+        source_detail=0.02,
         generator_weights=str(tiny_weights),
     )
     diff = Animator(small_source, cfg)
@@ -115,6 +116,7 @@ def test_animator_builds_the_configured_generator(small_source: np.ndarray, tiny
     assert (diff.generator.config.steps, diff.generator.config.motion_weight) == (2, 1.5)
     assert (diff.generator.config.identity_weight, diff.generator.config.detail) == (0.5, 2.0)
     assert diff.generator.config.texture_gain == 1.1
+    assert diff.generator.source_detail == 0.02
     assert diff.render_edits(Edits(yaw=10)).image.shape == small_source.shape
     # an explicit generator wins over the config
     spy = Spy()
@@ -128,7 +130,7 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
 
     parser = build_parser()
     flags = ["--generator", "warp", "--steps", "2", "--motion-weight", "1.5", "--identity-weight", "0.8"]
-    flags += ["--detail", "1.5", "--texture-gain", "1.1", "--still-sigma", "2"]
+    flags += ["--detail", "1.5", "--texture-gain", "1.1", "--still-sigma", "2", "--source-detail", "0.02"]
     commands = {
         "animate": ["animate", "--source", "a.png", "--driver", "d.mp4", "-o", "o.mp4"],
         "edit": ["edit", "--source", "a.png", "-o", "o.png"],
@@ -147,7 +149,12 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
         ), name
     cfg = _config(parser.parse_args([*commands["animate"], *flags, "--reference", "frontal"]))
     assert (cfg.generator, cfg.steps, cfg.motion_weight, cfg.identity_weight) == ("warp", 2, 1.5, 0.8)
-    assert (cfg.detail, cfg.texture_gain, cfg.still_sigma) == (1.5, 1.1, 2.0)
+    assert (cfg.detail, cfg.texture_gain, cfg.still_sigma, cfg.source_detail) == (1.5, 1.1, 2.0, 0.02)
+    # the weights' own level unless asked; 0 is off, not the default
+    assert _config(parser.parse_args(commands["animate"])).source_detail is None
+    assert _config(parser.parse_args([*commands["animate"], "--source-detail", "0"])).source_detail == 0
+    with pytest.raises(ValueError, match="--source-detail must be 0"):
+        _config(parser.parse_args([*commands["animate"], "--source-detail", "-0.1"]))
     assert _config(parser.parse_args([*commands["animate"], "--still-sigma", "0"])).still_sigma is None  # off
     with pytest.raises(ValueError, match="--detail must be 0 or more"):
         _config(parser.parse_args([*commands["animate"], "--detail", "-1"]))
@@ -160,7 +167,7 @@ def test_every_rendering_command_takes_the_generator_flags(tmp_path: Path) -> No
 
     server = config_from_args(parser.parse_args(["serve", *flags]))
     assert (server.generator, server.steps, server.motion_weight, server.detail) == ("warp", 2, 1.5, 1.5)
-    assert (server.texture_gain, server.still_sigma) == (1.1, 2.0)
+    assert (server.texture_gain, server.still_sigma, server.source_detail) == (1.1, 2.0, 0.02)
 
 
 def test_bench_reports_a_generator_stage() -> None:

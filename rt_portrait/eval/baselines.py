@@ -232,6 +232,7 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
         "identity_weight",
         "detail",
         "texture_gain",
+        "source_detail",
         "still_sigma",
         "frame_detail",
         "mouth",

@@ -90,6 +90,7 @@ class EvalConfig:
     identity_weight: float = 1.0
     detail: float = 0.0
     texture_gain: float = TEXTURE_GAIN
+    source_detail: float | None = None  # AnimatorConfig.source_detail, for the diffusion methods
     still_sigma: float | None = STILL_SIGMA  # AnimatorConfig.still_sigma, for the diffusion methods
     frame_detail: bool = True  # AnimatorConfig.frame_detail, for every method (flow3d too)
     generator_weights: str | None = None
@@ -107,6 +108,7 @@ class EvalConfig:
             "identity_weight": self.identity_weight,
             "detail": self.detail,
             "texture_gain": self.texture_gain,
+            "source_detail": self.source_detail,
             "still_sigma": self.still_sigma,
             "frame_detail": self.frame_detail,
             "generator_weights": self.generator_weights,

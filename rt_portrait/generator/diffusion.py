@@ -40,11 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from rt_portrait.core.cpu import auto_dtype
-from rt_portrait.core.fill import gaussian_blur, warp_batch
+from rt_portrait.core.fill import gaussian_blur, warp_batch, warp_working
 from rt_portrait.core.types import Region
 from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch, drop_groups
 from rt_portrait.generator.mouth import MOUTH_STYLES, MouthPaint
 from rt_portrait.generator.sampling import SAMPLERS, fused_model_fn, schedule, x0_to_velocity
+from rt_portrait.generator.source_detail import SOURCE_DETAIL, detail_sigma, split_detail
 from rt_portrait.generator.texture import TEXTURE_GAIN, match_warp_texture
 from rt_portrait.generator.types import GeneratorInput, GeneratorOutput
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig
@@ -180,6 +181,13 @@ class DiffusionConfig:
     # files from before session 13: the mean strips). The shipped file, trained on strips and
     # served teeth, scores the same on val and is sharper (README: "A sharper learned face").
     mouth: str | None = None
+    # A source whose face is more detailed than this (the standard deviation of its finest band
+    # on the working grid) is shown to the model brought down to it, and the rest of its detail
+    # is added back to the face where the frame shows the source: the model keeps to sources
+    # like its training clips', the face keeps the portrait's own detail. None: the level the
+    # weights record (metadata ``source_detail``), else that of the shipped weights' training
+    # clips (source_detail.SOURCE_DETAIL); 0 = off. See source_detail.
+    source_detail: float | None = None
 
 
 def load_weights(
@@ -308,7 +316,16 @@ class DiffusionGenerator:
         self.shell = self.meta.get("shell") or "generic"
         if self.shell not in ("fitted", "generic"):
             raise ValueError(f"{path}: unknown shell {self.shell!r}; expected 'fitted' or 'generic'")
+        self.source_detail = (
+            cfg.source_detail
+            if cfg.source_detail is not None
+            else float(self.meta.get("source_detail", SOURCE_DETAIL))
+        )
+        if not self.source_detail >= 0:
+            raise ValueError(f"source_detail must be 0 (off) or more, got {self.source_detail}")
         self._noise: dict[tuple[int, int], torch.Tensor] = {}
+        # per source: the sigma that splits its detail (measured once; a few sources at a time)
+        self._source_sigmas: dict[tuple[int, tuple[int, ...], float], float] = {}
 
     def _autocast(self) -> AbstractContextManager[object]:
         dt = auto_dtype(self.device) if self.config.dtype == "auto" else self.config.dtype
@@ -368,29 +385,69 @@ class DiffusionGenerator:
         return displacement_field(raw) if self.model.config.flow_channels else None
 
     def with_base(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorInput]:
-        """The inputs as the model reads them: the warp, or the filled warp (see ``BASES``)."""
+        """The inputs as the model reads them: the source at most as detailed as the training
+        clips' (``source_detail``), and its warp, or the filled warp (see ``BASES``)."""
         return self.bases(inputs)[0]
 
-    def bases(self, inputs: Sequence[GeneratorInput]) -> tuple[list[GeneratorInput], list[MouthPaint | None]]:
-        """:meth:`with_base`, and where each filled base has the mouth prior painted (for the
-        outputs, so that compose repaints it finer)."""
+    def bases(
+        self, inputs: Sequence[GeneratorInput]
+    ) -> tuple[list[GeneratorInput], list[MouthPaint | None], list[torch.Tensor | None]]:
+        """:meth:`with_base`, where each filled base has the mouth prior painted (for the
+        outputs, so that compose repaints it finer), and the source detail each one's split
+        off (:meth:`split_source`), for the outputs to add back."""
+        split = [self.split_source(x) for x in inputs]
+        inputs = [x for x, _ in split]
+        details = [d for _, d in split]
         if self._fill is None:
-            return list(inputs), [None] * len(inputs)
+            return inputs, [None] * len(inputs), details
         filled = [self._fill(x) for x in inputs]
-        return [replace(x, warped=f.face) for x, f in zip(inputs, filled, strict=True)], [
-            f.mouth for f in filled
-        ]
+        return (
+            [replace(x, warped=f.face) for x, f in zip(inputs, filled, strict=True)],
+            [f.mouth for f in filled],
+            details,
+        )
+
+    def source_sigma(self, inputs: GeneratorInput) -> float:
+        """The blur that brings this input's source down to ``source_detail``
+        (:func:`~.source_detail.detail_sigma`), measured once per source."""
+        source, labels = inputs.source, inputs.source_labels
+        if self.source_detail <= 0 or labels is None:
+            return 0.0
+        # the pointer alone could name a later source at a freed one's address
+        key = (source.data_ptr(), tuple(source.shape), float(source.sum()))
+        sigma = self._source_sigmas.get(key)
+        if sigma is None:
+            if len(self._source_sigmas) >= 16:  # a server's past uploads: keep the newest
+                self._source_sigmas.pop(next(iter(self._source_sigmas)))
+            sigma = self._source_sigmas[key] = detail_sigma(source, labels, self.source_detail)
+        return sigma
+
+    def split_source(self, inputs: GeneratorInput) -> tuple[GeneratorInput, torch.Tensor | None]:
+        """The input with its source's detail above ``source_detail`` taken out of the source
+        and of its warp, and that detail warped by the flow and weighted by the visibility
+        (3, R, R), to be added back to the face; None where there is nothing to split."""
+        sigma = self.source_sigma(inputs)
+        if sigma <= 0:
+            return inputs, None
+        base, detail = split_detail(inputs.source, sigma)
+        fields = inputs.fields
+        warped_detail = warp_working(detail, fields.flow)
+        visible = fields.visibility.reshape(1, *warped_detail.shape[-2:])
+        return (
+            replace(inputs, source=base, warped=inputs.warped - warped_detail),
+            warped_detail * visible,
+        )
 
     @torch.inference_mode()
     def generate_batch(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorOutput]:
         """One batched sampling for several inputs (e.g. several sessions' frames)."""
-        inputs, mouths = self.bases(inputs)
+        inputs, mouths, details = self.bases(inputs)
         hv = [self.config.history and x.history is not None for x in inputs]
         cond = build_condition_batch([x.to(self.device) for x in inputs], hv)
         res, disp = self.sample(cond)
         warped = torch.stack([x.warped.to(self.device).float() for x in inputs])
         face = displaced_face(warped, res, disp, self.residual_scale).clamp(0, 1)
-        return self.outputs(face, inputs, self.device, warped, disp, mouths)
+        return self.outputs(face, inputs, self.device, warped, disp, mouths, details)
 
     def outputs(
         self,
@@ -400,11 +457,14 @@ class DiffusionGenerator:
         warped: torch.Tensor | None = None,
         displacement: torch.Tensor | None = None,
         mouths: Sequence[MouthPaint | None] | None = None,
+        details: Sequence[torch.Tensor | None] | None = None,
     ) -> list[GeneratorOutput]:
         """The sampled faces (N, 3, R, R) (and displacements (N, 2, R, R) of a displacing
-        model) as outputs: the warp-detail and texture post-processes when they are on, then
-        each one's blend mask (shared by the eager and the engine paths). ``mouths``: where each base has the
-        mouth prior painted (:meth:`bases`); dropped for a displaced base, which moved it."""
+        model) as outputs: the warp-detail and texture post-processes when they are on, the
+        source detail split off each input added back, then each one's blend mask (shared by
+        the eager and the engine paths). ``mouths``: where each base has the mouth prior
+        painted (:meth:`bases`); dropped for a displaced base, which moved it. ``details``: the
+        source detail of :meth:`split_source` per input (None: none split off)."""
         cfg = self.config
         if cfg.detail > 0 or cfg.texture_gain > 1:
             if warped is None:
@@ -415,6 +475,11 @@ class DiffusionGenerator:
                 visibility = warp_batch(visibility, displacement)
             face = keep_warp_detail(face.float(), warped, visibility, cfg.detail)
             face = match_warp_texture(face.float(), warped, visibility, cfg.texture_gain)
+        if details is not None and any(d is not None for d in details):
+            add = torch.stack([torch.zeros_like(face[0]) if d is None else d.to(device) for d in details])
+            if displacement is not None:  # the detail of the base the face was built on
+                add = displace(add, displacement)
+            face = (face.float() + add).clamp(0, 1)
         labels = torch.stack([x.fields.labels.to(device) for x in inputs])
         alpha = face_alpha(labels, self.config.feather)
         if mouths is None or displacement is not None:

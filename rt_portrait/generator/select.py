@@ -44,6 +44,8 @@ class GeneratorSpec:
     detail: float = 0.0  # keep the warp's detail where visible (DiffusionConfig.detail); 0 = off
     # match the warp's texture energy where the source is visible (DiffusionConfig.texture_gain); 1 = off
     texture_gain: float = TEXTURE_GAIN
+    # the source detail the model is shown (DiffusionConfig.source_detail); None: the weights'
+    source_detail: float | None = None
     weights: str | Path | None = None  # None: the shipped weights (diffusion.DEFAULT_WEIGHTS)
     mouth: str = "teeth"  # the mouth style every base paints (generator.mouth.MOUTH_STYLES)
     device: str = "cpu"
@@ -116,6 +118,7 @@ def build_generator(spec: GeneratorSpec) -> Generator:
             identity_weight=spec.identity_weight,
             detail=spec.detail,
             texture_gain=spec.texture_gain,
+            source_detail=spec.source_detail,
             mouth=spec.mouth,
             device=spec.device,
         )
@@ -208,6 +211,16 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         f"frame); 1 = the model's output as trained (default: {TEXTURE_GAIN})",
     )
     g.add_argument(
+        "--source-detail",
+        type=float,
+        default=None,
+        metavar="LEVEL",
+        help="show the learned generator a source at most this detailed (the standard deviation of "
+        "its face's finest band on the working grid) and add the rest of its detail back where the "
+        "source is visible, so a photo sharper than the training clips keeps its own detail; "
+        "0 = off (default: the level of the weights' training clips, 0.011 for the shipped ones)",
+    )
+    g.add_argument(
         "--still-sigma",
         type=float,
         default=STILL_SIGMA,
@@ -266,6 +279,8 @@ def generator_options(args: Any) -> dict[str, Any]:
         raise ValueError(f"--still-sigma must be 0 (off) or more, got {args.still_sigma}")
     if not args.texture_gain >= 1:
         raise ValueError(f"--texture-gain must be 1 or more (1 = off), got {args.texture_gain}")
+    if args.source_detail is not None and not args.source_detail >= 0:
+        raise ValueError(f"--source-detail must be 0 (off) or more, got {args.source_detail}")
     return {
         "generator": args.generator,
         "steps": args.steps,
@@ -273,6 +288,7 @@ def generator_options(args: Any) -> dict[str, Any]:
         "identity_weight": args.identity_weight,
         "detail": args.detail,
         "texture_gain": args.texture_gain,
+        "source_detail": args.source_detail,
         "still_sigma": args.still_sigma or None,
         "frame_detail": args.frame_detail,
         "generator_weights": args.generator_weights,

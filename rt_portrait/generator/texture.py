@@ -15,7 +15,7 @@ TEXTURE_GAIN = 1.25
 TEXTURE_POOL = 4  # energies are averaged over 3x3 cells of a grid this much coarser: ~12 px
 
 
-def _fine_band(x: torch.Tensor) -> torch.Tensor:
+def fine_band(x: torch.Tensor) -> torch.Tensor:
     """The finest band of (B, C, R, R) images: each pixel minus the mean of its 4 neighbours
     (a quarter of the negative Laplacian the sharpness measure takes; slices, not a 3x3
     pooling, which costs 5x as much on the CPU)."""
@@ -52,8 +52,8 @@ def match_warp_texture(
         raise ValueError(f"texture gain must be 1 or more (1 = off), got {max_gain}")
     if max_gain == 1:
         return face
-    fine = _fine_band(face)
-    fine_warp = _fine_band(warped)
+    fine = fine_band(face)
+    fine_warp = fine_band(warped)
     energy = _neighbourhood_mean((fine * fine).mean(1, keepdim=True))
     energy_warp = _neighbourhood_mean((fine_warp * fine_warp).mean(1, keepdim=True))
     eps = 1e-5  # about a grey level of noise: flat skin on both sides keeps a gain near 1

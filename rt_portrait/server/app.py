@@ -106,6 +106,7 @@ class ServerConfig:
     identity_weight: float = 1.0
     detail: float = 0.0
     texture_gain: float = TEXTURE_GAIN
+    source_detail: float | None = None  # AnimatorConfig.source_detail
     still_sigma: float | None = STILL_SIGMA  # AnimatorConfig.still_sigma
     frame_detail: bool = True
     generator_weights: str | None = None
@@ -206,6 +207,7 @@ class ServerState:
             identity_weight=c.identity_weight,
             detail=c.detail,
             texture_gain=c.texture_gain,
+            source_detail=c.source_detail,
             still_sigma=c.still_sigma,
             frame_detail=c.frame_detail,
             generator_weights=c.generator_weights,

@@ -108,9 +108,15 @@ def test_graph_matches_the_diffusion_generator(random_weights, real_inputs) -> N
     steps and with fusion weights."""
     for steps, mw in ((1, 1.0), (2, 1.0), (1, 1.5)):
         gen = DiffusionGenerator(
-            # the texture match runs after the graph (test_engine_generator_matches_...): off here
+            # the texture match and the source detail split run around the graph
+            # (test_engine_generator_matches_...): off here
             DiffusionConfig(
-                weights=random_weights, steps=steps, motion_weight=mw, dtype="float32", texture_gain=1
+                weights=random_weights,
+                steps=steps,
+                motion_weight=mw,
+                dtype="float32",
+                texture_gain=1,
+                source_detail=0,
             )
         )
         want = torch.stack([o.face for o in gen.generate_batch(real_inputs)])
@@ -131,7 +137,9 @@ def test_graph_follows_every_prediction_type(prediction, real_inputs, tmp_path) 
     torch.nn.init.normal_(unet.out.weight, std=0.05)
     path = tmp_path / f"{prediction}.safetensors"
     save_weights(unet, path, residual_scale=2.0, prediction=prediction)
-    gen = DiffusionGenerator(DiffusionConfig(weights=path, steps=2, dtype="float32", texture_gain=1))
+    gen = DiffusionGenerator(
+        DiffusionConfig(weights=path, steps=2, dtype="float32", texture_gain=1, source_detail=0)
+    )
     want = torch.stack([o.face for o in gen.generate_batch(real_inputs)])
     loaded = load_graph(path, GraphSpec(steps=2))
     assert loaded.graph.prediction == prediction
@@ -232,6 +240,9 @@ def test_engine_generator_matches_the_diffusion_generator(random_weights, real_i
 
     gen = DiffusionGenerator(DiffusionConfig(weights=random_weights, dtype="float32"))
     want = gen.generate_batch(real_inputs)
+    # the sharp registry photo is split (DiffusionConfig.source_detail's default): around the
+    # engine's graph as around the eager sampler
+    assert gen.source_sigma(real_inputs[0]) > 0
     for backend in ("eager", "onnxruntime"):
         eg = with_backend(gen, 128, EngineConfig(backend=backend, cache_dir=tmp_path, threads=1))
         assert isinstance(eg, EngineGenerator) and eg.engine.name == backend
@@ -602,8 +613,13 @@ def test_a_displacing_model_runs_the_same_on_every_cpu_path(
 
     for steps, mw in ((1, 1.0), (2, 1.0), (1, 1.5)):
         gen = DiffusionGenerator(
-            DiffusionConfig(
-                weights=displacing_weights, steps=steps, motion_weight=mw, dtype="float32", texture_gain=1
+            DiffusionConfig(  # the post-processes around the graph: off
+                weights=displacing_weights,
+                steps=steps,
+                motion_weight=mw,
+                dtype="float32",
+                texture_gain=1,
+                source_detail=0,
             )
         )
         want = gen.generate_batch(real_inputs)

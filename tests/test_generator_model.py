@@ -400,7 +400,7 @@ def test_a_sharp_source_is_shown_to_the_model_at_the_level_and_its_detail_added_
     assert torch.allclose(out.face[right], shown.warped[right], atol=1e-5)
     assert not torch.allclose(out.face[right], inp.warped[right], atol=1e-2)
     # measured once per source; off (0) and the weights' own level
-    assert len(gen._source_sigmas) == 1
+    assert len(gen._source_splits) == 1
     off = DiffusionGenerator(DiffusionConfig(weights=path, dtype="float32", source_detail=0.0))
     assert off.with_base([inp])[0].source is inp.source
     own = tmp_path / "own_level.safetensors"

@@ -270,6 +270,10 @@ def keep_warp_detail(
     return (warped + residual).clamp(0, 1)
 
 
+# a source's (base, detail) split (source_detail.split_detail), or None: not split
+SourceSplit = tuple[torch.Tensor, torch.Tensor] | None
+
+
 class DiffusionGenerator:
     """Conditioning -> sampler -> face (the warp plus the predicted residual) and alpha."""
 
@@ -324,8 +328,9 @@ class DiffusionGenerator:
         if not self.source_detail >= 0:
             raise ValueError(f"source_detail must be 0 (off) or more, got {self.source_detail}")
         self._noise: dict[tuple[int, int], torch.Tensor] = {}
-        # per source: the sigma that splits its detail (measured once; a few sources at a time)
-        self._source_sigmas: dict[tuple[int, tuple[int, ...], float], float] = {}
+        # per source: the sigma that splits its detail, and the split (base, detail) when there
+        # is one; computed once (a blur per frame cost 3 ms), for a few sources at a time
+        self._source_splits: dict[tuple[int, tuple[int, ...], float], tuple[float, SourceSplit]] = {}
 
     def _autocast(self) -> AbstractContextManager[object]:
         dt = auto_dtype(self.device) if self.config.dtype == "auto" else self.config.dtype
@@ -407,29 +412,33 @@ class DiffusionGenerator:
             details,
         )
 
+    def _source_split(self, inputs: GeneratorInput) -> tuple[float, SourceSplit]:
+        source, labels = inputs.source, inputs.source_labels
+        if self.source_detail <= 0 or labels is None:
+            return 0.0, None
+        # the pointer alone could name a later source at a freed one's address
+        key = (source.data_ptr(), tuple(source.shape), float(source.sum()))
+        entry = self._source_splits.get(key)
+        if entry is None:
+            if len(self._source_splits) >= 8:  # a server's past uploads: keep the newest
+                self._source_splits.pop(next(iter(self._source_splits)))
+            sigma = detail_sigma(source, labels, self.source_detail)
+            entry = self._source_splits[key] = (sigma, split_detail(source, sigma) if sigma > 0 else None)
+        return entry
+
     def source_sigma(self, inputs: GeneratorInput) -> float:
         """The blur that brings this input's source down to ``source_detail``
         (:func:`~.source_detail.detail_sigma`), measured once per source."""
-        source, labels = inputs.source, inputs.source_labels
-        if self.source_detail <= 0 or labels is None:
-            return 0.0
-        # the pointer alone could name a later source at a freed one's address
-        key = (source.data_ptr(), tuple(source.shape), float(source.sum()))
-        sigma = self._source_sigmas.get(key)
-        if sigma is None:
-            if len(self._source_sigmas) >= 16:  # a server's past uploads: keep the newest
-                self._source_sigmas.pop(next(iter(self._source_sigmas)))
-            sigma = self._source_sigmas[key] = detail_sigma(source, labels, self.source_detail)
-        return sigma
+        return self._source_split(inputs)[0]
 
     def split_source(self, inputs: GeneratorInput) -> tuple[GeneratorInput, torch.Tensor | None]:
         """The input with its source's detail above ``source_detail`` taken out of the source
         and of its warp, and that detail warped by the flow and weighted by the visibility
         (3, R, R), to be added back to the face; None where there is nothing to split."""
-        sigma = self.source_sigma(inputs)
-        if sigma <= 0:
+        split = self._source_split(inputs)[1]
+        if split is None:
             return inputs, None
-        base, detail = split_detail(inputs.source, sigma)
+        base, detail = split
         fields = inputs.fields
         warped_detail = warp_working(detail, fields.flow)
         visible = fields.visibility.reshape(1, *warped_detail.shape[-2:])

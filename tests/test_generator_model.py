@@ -662,6 +662,24 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
     assert meta["skin_follow"] == "0.0"  # ... and a rigid head shell
     assert meta["mouth"] == "strips"  # ... and the mouth painting before session 13
     assert meta["shell"] == "generic"  # ... and the generic skull before session 16
+    assert "source_detail" not in meta  # ... and no source detail level before session 19
+    # a cache that records its sources' detail: the weights carry the median, which serves them
+    from rt_portrait.training.cache import cache_source_detail
+
+    clips = sorted(p for p in (synthetic_cache / "cache").iterdir() if p.is_dir())
+    for i, clip in enumerate(clips):
+        np.save(clip / "source_detail.npy", np.array([0.01 + 0.01 * i, 0.02 + 0.01 * i], np.float32))
+    try:
+        want = float(np.median([0.01 + 0.01 * i + d for i in range(len(clips)) for d in (0, 0.01)]))
+        assert cache_source_detail(synthetic_cache / "cache") == pytest.approx(want)
+        main(["train", *common, "--steps", "5", "--resume"])
+        meta = load_weights(out / "weights.safetensors")[1]
+        assert float(meta["source_detail"]) == pytest.approx(want, abs=1e-5)
+        served = DiffusionGenerator(DiffusionConfig(weights=out / "weights.safetensors"))
+        assert served.source_detail == pytest.approx(want, abs=1e-5)
+    finally:  # the module's other tests share the cache
+        for clip in clips:
+            (clip / "source_detail.npy").unlink()
 
 
 def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) -> None:

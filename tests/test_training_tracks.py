@@ -131,6 +131,8 @@ def test_near_pairs_are_the_still_source_and_its_closest_frames(
     frames = read_frames_cv2(clip, tracks.indices, tracks.frame_count)
     arrays = render_clip(frames, tracks.track, tracks.pool, tracks.image_size, near, np.random.default_rng(0))
     assert arrays is not None and len(arrays["warped"]) == 3
+    # per source, its face's detail level, as the runtime measures it (a real video frame)
+    assert arrays["source_detail"].shape == (1,) and 0.001 < float(arrays["source_detail"][0]) < 0.1
     source, target, dist = arrays["meta"].T
     assert target[0] == source[0] and dist[0] < 1e-6
     assert np.array_equal(arrays["warped"][0], arrays["target"][0])  # nothing moved, nothing to fix

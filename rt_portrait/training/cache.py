@@ -13,7 +13,8 @@ states (the runtime warps its previous output the same way).
 
 Storage, per clip, one ``.npz``-like folder of ``.npy`` arrays (memory-mapped at training):
 uint8 images (warped, target, history, source per pair), uint8 visibility (x255) and labels,
-float16 encoding, depth and normal.
+float16 encoding, depth and normal; per source, its face's detail level (``source_detail``,
+:mod:`rt_portrait.generator.source_detail`), whose median the trained weights record.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ def render_clip(
     from rt_portrait.compose import crop_window, to_tensor
     from rt_portrait.flow.scene import SceneConfig
     from rt_portrait.generator.diffusion import BASES, base_fill, fill_warp
+    from rt_portrait.generator.source_detail import face_detail, face_mask
     from rt_portrait.head import fit_head
     from rt_portrait.pipeline import Animator, AnimatorConfig
 
@@ -189,6 +191,7 @@ def render_clip(
     srcs += list(rng.choice(others, size=min(cfg.sources - 1, len(others)), replace=False))
     out: dict[str, list[np.ndarray]] = {k: [] for k in ARRAYS}
     out["source_index"] = []
+    out["source_detail"] = []  # per source: its face's detail level (generator.source_detail)
     out["meta"] = []
     for si, s in enumerate(srcs):
         s = int(s)
@@ -204,6 +207,10 @@ def render_clip(
         )
         scene = animator.scene(cfg.size)
         out["source"].append(_u8(scene.source_working))
+        labels = scene.source_labels.reshape(cfg.size, cfg.size)
+        out["source_detail"].append(
+            np.array(face_detail(scene.source_working, face_mask(labels)), np.float32)
+        )
         cands = [i for i in found if abs(i - s) > gap]
         d = np.array([_pose_expr_distance(states[i], states[s]) for i in cands])
         p = (d + 1e-3) ** 1.5
@@ -290,6 +297,14 @@ def cache_shell(root: Path) -> str:
     teeth cache of sessions 15-16 was rendered on the fitted skull before it did, and its
     config.json was given the key by hand)."""
     return str(_cache_config(root).get("shell", "generic"))
+
+
+def cache_source_detail(root: Path) -> float | None:
+    """The median detail level of the cache's sources (the level a model trained on it is
+    shown, ``DiffusionConfig.source_detail``), or None for a cache from before session 19,
+    which does not record it."""
+    levels = [np.load(f) for f in sorted(root.glob("**/source_detail.npy"))]
+    return float(np.median(np.concatenate(levels))) if levels else None
 
 
 def _save_clip(dest: Path, arrays: dict[str, np.ndarray]) -> None:

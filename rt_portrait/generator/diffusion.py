@@ -31,6 +31,7 @@ every frame, which also keeps the output temporally stable).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -331,6 +332,7 @@ class DiffusionGenerator:
         # per source: the sigma that splits its detail, and the split (base, detail) when there
         # is one; computed once (a blur per frame cost 3 ms), for a few sources at a time
         self._source_splits: dict[tuple[int, tuple[int, ...], float], tuple[float, SourceSplit]] = {}
+        self._source_lock = threading.Lock()  # a server's sessions call from several threads
 
     def _autocast(self) -> AbstractContextManager[object]:
         dt = auto_dtype(self.device) if self.config.dtype == "auto" else self.config.dtype
@@ -418,12 +420,14 @@ class DiffusionGenerator:
             return 0.0, None
         # the pointer alone could name a later source at a freed one's address
         key = (source.data_ptr(), tuple(source.shape), float(source.sum()))
-        entry = self._source_splits.get(key)
-        if entry is None:
-            if len(self._source_splits) >= 8:  # a server's past uploads: keep the newest
-                self._source_splits.pop(next(iter(self._source_splits)))
-            sigma = detail_sigma(source, labels, self.source_detail)
-            entry = self._source_splits[key] = (sigma, split_detail(source, sigma) if sigma > 0 else None)
+        with self._source_lock:
+            entry = self._source_splits.get(key)
+            if entry is None:
+                if len(self._source_splits) >= 8:  # a server's past uploads: keep the newest
+                    self._source_splits.pop(next(iter(self._source_splits)))
+                sigma = detail_sigma(source, labels, self.source_detail)
+                entry = (sigma, split_detail(source, sigma) if sigma > 0 else None)
+                self._source_splits[key] = entry
         return entry
 
     def source_sigma(self, inputs: GeneratorInput) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rt_portrait.core.signals import raise_on_sigterm
 from rt_portrait.generator.select import add_generator_arguments, generator_options
-from rt_portrait.head.types import Edits, Strengths
+from rt_portrait.head.types import REFERENCES, Edits, Strengths
 
 EDIT_HELP = {
     "yaw": "degrees, + turns the face to its own left",
@@ -52,9 +52,11 @@ def _add_motion_args(p: argparse.ArgumentParser) -> None:
         )
     g.add_argument(
         "--reference",
-        choices=["first", "frontal"],
+        choices=list(REFERENCES),
         default="first",
-        help="relative mode's neutral driver frame: the first, or the most frontal of the first second",
+        help="relative mode's neutral driver frame: the first (default; cam: median), the most frontal "
+        "of the first second, or the median face of the first two seconds (outvotes a hand, a blink or "
+        "a word in the first frames)",
     )
     p.add_argument("--size", type=int, default=256, help="working resolution of the flow (default 256)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
@@ -288,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hotkeys", action="store_true", help="do not read keys from the terminal")
     _add_motion_args(p)
     _add_edit_args(p)
-    p.set_defaults(func=cmd_cam)
+    # a live camera starts wherever the user happens to be: the median face, not the first frame
+    p.set_defaults(func=cmd_cam, reference="median")
 
     p = sub.add_parser("bench", help="median milliseconds per stage on a real face video")
     p.add_argument("--size", type=int, default=256, help="working resolution (default 256)")

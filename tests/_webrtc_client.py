@@ -83,6 +83,37 @@ def read_stamp(image: np.ndarray, rows: int) -> int:
     return value
 
 
+def mouth_openings(images: list[np.ndarray]) -> list[float | None]:
+    """Inner-lip gap over face height (landmarks 13/14 over 10/152); None without a face."""
+    import mediapipe as mp
+
+    out: list[float | None] = []
+    with mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=True, refine_landmarks=True, max_num_faces=1
+    ) as mesh:
+        for image in images:
+            res = mesh.process(np.ascontiguousarray(image))
+            if not res.multi_face_landmarks:
+                out.append(None)
+                continue
+            lm = res.multi_face_landmarks[0].landmark
+            gap = np.hypot(lm[13].x - lm[14].x, lm[13].y - lm[14].y)
+            height = np.hypot(lm[10].x - lm[152].x, lm[10].y - lm[152].y)
+            out.append(float(gap / max(height, 1e-6)))
+    return out
+
+
+def open_vs_shut_auc(driver: np.ndarray, avatar: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """How often an avatar frame whose driver mouth is among the most open third shows a wider
+    mouth than one among the most shut third (the area under the ROC curve; 0.5 = unrelated),
+    and the two group sizes. A rank statistic: the avatar's response to a talking mouth is a
+    step, not a line."""
+    shut_below, open_above = np.quantile(driver, [1 / 3, 2 / 3])
+    shut, opened = avatar[driver <= shut_below], avatar[driver >= open_above]
+    auc = float(np.mean(opened[:, None] > shut[None, :]) + 0.5 * np.mean(opened[:, None] == shut[None, :]))
+    return auc, (len(shut), len(opened))
+
+
 class FaceVideoTrack(MediaStreamTrack):
     """Plays real face frames at ``fps`` (looping), optionally stamped with the frame index,
     and records when each frame left. Ends after ``max_frames``."""

@@ -29,7 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _webrtc_client import ServerProcess, face_frames, read_stamp, stamp
+from _webrtc_client import ServerProcess, face_frames, mouth_openings, open_vs_shut_auc, read_stamp, stamp
 
 from rt_portrait.core.assets import default_portrait
 
@@ -69,26 +69,6 @@ def write_y4m(frames: list[np.ndarray], path: Path, fps: int) -> None:
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-
-
-def mouth_openings(images: list[np.ndarray]) -> list[float | None]:
-    """Inner-lip gap over face height (landmarks 13/14 over 10/152); None without a face."""
-    import mediapipe as mp
-
-    out: list[float | None] = []
-    with mp.solutions.face_mesh.FaceMesh(
-        static_image_mode=True, refine_landmarks=True, max_num_faces=1
-    ) as mesh:
-        for image in images:
-            res = mesh.process(np.ascontiguousarray(image))
-            if not res.multi_face_landmarks:
-                out.append(None)
-                continue
-            lm = res.multi_face_landmarks[0].landmark
-            gap = np.hypot(lm[13].x - lm[14].x, lm[13].y - lm[14].y)
-            height = np.hypot(lm[10].x - lm[152].x, lm[10].y - lm[152].y)
-            out.append(float(gap / max(height, 1e-6)))
-    return out
 
 
 def gray_corr(a: np.ndarray, b: np.ndarray, side: int = 64) -> float:
@@ -298,9 +278,7 @@ def test_motion_follows_the_driver(browser_run: BrowserRun, record_property: Any
     assert len(xs) >= 24, f"only {len(xs)} aligned avatar/driver pairs with faces"
     x, y = np.asarray(xs), np.asarray(ys)
     assert np.std(x) > 0.01, "the driver clip does not move its mouth enough to test"
-    shut_below, open_above = np.quantile(x, [1 / 3, 2 / 3])
-    shut, opened = y[x <= shut_below], y[x >= open_above]
-    auc = float(np.mean(opened[:, None] > shut[None, :]) + 0.5 * np.mean(opened[:, None] == shut[None, :]))
+    auc, (n_shut, n_open) = open_vs_shut_auc(x, y)
     r = float(np.corrcoef(x, y)[0, 1]) if np.std(y) > 0 else 0.0
     print(
         f"\nmouth opening, avatar vs driver: AUC {auc:.2f} (open third vs shut third), Pearson r {r:.2f}, {len(x)} frames"
@@ -309,7 +287,7 @@ def test_motion_follows_the_driver(browser_run: BrowserRun, record_property: Any
     record_property("mouth_open_r", round(r, 3))
     # chance gives 0.5 +- sqrt((a + b + 1) / (12 a b)): 0.8 is 2.9 sd above it for the usual
     # groups of 16, and still 2 sd for the smallest allowed (8)
-    assert min(len(shut), len(opened)) >= 8, (len(shut), len(opened))
+    assert min(n_shut, n_open) >= 8, (n_shut, n_open)
     assert auc >= 0.8, (
         f"avatar mouth opening does not follow the driver: AUC {auc:.2f} (r = {r:.2f}) over {len(x)} frames"
     )

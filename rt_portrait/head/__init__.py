@@ -3,7 +3,7 @@
 from .edits import RANGES as EDIT_RANGES
 from .edits import apply_edits, validate_edits
 from .fit import fit_head, fit_similarity, head_euler, invert_pose
-from .retarget import Retargeter
+from .retarget import REFERENCES, Retargeter, median_reference
 from .rotation import euler_from_rotation, rotation_from_euler, slerp_to_identity
 from .shell import HeadShell, background_anchors, build_shell, shell_geometry
 from .smoothing import HeadStateSmoother
@@ -12,6 +12,7 @@ from .types import Edits, HeadState, Pose, RetargetConfig, Strengths
 
 __all__ = [
     "EDIT_RANGES",
+    "REFERENCES",
     "Edits",
     "HeadShell",
     "HeadState",
@@ -30,6 +31,7 @@ __all__ = [
     "head_euler",
     "invert_pose",
     "load_template",
+    "median_reference",
     "rotation_from_euler",
     "shell_geometry",
     "slerp_to_identity",

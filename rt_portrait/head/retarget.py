@@ -12,9 +12,11 @@ driver frame unless ``set_reference`` chose one) is applied to the source:
   scale_ref) ** s``);
 * expression: ``source expression + gain * (driver canonical - reference canonical)``.
 
-The reference is the first driver frame (``config.reference = "first"``) or the most frontal
+The reference is the first driver frame (``config.reference = "first"``), the most frontal
 frame of the first ``reference_window_s`` seconds (``"frontal"``: until the window closes the
-reference moves to each more frontal frame). The relative placement is bounded
+reference moves to each more frontal frame) or the driver's typical face over that window
+(``"median"``, see ``median_reference``: until the window closes it is recomputed with each
+frame). The relative placement is bounded
 (``max_shift``, ``max_zoom``, ``frame_margin``) so that a driver whose first frame is not
 neutral, or who walks toward the camera, keeps the avatar in the frame.
 
@@ -32,16 +34,45 @@ mouth weight)`` with the mouth weight 1 on the lips, the jaw weights below them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from rt_portrait.core.types import Region
 
 from .rotation import slerp_to_identity
 from .template import Template, load_template
-from .types import HeadState, Pose, RetargetConfig, Strengths
+from .types import REFERENCES, RETARGET_MODES, HeadState, Pose, RetargetConfig, Strengths
 
-MODES = ("relative", "absolute")
-REFERENCES = ("first", "frontal")
+MODES = RETARGET_MODES
+REFERENCE_WINDOW_S = {"first": 0.0, "frontal": 1.0, "median": 2.0}  # reference_window_s=None
+MAX_WINDOW_FRAMES = 256  # bounds the median's window (2 s of a 120 fps camera)
+
+
+def median_reference(window: Sequence[HeadState]) -> HeadState:
+    """The typical head state of ``window``: the per-vertex median canonical shape, the
+    medoid rotation (least summed angle to the others) and the median placement.
+
+    A median outvotes anything that lasts under half the window: a hand over the mouth, a
+    blink, a word or a glance away in the first frames no longer becomes the neutral that
+    every later frame is measured from (with a shut-mouth hand as the reference, an opening
+    mouth moved the avatar's lips apart by less than the tracker's noise).
+    """
+    if not window:
+        raise ValueError("median_reference needs at least one head state")
+    shape = np.median(np.stack([s.canonical() for s in window]), axis=0)
+    rotations = np.stack([s.pose.rotation.reshape(9) for s in window])
+    # tr(Ri^T Rj) is the sum of their elementwise products; the angle is arccos((tr - 1) / 2)
+    angles = np.arccos(np.clip((rotations @ rotations.T - 1.0) / 2.0, -1.0, 1.0))
+    medoid = window[int(np.argmin(angles.sum(axis=1)))]
+    pose = Pose(
+        rotation=medoid.pose.rotation.copy(),
+        translation=np.median(np.stack([s.pose.translation for s in window]), axis=0),
+        scale=float(np.median([s.pose.scale for s in window])),
+    )
+    return HeadState(
+        pose=pose, identity=medoid.identity, expression=shape - medoid.identity, image_size=medoid.image_size
+    )
 
 
 def off_axis_deg(rotation: np.ndarray) -> float:
@@ -68,6 +99,7 @@ class Retargeter:
         self._reference: HeadState | None = None
         self._reference_t0: float | None = None  # time of the first driver frame seen
         self._frames = 0  # frames seen since the reference was reset (time without ``t``)
+        self._window: list[HeadState] = []  # the "median" reference's frames so far
         tpl = self.template
         self._eye_mask = tpl.regions == int(Region.EYES)
         mouth = np.asarray(tpl.groups["jaw_weights"], dtype=np.float64).copy()
@@ -82,10 +114,11 @@ class Retargeter:
 
     def set_reference(self, driver: HeadState | None) -> None:
         """Use ``driver`` as the neutral reference; None: the reference is chosen again from the
-        next driver frames (the first one, or the most frontal of the first second)."""
+        next driver frames (see ``RetargetConfig.reference``)."""
         self._reference = driver
         self._reference_t0 = None if driver is None else float("-inf")  # a given one is final
         self._frames = 0
+        self._window = []
 
     def _update_reference(self, driver: HeadState, t: float | None) -> None:
         cfg = self.config
@@ -95,13 +128,19 @@ class Retargeter:
         self._frames += 1
         if self._reference is None:
             self._reference, self._reference_t0 = driver, now
+            self._window = [driver]
             return
-        if cfg.reference != "frontal" or self._reference_t0 is None:
+        window_s = cfg.reference_window_s
+        if window_s is None:
+            window_s = REFERENCE_WINDOW_S[cfg.reference]
+        if self._reference_t0 is None or now - self._reference_t0 > window_s:
             return
-        if now - self._reference_t0 <= cfg.reference_window_s and off_axis_deg(
-            driver.pose.rotation
-        ) < off_axis_deg(self._reference.pose.rotation):
-            self._reference = driver
+        if cfg.reference == "frontal":
+            if off_axis_deg(driver.pose.rotation) < off_axis_deg(self._reference.pose.rotation):
+                self._reference = driver
+        elif cfg.reference == "median" and len(self._window) < MAX_WINDOW_FRAMES:
+            self._window.append(driver)
+            self._reference = median_reference(self._window)
 
     def _bounded_placement(
         self, ref: HeadState, driver: HeadState, s_pose: float

@@ -80,15 +80,24 @@ class Strengths:
     mouth: float = 1.0
 
 
+RETARGET_MODES = ("relative", "absolute")
+REFERENCES = ("first", "frontal", "median")
+
+
 @dataclass
 class RetargetConfig:
     mode: str = "relative"  # "relative" (to the driver reference frame) or "absolute"
     strengths: Strengths = field(default_factory=Strengths)
     # Relative mode: which driver frame is the neutral reference. "first": the first frame;
     # "frontal": the most frontal frame of the first ``reference_window_s`` seconds (a driver
-    # that starts looking down or away then does not tilt the avatar for the whole stream).
+    # that starts looking down or away then does not tilt the avatar for the whole stream);
+    # "median": the driver's typical face over that window (per-vertex median shape, medoid
+    # rotation, median placement), so a first frame with a hand over the mouth, a blink or a
+    # word does not become everyone's neutral. A live stream starts wherever the connection
+    # does, so the server and ``cam`` use "median".
     reference: str = "first"
-    reference_window_s: float = 1.0
+    # None: 1 s for "frontal", 2 s for "median" (a transient must be under half of it)
+    reference_window_s: float | None = None
     # Bounds on the relative placement (so a driver moving toward the camera or across the
     # frame keeps the avatar in frame): the translation change is at most ``max_shift`` head
     # radii (pose.scale), the scale change within [1 / max_zoom, max_zoom], and the head centre
@@ -96,3 +105,11 @@ class RetargetConfig:
     max_shift: float | None = 1.0
     max_zoom: float | None = 1.25
     frame_margin: float | None = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in RETARGET_MODES:
+            raise ValueError(f"retarget mode must be one of {RETARGET_MODES}, got {self.mode!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"retarget reference must be one of {REFERENCES}, got {self.reference!r}")
+        if self.reference_window_s is not None and not self.reference_window_s >= 0:
+            raise ValueError(f"reference_window_s must be >= 0 seconds, got {self.reference_window_s}")

@@ -59,6 +59,7 @@ from rt_portrait.generator.select import (
     generator_options,
 )
 from rt_portrait.generator.texture import TEXTURE_GAIN
+from rt_portrait.head.types import REFERENCES, RetargetConfig
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.server.memory import ALLOCATORS, Allocator, loaded_allocator, tune_malloc, use_allocator
 from rt_portrait.server.session import (
@@ -113,6 +114,9 @@ class ServerConfig:
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth)
     shell: str = "auto"  # the head shell (AnimatorConfig.shell)
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines), resolved once
+    # the driver's neutral (RetargetConfig.reference): a stream starts wherever the caller is
+    # when it connects, so the median face of its first two seconds, not its first frame
+    reference: str = "median"
 
 
 class BadInput(web.HTTPException):
@@ -200,6 +204,7 @@ class ServerState:
         c = self.config
         return AnimatorConfig(
             size=c.size,
+            retarget=RetargetConfig(reference=c.reference),
             max_output_side=c.output_size or c.size,
             generator=c.generator,
             steps=c.steps,
@@ -1001,6 +1006,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--echo", action="store_true", help="send the driver back unprocessed (transport baseline)"
     )
     parser.add_argument(
+        "--reference",
+        choices=list(REFERENCES),
+        default=d.reference,
+        help="the driver's neutral: the median face of a stream's first two seconds (default), its first "
+        "frame, or its most frontal frame of the first second; the page's 'recalibrate' restarts it",
+    )
+    parser.add_argument(
         "--probe-rows",
         type=int,
         default=0,
@@ -1024,6 +1036,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ice_loopback_only=args.ice_loopback_only,
         echo=args.echo,
         probe_rows=args.probe_rows,
+        reference=args.reference,
         token=args.token or None,
         max_sessions_per_minute=args.max_sessions_per_minute,
         allocator=args.allocator,

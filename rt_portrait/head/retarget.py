@@ -42,9 +42,8 @@ from rt_portrait.core.types import Region
 
 from .rotation import slerp_to_identity
 from .template import Template, load_template
-from .types import REFERENCES, RETARGET_MODES, HeadState, Pose, RetargetConfig, Strengths
+from .types import HeadState, Pose, RetargetConfig, Strengths
 
-MODES = RETARGET_MODES
 REFERENCE_WINDOW_S = {"first": 0.0, "frontal": 1.0, "median": 2.0}  # reference_window_s=None
 MAX_WINDOW_FRAMES = 256  # bounds the median's window (2 s of a 120 fps camera)
 
@@ -122,8 +121,6 @@ class Retargeter:
 
     def _update_reference(self, driver: HeadState, t: float | None) -> None:
         cfg = self.config
-        if cfg.reference not in REFERENCES:
-            raise ValueError(f"retarget reference must be one of {REFERENCES}, got {cfg.reference!r}")
         now = self._frames / 30.0 if t is None else float(t)
         self._frames += 1
         if self._reference is None:
@@ -180,9 +177,8 @@ class Retargeter:
     def __call__(self, driver: HeadState, t: float | None = None) -> HeadState:
         """The target head state for one driver frame; ``t`` (seconds) times the choice of a
         frontal reference (without it frames count at 30 fps)."""
+        self.config.validate()  # the mode and reference may have been changed live
         mode = self.config.mode
-        if mode not in MODES:
-            raise ValueError(f"retarget mode must be one of {MODES}, got {mode!r}")
         st = self.config.strengths
         self._update_reference(driver, t)
         assert self._reference is not None

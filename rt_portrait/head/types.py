@@ -107,6 +107,10 @@ class RetargetConfig:
     frame_margin: float | None = 0.5
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming a bad setting (the fields may also change live)."""
         if self.mode not in RETARGET_MODES:
             raise ValueError(f"retarget mode must be one of {RETARGET_MODES}, got {self.mode!r}")
         if self.reference not in REFERENCES:

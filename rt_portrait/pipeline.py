@@ -42,7 +42,7 @@ from rt_portrait.compose import (
 from rt_portrait.core.fill import gaussian_blur
 from rt_portrait.core.image import ImageLimits, fit_long_side
 from rt_portrait.flow import compute_flow, source_background_visibility, source_visibility
-from rt_portrait.flow.elastic import elastic_background
+from rt_portrait.flow.elastic import background_seen, elastic_background
 from rt_portrait.flow.scene import SceneBuilder, SceneConfig
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
@@ -57,7 +57,7 @@ from rt_portrait.generator.select import (
 from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.head import HeadStateSmoother, Retargeter, apply_edits, build_shell, fit_head, load_template
 from rt_portrait.head.fit import head_euler
-from rt_portrait.head.shell import SHELL_MODES, ShellFit, fit_shell
+from rt_portrait.head.shell import SHELL_MODES, Fringe, ShellFit, fit_fringe, fit_shell
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
 from rt_portrait.tracking import (
     FaceTracker,
@@ -121,6 +121,17 @@ class AnimatorConfig:
     # turn carries ears and hair with it), "generic" (the template's skull), or "auto": fitted
     # for the warp fill, for a learned generator the one it was trained on (its ``shell``)
     shell: str = "auto"
+    # with the fitted shell, the person's head beyond the skull (a hat's brim, big hair; the
+    # source's person segmentation above the chin) is attached to the head and turns with it
+    # (head.shell.fit_fringe); False: the skull alone, before session 21. None: on for the warp
+    # fill, for a learned generator as its weights were trained (off for files without the key)
+    fringe: bool | None = None
+    # background pixels that sample the source's head (where the elastic background stretches
+    # a moving head's flow over the wall) are unseen, so the generator fills them instead of
+    # leaving the old head's cheek and hair on the wall (flow.elastic.background_seen). None:
+    # like ``fringe`` (the shipped weights were trained without it: on, their val face SSIM
+    # fell 0.0004 and full-frame SSIM 0.0014)
+    background_seen: bool | None = None
     # a source that looks at least this far aside (yaw, degrees) offers the warp fill each face
     # pixel's mirror partner, for the half of the face it shows badly (WarpFillGenerator's
     # mirror_face); None: never. A near-frontal source shows both halves: there the mirror
@@ -311,9 +322,13 @@ class Animator:
         # an explicit generator wins over the config's choice
         self.generator: Generator = generator or build_generator(self.config.generator_spec())
         self.shell_fit: ShellFit | None = None
+        fringe: Fringe | None = None
         if self.shell_mode() == "fitted":
-            self.shell_fit = fit_shell(self.template, self.source_state.pose, segment_person(rgb))
-        self.shell = build_shell(self.template, fit=self.shell_fit)
+            person = segment_person(rgb)
+            self.shell_fit = fit_shell(self.template, self.source_state.pose, person)
+            if self.trained_with("fringe"):
+                fringe = fit_fringe(self.template, self.source_state.pose, person, self.shell_fit)
+        self.shell = build_shell(self.template, fit=self.shell_fit, fringe=fringe)
         self._warp_generator: Generator | None = (
             generator if isinstance(generator, WarpFillGenerator) else None
         )
@@ -364,6 +379,18 @@ class Animator:
         if isinstance(self.generator, WarpFillGenerator):
             return "fitted"
         return str(getattr(self.generator, "shell", "generic"))
+
+    def trained_with(self, option: str) -> bool:
+        """``fringe`` or ``background_seen``: the config's choice, or for None on with the warp
+        fill (it has no training) and for a learned generator what its weights record."""
+        if option not in ("fringe", "background_seen"):
+            raise ValueError(f"unknown option {option!r}")
+        chosen = getattr(self.config, option)
+        if chosen is not None:
+            return bool(chosen)
+        if isinstance(self.generator, WarpFillGenerator):
+            return True
+        return bool(getattr(self.generator, option, False))
 
     def scene_config(self) -> SceneConfig:
         """The scene's settings: the config's, else those the generator was trained on."""
@@ -453,6 +480,8 @@ class Animator:
             source_background=scene.source_background,
         )
         fields = replace(fields, flow=elastic_background(fields) * scene.taper)
+        if self.trained_with("background_seen"):
+            fields = replace(fields, visibility=background_seen(fields, scene.source_background))
         inputs = GeneratorInput(
             warped=warp_working(scene.source_working, fields.flow),
             source=scene.source_working,

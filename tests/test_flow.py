@@ -510,3 +510,37 @@ def test_a_face_turning_in_place_does_not_stretch_the_far_background() -> None:
     far = dist > 30 + 40
     # (before session 17 it all moved by about 2 px: the reach followed the face's 60)
     assert float(out[:, far].abs().max()) < 0.5, float(out[:, far].abs().max())
+
+
+def test_background_that_samples_the_old_head_is_unseen() -> None:
+    """A head that moved 40 px right: after the elastic stretch, the wall beside its new
+    outline samples where the old head was. Those pixels are unseen (the generator fills
+    them); the wall that samples the wall, and a band of ``keep`` px along the new outline,
+    keep their visibility."""
+    from rt_portrait.flow.elastic import background_seen, elastic_background
+
+    r = 256
+    flow = torch.zeros(2, r, r)
+    flow[0] = -40.0  # each head pixel samples 40 px to its left: the head moved right
+    fields = _head_fields(flow)
+    fields = FlowFields(**{**fields.__dict__, "flow": elastic_background(fields)})
+    yy, xx = torch.meshgrid(torch.arange(r) + 0.5, torch.arange(r) + 0.5, indexing="ij")
+    old_head = (yy - r / 2) ** 2 + (xx - r / 2 + 40) ** 2 <= 30.0**2
+    source_background = (~old_head).float()
+    seen = background_seen(fields, source_background, keep=2)[0]
+    head = fields.labels > 0
+    assert torch.equal(seen[head], fields.visibility[0, head])  # the head is left alone
+    dist = ((yy - r / 2) ** 2 + (xx - r / 2) ** 2).sqrt()
+    u = (xx + fields.flow[0]).floor().long().clamp(0, r - 1)
+    v = (yy + fields.flow[1]).floor().long().clamp(0, r - 1)
+    on_old = old_head[v, u]
+    beside = on_old & (dist > 30 + 3)
+    assert int(beside.sum()) > 200  # the stretch does sample the old head there
+    assert float(seen[beside].max()) == 0.0
+    assert float(seen[~on_old & ~head].min()) == 1.0  # wall sampling wall
+    band = on_old & (dist > 30.5) & (dist < 31.5)
+    assert bool(band.any()) and float(seen[band].min()) == 1.0
+    with pytest.raises(ValueError, match="keep"):
+        background_seen(fields, source_background, keep=-1)
+    with pytest.raises(ValueError, match="source_background"):
+        background_seen(fields, source_background[:10])

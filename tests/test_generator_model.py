@@ -662,6 +662,7 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
     assert meta["skin_follow"] == "0.0"  # ... and a rigid head shell
     assert meta["mouth"] == "strips"  # ... and the mouth painting before session 13
     assert meta["shell"] == "generic"  # ... and the generic skull before session 16
+    assert (meta["fringe"], meta["background_seen"]) == ("0", "0")  # ... neither before session 21
     assert "source_detail" not in meta  # ... and no source detail level before session 19
     # a cache that records its sources' detail: the weights carry the median, which serves them
     from rt_portrait.training.cache import cache_source_detail
@@ -687,12 +688,15 @@ def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) 
 
     from rt_portrait.training.cache import (
         CacheConfig,
+        cache_background_seen,
         cache_base,
+        cache_fringe,
         cache_mouth,
         cache_shell,
         cache_skin_follow,
     )
 
+    assert not cache_fringe(tmp_path) and not cache_background_seen(tmp_path)  # before session 21
     assert cache_base(tmp_path) == "warp"
     assert cache_skin_follow(tmp_path) == 0.0  # caches from before session 12: a rigid shell
     assert cache_mouth(tmp_path) == "strips"  # ... before session 13: the mean strips
@@ -705,9 +709,13 @@ def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) 
                 "skin_follow": "0.25",
                 "mouth": "teeth",
                 "shell": "fitted",
+                "fringe": "True",
+                "background_seen": "False",
             }
         )
     )
+    assert cache_fringe(tmp_path) and not cache_background_seen(tmp_path)  # as config.json writes bools
+    assert CacheConfig(data=tmp_path).fringe and CacheConfig(data=tmp_path).background_seen  # new caches
     assert cache_base(tmp_path) == "warp_fill"
     assert cache_skin_follow(tmp_path) == 0.25
     assert cache_mouth(tmp_path) == "teeth" == CacheConfig(data=tmp_path).mouth  # new caches: teeth
@@ -724,7 +732,8 @@ def test_a_model_is_served_the_skull_it_was_trained_on(tmp_path: Path, astronaut
 
     old, new, bad = (tmp_path / f"{n}.safetensors" for n in ("old", "new", "bad"))
     save_weights(ConditionalUNet(SMALL), old, residual_scale=2.0)
-    save_weights(ConditionalUNet(SMALL), new, residual_scale=2.0, extra={"shell": "fitted"})
+    new_meta = {"shell": "fitted", "fringe": "1", "background_seen": "1"}
+    save_weights(ConditionalUNet(SMALL), new, residual_scale=2.0, extra=new_meta)
     save_weights(ConditionalUNet(SMALL), bad, residual_scale=2.0, extra={"shell": "round"})
     track = TrackResult.from_landmarks(default_portrait_landmarks("astronaut"), astronaut.shape[:2])
     for weights, shell in ((old, "generic"), (new, "fitted")):
@@ -734,6 +743,8 @@ def test_a_model_is_served_the_skull_it_was_trained_on(tmp_path: Path, astronaut
             source_track=track,
         )
         assert a.shell_mode() == shell and (a.shell_fit is not None) == (shell == "fitted")
+        # and, since session 21, the fringe and the unseen background it was trained with
+        assert a.trained_with("fringe") == a.trained_with("background_seen") == (shell == "fitted")
     pinned = AnimatorConfig(size=64, generator="diffusion", generator_weights=str(new), shell="generic")
     assert Animator(astronaut, pinned, source_track=track).shell_fit is None
     with pytest.raises(ValueError, match=r"bad\.safetensors.*shell 'round'"):

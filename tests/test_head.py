@@ -25,7 +25,7 @@ from rt_portrait.head import (
     load_template,
     rotation_from_euler,
 )
-from rt_portrait.head.shell import ShellFit, fit_shell, shell_geometry
+from rt_portrait.head.shell import ShellFit, fit_fringe, fit_shell, shell_geometry
 from rt_portrait.head.types import Pose
 from rt_portrait.tracking import FaceTracker, TrackerConfig
 
@@ -329,6 +329,41 @@ def test_fitted_shell_is_wider_on_its_side_only_and_meets_the_face(template):
     assert np.linalg.norm(oval[:, None] - wide.points[None], axis=-1).min(1).max() < 1.5 * 0.08  # no seam gap
     with pytest.raises(ValueError, match="left"):
         build_shell(template, fit=ShellFit(left=0.0))
+
+
+@pytest.mark.parametrize("yaw", [0.0, 25.0])
+def test_fringe_is_the_head_beyond_the_skull_and_nothing_else(template, yaw):
+    """A person mask with a hat brim sticking out beside the skull, a body below the chin and
+    a raised hand apart from the head: the fringe is the brim alone, on the plane through the
+    skull's centre that faces the camera, so it projects back onto the brim's pixels."""
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_euler("y", yaw, degrees=True).as_matrix()
+    pose = Pose(rot, np.array([400.0, 380.0, 0.0]), 80.0)
+    geo = shell_geometry(template)
+    cx, cy, cz = pose.apply(geo.centre[None])[0]
+    r = geo.axes[0] * pose.scale  # the generic skull's half width in pixels
+    yy, xx = np.mgrid[0:900, 0:800]
+    head = (xx - cx) ** 2 + (yy - cy) ** 2 < (0.95 * r) ** 2
+    brim = (np.abs(yy - (cy - 0.5 * r)) < 0.12 * r) & (np.abs(xx - cx) < 1.45 * r)
+    body = yy > cy + 2.5 * r
+    hand = (xx - (cx + 2.6 * r)) ** 2 + (yy - cy) ** 2 < (0.3 * r) ** 2
+    mask = (head | brim | body | hand).astype(np.float32)
+    fringe = fit_fringe(template, pose, mask)
+    assert len(fringe.points) > 20
+    px = pose.apply(fringe.points)
+    np.testing.assert_allclose(px[:, 2], cz, atol=1e-6)  # through the skull's centre
+    xi, yi = np.round(px[:, 0]).astype(int), np.round(px[:, 1]).astype(int)
+    assert brim[yi, xi].all()  # only the brim: not the body, the hand or the wall
+    assert not head[yi, xi].any()  # beyond the skull (wider than the disc), on both sides
+    assert (px[:, 0] < cx).any() and (px[:, 0] > cx).any()
+    np.testing.assert_allclose(fringe.normals @ rot.T, np.tile([0.0, 0.0, -1.0], (len(px), 1)), atol=1e-9)
+    # the shell carries it: its points are the skull's plus the fringe's
+    shell = build_shell(template, fringe=fringe)
+    assert len(shell.points) == len(build_shell(template).points) + len(fringe.points)
+    assert len(fit_fringe(template, pose, np.zeros((900, 800), np.float32)).points) == 0
+    with pytest.raises(ValueError, match="person mask"):
+        fit_fringe(template, pose, mask[..., None])
 
 
 def test_other_edits_move_the_right_way(source, template):

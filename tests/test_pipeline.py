@@ -6,17 +6,21 @@ import itertools
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from rt_portrait.animate import animate_file
+from rt_portrait.core.image import fit_long_side
 from rt_portrait.core.video import probe, read_frames, write_image
 from rt_portrait.generator import Generator, GeneratorInput, GeneratorOutput, WarpFillGenerator
 from rt_portrait.head import fit_head
-from rt_portrait.head.types import Edits
+from rt_portrait.head.types import Edits, Pose
 from rt_portrait.pipeline import Animator, AnimatorConfig, NoFaceError
 from rt_portrait.tracking import track_image
 
@@ -488,3 +492,72 @@ def test_a_source_looking_aside_turned_to_the_camera_takes_the_far_cheek_from_th
     assert err(back) < 0.85 * err(plain), (err(back), err(plain))
     # a near-frontal source shows both halves: no mirror, the warp fill as before
     assert animator.scene(256).mirror is None
+
+
+def test_a_head_that_moved_leaves_the_wall_not_its_old_head(astronaut: np.ndarray) -> None:
+    """The astronaut turned 30° and moved 40 px: where her head was and is no more, the
+    frame shows the wall, not her old hair stretched over it (the elastic background samples
+    the old head there). Off (no fringe, background visibility and wall fill as before
+    session 21), the old hair stays: the output there is much closer to the source's head."""
+    from scipy import ndimage
+
+    from rt_portrait.head import apply_edits
+
+    src = fit_long_side(astronaut, 256)
+    left_behind_gap = {}
+    for on in (False, True):
+        a = Animator(
+            src,
+            AnimatorConfig(size=128, fringe=on, background_seen=on),
+            generator=WarpFillGenerator(wall_from_head=on),
+        )
+        s = apply_edits(a.source_state, Edits(yaw=30), a.template)
+        moved = replace(s, pose=Pose(s.pose.rotation, s.pose.translation + [40.0, 0.0, 0.0], s.pose.scale))
+        img, fields, _ = a.render(moved)
+        _, still, _ = a.render(a.source_state)
+
+        def frame_mask(m: torch.Tensor, shape: tuple[int, ...] = img.shape[:2]) -> np.ndarray:
+            return F.interpolate(m.float()[None, None], size=shape)[0, 0].numpy() > 0
+
+        left = frame_mask(still.labels > 0) & ~ndimage.binary_dilation(
+            frame_mask(fields.labels > 0), iterations=6
+        )
+        assert left.sum() > 2000
+        left_behind_gap[on] = float(np.median(np.abs(img.astype(float) - src.astype(float)).mean(2)[left]))
+    assert left_behind_gap[True] > left_behind_gap[False] + 6, left_behind_gap
+
+
+def test_fringe_and_background_options_reach_the_animator(astronaut: np.ndarray) -> None:
+    """``--fringe off`` leaves the fitted skull alone (fewer shell points: the astronaut's hair
+    beyond it is not attached); ``auto`` is on for the warp fill and, for any other generator,
+    what it says it was trained with (nothing: off); on and off are as asked."""
+    import argparse
+
+    from rt_portrait.generator.select import add_generator_arguments, generator_options
+
+    parser = argparse.ArgumentParser()
+    add_generator_arguments(parser)
+    src = fit_long_side(astronaut, 256)
+
+    def animator(*argv: str, generator: Generator | None = None) -> Animator:
+        opts = generator_options(parser.parse_args(["--generator", "warp", *argv]))
+        return Animator(src, AnimatorConfig(size=128, **opts), generator=generator)
+
+    with_fringe, without = animator(), animator("--fringe", "off")
+    assert len(with_fringe.shell.points) > len(without.shell.points) + 50
+    assert with_fringe.trained_with("background_seen")
+    assert not animator("--background-seen", "off").trained_with("background_seen")
+
+    class Other:  # a generator that is not the warp fill, e.g. a learned one
+        background_seen = False
+
+        def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
+            return GeneratorOutput(face=inputs.warped, alpha=torch.zeros_like(inputs.warped[:1]))
+
+    assert not animator(generator=Other()).trained_with("background_seen")
+    assert not animator(generator=Other()).trained_with("fringe")
+    assert animator("--background-seen", "on", generator=Other()).trained_with("background_seen")
+    Other.background_seen = True
+    assert animator(generator=Other()).trained_with("background_seen")
+    with pytest.raises(ValueError, match="unknown option"):
+        with_fringe.trained_with("fringes")

@@ -237,12 +237,15 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
         "frame_detail",
         "mouth",
         "shell",
+        "fringe",
+        "background_seen",
         "backend",
     )
     fusion: dict[str, Any] = {k: opts[k] for k in keys if k in opts}
     weights = opts.get("generator_weights")
     if name == "flow3d":  # the warp fill, composed the same way as the others
-        return {"generator": "warp", **{k: opts[k] for k in ("frame_detail", "mouth", "shell") if k in opts}}
+        warp_keys = ("frame_detail", "mouth", "shell", "fringe", "background_seen")
+        return {"generator": "warp", **{k: opts[k] for k in warp_keys if k in opts}}
     if name == "refined":
         return {"generator": "diffusion", "steps": 1, "generator_weights": weights, **fusion}
     if name == "refined2":

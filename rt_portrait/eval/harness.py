@@ -96,6 +96,8 @@ class EvalConfig:
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth), for every method
     shell: str = "auto"  # the head shell (AnimatorConfig.shell), for every method
+    fringe: bool | None = None  # AnimatorConfig.fringe, for every method
+    background_seen: bool | None = None  # AnimatorConfig.background_seen, for every method
     teacher_weights: str | None = None  # the ``teacher`` method's weights (default: the shipped ones)
     teacher_steps: int | None = None  # its sampling steps (default: its metadata's, else 16)
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines)
@@ -114,6 +116,8 @@ class EvalConfig:
             "generator_weights": self.generator_weights,
             "mouth": self.mouth,
             "shell": self.shell,
+            "fringe": self.fringe,
+            "background_seen": self.background_seen,
             "teacher_weights": self.teacher_weights,
             "teacher_steps": self.teacher_steps,
             "backend": self.backend,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rt_portrait.core.fill import erode, push_pull_fill
+from rt_portrait.core.fill import dilate, erode, push_pull_fill
 from rt_portrait.flow.types import FlowFields
 
 
@@ -51,3 +51,30 @@ def elastic_background(fields: FlowFields, reach: int | None = None, factor: int
         (extended * (cover * 3).clamp(0, 1))[None], size=head.shape[-2:], mode="bilinear", align_corners=False
     )[0]
     return fields.flow * head + elastic * (1 - head)
+
+
+def background_seen(fields: FlowFields, source_background: torch.Tensor, keep: int = 2) -> torch.Tensor:
+    """The visibility with background pixels that sample the source's head marked unseen.
+
+    A background pixel's visibility is the static background's (does the source show the
+    wall at this very pixel?), but :func:`elastic_background` moves where it samples: beside a
+    head that turned and moved, the extended outline flow points back into the old head
+    (a turning head's outline moves with its surface, not its silhouette), and its cheek, ear
+    and hair stay on the wall as a ghost. Here a background pixel is seen only where the source
+    shows the background at the point it samples (``source_background``, (R, R), from
+    :func:`rt_portrait.flow.source_background_visibility`). Pixels within ``keep`` px of the
+    target's head keep their visibility: the head's anti-aliased edge is sampled there."""
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0 pixels, got {keep}")
+    r = fields.labels.shape[-1]
+    if source_background.shape != (r, r):
+        raise ValueError(f"source_background must be ({r}, {r}), got {tuple(source_background.shape)}")
+    head = (fields.labels != 0).float()
+    if not bool(head.any()):
+        return fields.visibility
+    open_bg = (head == 0) & (dilate(head, keep) == 0) if keep else head == 0
+    xs = torch.arange(r, device=head.device, dtype=torch.float32) + 0.5
+    u = (xs[None, :] + fields.flow[0]).floor().long().clamp(0, r - 1)
+    v = (xs[:, None] + fields.flow[1]).floor().long().clamp(0, r - 1)
+    seen = source_background[v, u]
+    return torch.where(open_bg[None], torch.minimum(fields.visibility, seen[None]), fields.visibility)

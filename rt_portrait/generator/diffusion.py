@@ -84,13 +84,15 @@ def base_fill(base: str, mouth: str = "strips") -> WarpFillGenerator | None:
         return None
     # the fill as these bases were trained on: before session 16 every shell and background
     # pixel the source shows was kept, however stretched (WarpFillGenerator.stretch_at), and
-    # before session 17 the face kept the warp where the source hid it (mirror_face)
+    # before session 17 the face kept the warp where the source hid it (mirror_face), and before
+    # session 21 unseen background that sampled the source's hair kept it (wall_from_head)
     return WarpFillGenerator(
         mirror=base == "warp_mirror",
         mouth_style=mouth,
         own_kind_donors=False,
         stretch_at=0.0,
         mirror_face=False,
+        wall_from_head=False,
     )
 
 
@@ -321,6 +323,10 @@ class DiffusionGenerator:
         self.shell = self.meta.get("shell") or "generic"
         if self.shell not in ("fitted", "generic"):
             raise ValueError(f"{path}: unknown shell {self.shell!r}; expected 'fitted' or 'generic'")
+        # the fringe on a fitted skull and the unseen background beside a moved head
+        # (AnimatorConfig.fringe, .background_seen); files from before session 21 had neither
+        self.fringe = self.meta.get("fringe", "0") == "1"
+        self.background_seen = self.meta.get("background_seen", "0") == "1"
         self.source_detail = (
             cfg.source_detail
             if cfg.source_detail is not None

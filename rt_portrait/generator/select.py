@@ -260,6 +260,22 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         "warp fill, for a learned model the skull it was trained on: the shipped one's is generic)",
     )
     g.add_argument(
+        "--fringe",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="with the fitted skull, attach the person's head beyond it (a hat's brim, big hair) so a "
+        "turn carries it: on, off (the skull alone, before session 21), or auto (default: on for the "
+        "warp fill, for a learned model as it was trained; the shipped one: off)",
+    )
+    g.add_argument(
+        "--background-seen",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="background that samples where the source's head was (beside a head that moved) is filled "
+        "from the wall instead of showing the old head: on, off, or auto (default: on for the warp fill, "
+        "for a learned model as it was trained; the shipped one: off)",
+    )
+    g.add_argument(
         "--backend",
         choices=("auto", "eager", "compile", "onnxruntime", "tensorrt"),
         default="auto",
@@ -267,6 +283,9 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         "ONNX Runtime CUDA, eager, the first that builds and passes parity; CPU: the faster of "
         "ONNX Runtime and eager by a short probe), or one of them (README: Engines)",
     )
+
+
+ON_OFF: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 
 def generator_options(args: Any) -> dict[str, Any]:
@@ -294,5 +313,7 @@ def generator_options(args: Any) -> dict[str, Any]:
         "generator_weights": args.generator_weights,
         "mouth": args.mouth,
         "shell": args.shell,
+        "fringe": ON_OFF[args.fringe],
+        "background_seen": ON_OFF[args.background_seen],
         "backend": args.backend,
     }

@@ -167,6 +167,10 @@ class WarpFillGenerator:
     partner (``inputs.mirror``) where the source shows that one well, its colour matched to
     the visible face around them (``mirror_face``; see :meth:`_mirrored_face`); before
     session 17 they kept the warp, a ghost of whatever the source showed there.
+
+    Background the source does not show is filled from the wall beside it also where it
+    samples the source's hair or shell (``wall_from_head``): that is the old head left on the
+    wall by a head that moved away (False: kept, as hair over hidden hair is, before session 21).
     """
 
     def __init__(
@@ -182,8 +186,10 @@ class WarpFillGenerator:
         own_kind_donors: bool = True,
         stretch_at: float = 0.5,
         mirror_face: bool = True,
+        wall_from_head: bool = True,
     ) -> None:
         self.mirror_face = mirror_face
+        self.wall_from_head = wall_from_head
         self.own_kind_donors = own_kind_donors
         self.stretch_at = stretch_at
         self.mouth_darkness = mouth_darkness
@@ -273,12 +279,15 @@ class WarpFillGenerator:
             else:
                 # Hair, neck and background that the source does not show sample whatever
                 # hid them there (often the face: a ghost of it): fill them from visible pixels
-                # of the same kind. Hair sampling hidden hair still shows hair: keep the warp.
+                # of the same kind. Hair sampling hidden hair still shows hair: keep the warp;
+                # a wall sampling hair shows the old head (since session 21: filled).
                 # Face pixels without a source (a cheek turning into view) keep the warp too,
                 # which stretches the nearby skin: more plausible than a blur, and seam-free.
                 hole, weight = (1 - vis) * mask, vis * mask
                 if sampled is not None:
-                    hole = hole * (sampled != int(Region.BACKGROUND)) * (sampled != int(Region.HEAD_SHELL))
+                    hole = hole * (sampled != int(Region.BACKGROUND))
+                    if region == Region.HEAD_SHELL or not self.wall_from_head:
+                        hole = hole * (sampled != int(Region.HEAD_SHELL))
                 if stretched is not None:
                     st = mask * stretched[None, ov0:ov1, ou0:ou1]
                     hole, weight = torch.maximum(hole, st), weight * (1 - st)

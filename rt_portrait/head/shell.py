@@ -176,11 +176,87 @@ def fit_shell(
     return ShellFit(left=scales["left"], right=scales["right"], top=top)
 
 
+@dataclass(frozen=True)
+class Fringe:
+    """The person's head beyond the skull in one source image (hair, a hat's brim, a bun),
+    as canonical points on the plane through the skull's centre that faces the source camera
+    (where an ellipsoid's silhouette lies), so they turn and move with the head."""
+
+    points: np.ndarray  # (F, 3) float64 canonical frame
+    normals: np.ndarray  # (F, 3) unit, toward the source camera
+
+
+FRINGE_REACH = 1.8  # how far the fringe may reach, in skull radii from the skull's centre
+
+
+def fit_fringe(
+    template: Template,
+    pose: Pose,
+    person: np.ndarray,
+    fit: ShellFit | None = None,
+    threshold: float = 0.5,
+    spacing: float = 0.04,
+    reach: float = FRINGE_REACH,
+) -> Fringe:
+    """The person's head outside the (fitted) skull's outline in a source image: ``person``
+    (H, W) is its person probability (``tracking.segment_person``), ``pose`` the source head's
+    pose. Kept: person pixels outside the convex outline of the skull and the face, above the
+    chin (in the head's own axes), within ``reach`` skull radii of the skull's centre and joined
+    to the outline, sampled every ``spacing`` canonical units. Shoulders, a raised hand or a
+    second person beside the head are not joined to it above the chin, so they stay behind.
+
+    Without these points a head turn carries only what the skull covers: a wide hat's brim or
+    big hair beyond it stays on the wall as background (and the background that the elastic
+    flow stretches after the head shows it twice)."""
+    from matplotlib.path import Path as MplPath
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull
+
+    if person.ndim != 2:
+        raise ValueError(f"person mask must be (H, W), got shape {person.shape}")
+    if not spacing > 0:
+        raise ValueError(f"fringe spacing must be positive canonical units, got {spacing}")
+    fit = fit or ShellFit()
+    geo = shell_geometry(template)
+    h, w = person.shape
+    chin = float(template.vertices[template.groups["face_oval"], 1].max())
+    # the skull's outline in the image, from its points above the chin and the face's
+    el, az_ = np.meshgrid(np.linspace(-np.pi / 2, np.pi / 2, 31), np.linspace(-np.pi, np.pi, 61))
+    d = np.stack([np.cos(el) * np.sin(az_), -np.sin(el), -np.cos(el) * np.cos(az_)], -1).reshape(-1, 3)
+    skull = geo.centre + d * _skull_axes(d, geo.axes, fit)
+    outline = np.concatenate([skull[skull[:, 1] < chin], template.vertices])
+    proj = pose.apply(outline)[:, :2]
+    hull = MplPath(proj[ConvexHull(proj).vertices])
+    step = max(1, int(spacing * pose.scale))
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    grid = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+    inside = hull.contains_points(grid).reshape(xs.shape)
+    # each grid pixel in canonical units on the plane through the skull's centre
+    centre = pose.apply(geo.centre[None])[0]
+    cam = np.concatenate([grid, np.full((len(grid), 1), centre[2])], 1)
+    canon = (cam - pose.translation) @ pose.rotation / pose.scale
+    rel = (canon - geo.centre) / _skull_axes(canon - geo.centre, geo.axes, fit)
+    near = (np.hypot(rel[:, 0], rel[:, 1]) <= reach) & (canon[:, 1] < chin)
+    cand = (person[ys, xs] >= threshold) & ~inside & near.reshape(xs.shape)
+    # joined to the outline: a component of the candidates that touches it
+    comp, n = ndimage.label(cand)
+    if n == 0:
+        return Fringe(points=np.zeros((0, 3)), normals=np.zeros((0, 3)))
+    touching = np.unique(comp[ndimage.binary_dilation(inside) & (comp > 0)])
+    keep = np.isin(comp, touching[touching > 0]).ravel()
+    toward_camera = pose.rotation.T @ np.array([0.0, 0.0, -1.0])
+    return Fringe(points=canon[keep], normals=np.tile(toward_camera, (int(keep.sum()), 1)))
+
+
 def build_shell(
-    template: Template | None = None, density: float = 0.08, fit: ShellFit | None = None
+    template: Template | None = None,
+    density: float = 0.08,
+    fit: ShellFit | None = None,
+    fringe: Fringe | None = None,
 ) -> HeadShell:
     """Shell points about ``density`` canonical units apart (the template has unit RMS radius),
-    on the generic skull or on one scaled by ``fit`` (:func:`fit_shell`)."""
+    on the generic skull or on one scaled by ``fit`` (:func:`fit_shell`), with the ``fringe``
+    (:func:`fit_fringe`) added as they are."""
     from matplotlib.path import Path as MplPath
 
     if not (0.005 <= density <= 1.0):
@@ -259,6 +335,9 @@ def build_shell(
     if skirt:
         points = np.concatenate([points, np.array(skirt)])
         normals = np.concatenate([normals, np.array(skirt_n)])
+    if fringe is not None and len(fringe.points):
+        points = np.concatenate([points, fringe.points])
+        normals = np.concatenate([normals, fringe.normals])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     labels = np.full(len(points), int(Region.HEAD_SHELL), dtype=np.int8)
     return HeadShell(points=points, normals=normals, labels=labels)

@@ -113,6 +113,8 @@ class ServerConfig:
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth)
     shell: str = "auto"  # the head shell (AnimatorConfig.shell)
+    fringe: bool | None = None  # AnimatorConfig.fringe
+    background_seen: bool | None = None  # AnimatorConfig.background_seen
     backend: str = "auto"  # the diffusion network's engine (rt_portrait.engines), resolved once
     # the driver's neutral (RetargetConfig.reference): a stream starts wherever the caller is
     # when it connects, so the median face of its first two seconds, not its first frame
@@ -218,6 +220,8 @@ class ServerState:
             generator_weights=c.generator_weights,
             mouth=c.mouth,
             shell=c.shell,
+            fringe=c.fringe,
+            background_seen=c.background_seen,
             backend=c.backend,
         )
 

@@ -79,6 +79,11 @@ class CacheConfig:
     # the skull behind the face (pipeline.AnimatorConfig.shell: "fitted" or "generic"); recorded
     # too: a model is served the skull it was trained on
     shell: str = "fitted"
+    # the person's head beyond the fitted skull attached to it (AnimatorConfig.fringe), and
+    # background that samples the source's head unseen (AnimatorConfig.background_seen), as the
+    # runtime's warp fill has them since session 21; recorded, so a model is served them too
+    fringe: bool = True
+    background_seen: bool = True
     seed: int = 0
     max_clips: int | None = None
 
@@ -202,6 +207,8 @@ def render_clip(
                 generator="warp",
                 scene=SceneConfig(skin_follow=cfg.skin_follow),
                 shell=cfg.shell,
+                fringe=cfg.fringe,
+                background_seen=cfg.background_seen,
             ),
             source_track=track(s),
         )
@@ -297,6 +304,16 @@ def cache_shell(root: Path) -> str:
     teeth cache of sessions 15-16 was rendered on the fitted skull before it did, and its
     config.json was given the key by hand)."""
     return str(_cache_config(root).get("shell", "generic"))
+
+
+def cache_fringe(root: Path) -> bool:
+    """Whether a cache's fitted skulls carry the person's head beyond them (not before session 21)."""
+    return str(_cache_config(root).get("fringe", False)) == "True"
+
+
+def cache_background_seen(root: Path) -> bool:
+    """Whether a cache's background that samples the source's head is unseen (not before session 21)."""
+    return str(_cache_config(root).get("background_seen", False)) == "True"
 
 
 def cache_source_detail(root: Path) -> float | None:

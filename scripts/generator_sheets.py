@@ -392,7 +392,9 @@ def moved_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: float = 30.0,
                 pose = Pose(s.pose.rotation, s.pose.translation + [sign * shift, 0.0, 0.0], s.pose.scale)
                 tiles.append(tile(animator.render(replace(s, pose=pose))[0], box))
             rows.append((f"{who}\n{'since' if on else 'before'}\nsession 21", tiles))
-    return sheet(path, rows, ["source", f"yaw {yaw:+.0f}°, {shift:+.0f} px", f"yaw {-yaw:+.0f}°, {-shift:+.0f} px"])
+    return sheet(
+        path, rows, ["source", f"yaw {yaw:+.0f}°, {shift:+.0f} px", f"yaw {-yaw:+.0f}°, {-shift:+.0f} px"]
+    )
 
 
 def aside_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: int = 35) -> Path:

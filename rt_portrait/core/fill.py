@@ -128,6 +128,19 @@ def mirror_fill(image: torch.Tensor, donor: torch.Tensor, y_scale: float = 1.0) 
     return image[:, sy, sx]
 
 
+def sampled_at(source_map: torch.Tensor, flow: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """The (R, R) ``source_map``'s value at the pixel each pixel of the working-grid ``box``
+    (v0, v1, u0, u1) samples by the (2, R, R) backward ``flow`` (nearest, clamped to the grid):
+    e.g. the source label or background visibility a target pixel shows."""
+    r = source_map.shape[-1]
+    v0, v1, u0, u1 = box
+    xs = torch.arange(u0, u1, device=flow.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(v0, v1, device=flow.device, dtype=torch.float32) + 0.5
+    u = (xs[None, :] + flow[0, v0:v1, u0:u1]).floor().long().clamp(0, r - 1)
+    v = (ys[:, None] + flow[1, v0:v1, u0:u1]).floor().long().clamp(0, r - 1)
+    return source_map[v, u]
+
+
 def source_area_ratio(flow: torch.Tensor) -> torch.Tensor:
     """(R, R) source area per target area of a (2, R, R) backward flow (the determinant of
     the Jacobian of pixel -> pixel + flow, central differences, one-sided at the borders).

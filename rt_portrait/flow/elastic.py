@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rt_portrait.core.fill import dilate, erode, push_pull_fill
+from rt_portrait.core.fill import dilate, erode, push_pull_fill, sampled_at
 from rt_portrait.flow.types import FlowFields
 
 
@@ -73,8 +73,5 @@ def background_seen(fields: FlowFields, source_background: torch.Tensor, keep: i
     if not bool(head.any()):
         return fields.visibility
     open_bg = (head == 0) & (dilate(head, keep) == 0) if keep else head == 0
-    xs = torch.arange(r, device=head.device, dtype=torch.float32) + 0.5
-    u = (xs[None, :] + fields.flow[0]).floor().long().clamp(0, r - 1)
-    v = (xs[:, None] + fields.flow[1]).floor().long().clamp(0, r - 1)
-    seen = source_background[v, u]
+    seen = sampled_at(source_background, fields.flow, (0, r, 0, r))
     return torch.where(open_bg[None], torch.minimum(fields.visibility, seen[None]), fields.visibility)

@@ -23,6 +23,7 @@ from rt_portrait.core.fill import (
     mirror_fill,
     nonzero_box,
     push_pull_fill,
+    sampled_at,
     source_area_ratio,
     warp_working,
 )
@@ -543,12 +544,4 @@ class WarpFillGenerator:
         (v0, v1, u0, u1) samples, or None without source labels."""
         if inputs.source_labels is None:
             return None
-        labels = inputs.source_labels
-        r = labels.shape[-1]
-        v0, v1, u0, u1 = box
-        flow = inputs.fields.flow[:, v0:v1, u0:u1]
-        xs = torch.arange(u0, u1, device=labels.device, dtype=torch.float32) + 0.5
-        ys = torch.arange(v0, v1, device=labels.device, dtype=torch.float32) + 0.5
-        u = (xs[None, :] + flow[0]).floor().long().clamp(0, r - 1)
-        v = (ys[:, None] + flow[1]).floor().long().clamp(0, r - 1)
-        return labels[v, u]
+        return sampled_at(inputs.source_labels, inputs.fields.flow, box)

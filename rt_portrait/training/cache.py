@@ -306,14 +306,19 @@ def cache_shell(root: Path) -> str:
     return str(_cache_config(root).get("shell", "generic"))
 
 
+def _cache_flag(root: Path, key: str) -> bool:
+    """A boolean of a cache's config.json (written as "True"/"False"); False when absent."""
+    return str(_cache_config(root).get(key, False)) == "True"
+
+
 def cache_fringe(root: Path) -> bool:
     """Whether a cache's fitted skulls carry the person's head beyond them (not before session 21)."""
-    return str(_cache_config(root).get("fringe", False)) == "True"
+    return _cache_flag(root, "fringe")
 
 
 def cache_background_seen(root: Path) -> bool:
     """Whether a cache's background that samples the source's head is unseen (not before session 21)."""
-    return str(_cache_config(root).get("background_seen", False)) == "True"
+    return _cache_flag(root, "background_seen")
 
 
 def cache_source_detail(root: Path) -> float | None:

@@ -93,15 +93,15 @@ class EngineGenerator(DiffusionGenerator):
                 self._eager_sizes.add(size)
                 log.info("generator: size %d not prepared for %s, eager at that size", size, self.engine.name)
             return super().generate_batch(inputs)
-        inputs, mouths, details = self.bases(inputs)
-        cond = self.condition(inputs)
+        bases = self.bases(inputs)
+        cond = self.condition(bases.inputs)
         n, _, h, w = cond.shape
         dev = self.engine_device
         noise = self.noise(h, w).to(dev).expand(n, -1, -1, -1).contiguous()
         out = self.engine(cond, noise).to(dev)
         face, disp = out[:, :3], (out[:, 3:5] if out.shape[1] > 3 else None)
         # the detail post-process runs outside the folded graph
-        return self.outputs(face, inputs, dev, displacement=disp, mouths=mouths, details=details)
+        return self.outputs(face, bases, dev, displacement=disp)
 
     def summary(self) -> dict[str, object]:
         """The backend choice, for /stats and bench output."""

@@ -46,6 +46,7 @@ from rt_portrait.flow.elastic import background_seen, elastic_background
 from rt_portrait.flow.scene import SceneBuilder, SceneConfig
 from rt_portrait.flow.types import FlowConfig, FlowFields, PointCloud, Window
 from rt_portrait.generator import Generator, GeneratorInput, WarpFillGenerator, label_irises
+from rt_portrait.generator.colour import CHROMA_CLAMP, ChromaStats, keep_source_chroma, source_chroma
 from rt_portrait.generator.diffusion import displace
 from rt_portrait.generator.select import (
     STILL_SIGMA,
@@ -121,16 +122,16 @@ class AnimatorConfig:
     # turn carries ears and hair with it), "generic" (the template's skull), or "auto": fitted
     # for the warp fill, for a learned generator the one it was trained on (its ``shell``)
     shell: str = "auto"
-    # with the fitted shell, the person's head beyond the skull (a hat's brim, big hair; the
+    # the person's head beyond the skull (fitted or generic: a hat's brim, big hair; the
     # source's person segmentation above the chin) is attached to the head and turns with it
-    # (head.shell.fit_fringe); False: the skull alone, before session 21. None: on for the warp
-    # fill, for a learned generator as its weights were trained (off for files without the key)
+    # (head.shell.fit_fringe); False: the skull alone, before session 21. None: as the
+    # generator says (Animator.serves_with): on for the warp fill and, since session 22, for
+    # learned weights that record nothing (the shipped ones)
     fringe: bool | None = None
     # background pixels that sample the source's head (where the elastic background stretches
     # a moving head's flow over the wall) are unseen, so the generator fills them instead of
     # leaving the old head's cheek and hair on the wall (flow.elastic.background_seen). None:
-    # like ``fringe`` (the shipped weights were trained without it: on, their val face SSIM
-    # fell 0.0004 and full-frame SSIM 0.0014)
+    # like ``fringe`` (README: "Two heads")
     background_seen: bool | None = None
     # a source that looks at least this far aside (yaw, degrees) offers the warp fill each face
     # pixel's mirror partner, for the half of the face it shows badly (WarpFillGenerator's
@@ -145,6 +146,11 @@ class AnimatorConfig:
     # sharper learned face"). None: off. Not computed for the warp fill,
     # which leaves a still face as it is.
     still_sigma: float | None = STILL_SIGMA
+    # Keep the portrait's colours: each generated face pixel's chroma stays within this many
+    # standard deviations of the source head's (or as far out as the visible warp it was
+    # given), so a black-and-white portrait stays grey where the learned generator, trained on
+    # colour video, would paint skin tones (generator.colour). 0: off.
+    chroma_clamp: float = CHROMA_CLAMP
 
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(
@@ -242,6 +248,7 @@ class _Scene:
     mirror: tuple[PointCloud, torch.Tensor] | None
     flow_config: FlowConfig
     source_working: torch.Tensor  # (3, R, R)
+    source_chroma: ChromaStats  # the source head's colours (generator.colour)
     taper: torch.Tensor  # (1, R, R)
     frame_warp: FrameWarp  # full-resolution sampling grids of the window
 
@@ -323,10 +330,12 @@ class Animator:
         self.generator: Generator = generator or build_generator(self.config.generator_spec())
         self.shell_fit: ShellFit | None = None
         fringe: Fringe | None = None
-        if self.shell_mode() == "fitted":
+        fitted, with_fringe = self.shell_mode() == "fitted", self.serves_with("fringe")
+        if fitted or with_fringe:
             person = segment_person(rgb)
-            self.shell_fit = fit_shell(self.template, self.source_state.pose, person)
-            if self.trained_with("fringe"):
+            if fitted:
+                self.shell_fit = fit_shell(self.template, self.source_state.pose, person)
+            if with_fringe:  # beyond the fitted skull, or the generic one
                 fringe = fit_fringe(self.template, self.source_state.pose, person, self.shell_fit)
         self.shell = build_shell(self.template, fit=self.shell_fit, fringe=fringe)
         self._warp_generator: Generator | None = (
@@ -380,17 +389,16 @@ class Animator:
             return "fitted"
         return str(getattr(self.generator, "shell", "generic"))
 
-    def trained_with(self, option: str) -> bool:
-        """``fringe`` or ``background_seen``: the config's choice, or for None on with the warp
-        fill (it has no training) and for a learned generator what its weights record."""
+    def serves_with(self, option: str) -> bool:
+        """``fringe`` or ``background_seen``: the config's choice, or for None what the
+        generator says (a learned one: its weights' record, on for files that record none),
+        else on (the warp fill has no training)."""
         if option not in ("fringe", "background_seen"):
             raise ValueError(f"unknown option {option!r}")
         chosen = getattr(self.config, option)
         if chosen is not None:
             return bool(chosen)
-        if isinstance(self.generator, WarpFillGenerator):
-            return True
-        return bool(getattr(self.generator, option, False))
+        return bool(getattr(self.generator, option, True))
 
     def scene_config(self) -> SceneConfig:
         """The scene's settings: the config's, else those the generator was trained on."""
@@ -421,6 +429,7 @@ class Animator:
         source_labels = label_irises(
             source_labels, self._working_landmarks(self.source_state, window), self.template
         )
+        source_working = crop_window(self.source_tensor, window)
         return _Scene(
             window=window,
             builder=builder,
@@ -430,7 +439,8 @@ class Animator:
             source_labels=source_labels,
             mirror=self._mirror_cloud(builder, flow_config),
             flow_config=flow_config,
-            source_working=crop_window(self.source_tensor, window),
+            source_working=source_working,
+            source_chroma=source_chroma(source_working, source_labels),
             taper=window_taper(window, self.image_size, self.device),
             frame_warp=FrameWarp(window, self.image_size, self.device),
         )
@@ -480,7 +490,7 @@ class Animator:
             source_background=scene.source_background,
         )
         fields = replace(fields, flow=elastic_background(fields) * scene.taper)
-        if self.trained_with("background_seen"):
+        if self.serves_with("background_seen"):
             fields = replace(fields, visibility=background_seen(fields, scene.source_background))
         inputs = GeneratorInput(
             warped=warp_working(scene.source_working, fields.flow),
@@ -570,6 +580,13 @@ class Animator:
         if still is not None:  # the generator's bias, where this frame shows the source
             shift = warp_working(still, fields.flow) * fields.visibility.reshape(1, size, size)
             out = replace(out, face=(out.face - shift).clamp(0, 1))
+        if self.config.chroma_clamp > 0:  # no colour the portrait lacks (a grey one stays grey)
+            out = replace(
+                out,
+                face=keep_source_chroma(
+                    out.face, scene.source_chroma, self.config.chroma_clamp, warped, fields.visibility
+                ),
+            )
         if out.displacement is not None:  # the face was built on a displaced warp: so is the frame
             fields = displace_fields(fields, out.displacement)
             warped = displace(warped[None], out.displacement[None])[0]

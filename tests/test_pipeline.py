@@ -441,7 +441,7 @@ def test_warp_fill_fits_the_shell_to_the_person_and_generic_keeps_the_template(
     # the helmet and suit reach well past the generic skull on both sides (symmetric portrait)
     assert fit.left > 1.1 and fit.right > 1.1 and lo <= fit.top <= hi
     assert fit.left == pytest.approx(fit.right, abs=0.15)
-    generic = Animator(astronaut, AnimatorConfig(size=256, shell="generic"))
+    generic = Animator(astronaut, AnimatorConfig(size=256, shell="generic", fringe=False))
     assert generic.shell_mode() == "generic" and generic.shell_fit is None
     np.testing.assert_array_equal(generic.shell.points, build_shell(generic.template).points)
     assert np.ptp(animator.shell.points[:, 0]) > 1.1 * np.ptp(generic.shell.points[:, 0])
@@ -529,8 +529,9 @@ def test_a_head_that_moved_leaves_the_wall_not_its_old_head(astronaut: np.ndarra
 
 def test_fringe_and_background_options_reach_the_animator(astronaut: np.ndarray) -> None:
     """``--fringe off`` leaves the fitted skull alone (fewer shell points: the astronaut's hair
-    beyond it is not attached); ``auto`` is on for the warp fill and, for any other generator,
-    what it says it was trained with (nothing: off); on and off are as asked."""
+    beyond it is not attached); ``auto`` is what the generator says (a learned one: its
+    weights' record), and on for a generator that says nothing (the warp fill); on and off
+    are as asked. The fringe also grows the generic skull (a learned model's)."""
     import argparse
 
     from rt_portrait.generator.select import add_generator_arguments, generator_options
@@ -545,8 +546,10 @@ def test_fringe_and_background_options_reach_the_animator(astronaut: np.ndarray)
 
     with_fringe, without = animator(), animator("--fringe", "off")
     assert len(with_fringe.shell.points) > len(without.shell.points) + 50
-    assert with_fringe.trained_with("background_seen")
-    assert not animator("--background-seen", "off").trained_with("background_seen")
+    assert with_fringe.serves_with("background_seen")
+    assert not animator("--background-seen", "off").serves_with("background_seen")
+    generic, bare = animator("--shell", "generic"), animator("--shell", "generic", "--fringe", "off")
+    assert generic.shell_fit is None and len(generic.shell.points) > len(bare.shell.points) + 50
 
     class Other:  # a generator that is not the warp fill, e.g. a learned one
         background_seen = False
@@ -554,10 +557,10 @@ def test_fringe_and_background_options_reach_the_animator(astronaut: np.ndarray)
         def __call__(self, inputs: GeneratorInput) -> GeneratorOutput:
             return GeneratorOutput(face=inputs.warped, alpha=torch.zeros_like(inputs.warped[:1]))
 
-    assert not animator(generator=Other()).trained_with("background_seen")
-    assert not animator(generator=Other()).trained_with("fringe")
-    assert animator("--background-seen", "on", generator=Other()).trained_with("background_seen")
+    assert not animator(generator=Other()).serves_with("background_seen")
+    assert animator(generator=Other()).serves_with("fringe")  # it says nothing of the fringe
+    assert animator("--background-seen", "on", generator=Other()).serves_with("background_seen")
     Other.background_seen = True
-    assert animator(generator=Other()).trained_with("background_seen")
+    assert animator(generator=Other()).serves_with("background_seen")
     with pytest.raises(ValueError, match="unknown option"):
-        with_fringe.trained_with("fringes")
+        with_fringe.serves_with("fringes")

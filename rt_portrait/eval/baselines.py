@@ -234,6 +234,7 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
         "texture_gain",
         "source_detail",
         "still_sigma",
+        "chroma_clamp",
         "frame_detail",
         "mouth",
         "shell",
@@ -244,7 +245,7 @@ def generator_method_options(name: str, options: dict[str, Any] | None = None) -
     fusion: dict[str, Any] = {k: opts[k] for k in keys if k in opts}
     weights = opts.get("generator_weights")
     if name == "flow3d":  # the warp fill, composed the same way as the others
-        warp_keys = ("frame_detail", "mouth", "shell", "fringe", "background_seen")
+        warp_keys = ("frame_detail", "chroma_clamp", "mouth", "shell", "fringe", "background_seen")
         return {"generator": "warp", **{k: opts[k] for k in warp_keys if k in opts}}
     if name == "refined":
         return {"generator": "diffusion", "steps": 1, "generator_weights": weights, **fusion}

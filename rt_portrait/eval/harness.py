@@ -40,6 +40,7 @@ import numpy as np
 from rt_portrait.core import video
 from rt_portrait.eval import metrics as M
 from rt_portrait.eval.baselines import GENERATOR_METHODS, METHOD_NAMES, Method, make_method
+from rt_portrait.generator.colour import CHROMA_CLAMP
 from rt_portrait.generator.select import STILL_SIGMA
 from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.tracking.types import TrackResult
@@ -93,6 +94,7 @@ class EvalConfig:
     source_detail: float | None = None  # AnimatorConfig.source_detail, for the diffusion methods
     still_sigma: float | None = STILL_SIGMA  # AnimatorConfig.still_sigma, for the diffusion methods
     frame_detail: bool = True  # AnimatorConfig.frame_detail, for every method (flow3d too)
+    chroma_clamp: float = CHROMA_CLAMP  # AnimatorConfig.chroma_clamp, for every method
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth), for every method
     shell: str = "auto"  # the head shell (AnimatorConfig.shell), for every method
@@ -113,6 +115,7 @@ class EvalConfig:
             "source_detail": self.source_detail,
             "still_sigma": self.still_sigma,
             "frame_detail": self.frame_detail,
+            "chroma_clamp": self.chroma_clamp,
             "generator_weights": self.generator_weights,
             "mouth": self.mouth,
             "shell": self.shell,

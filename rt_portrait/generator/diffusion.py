@@ -84,16 +84,29 @@ def base_fill(base: str, mouth: str = "strips") -> WarpFillGenerator | None:
         return None
     # the fill as these bases were trained on: before session 16 every shell and background
     # pixel the source shows was kept, however stretched (WarpFillGenerator.stretch_at), and
-    # before session 17 the face kept the warp where the source hid it (mirror_face), and before
-    # session 21 unseen background that sampled the source's hair kept it (wall_from_head)
+    # before session 17 the face kept the warp where the source hid it (mirror_face). Except
+    # the wall: unseen background that samples the source's head is filled from the wall beside
+    # it, as by the warp fill since session 21 (the bases were trained keeping it, but the old
+    # head left beside a moved one is no texture to keep; README: "Two heads")
     return WarpFillGenerator(
         mirror=base == "warp_mirror",
         mouth_style=mouth,
         own_kind_donors=False,
         stretch_at=0.0,
         mirror_face=False,
-        wall_from_head=False,
     )
+
+
+@dataclass
+class Bases:
+    """What :meth:`DiffusionGenerator.bases` makes of a batch of inputs."""
+
+    inputs: list[GeneratorInput]  # as the model reads them: its base as ``warped``
+    mouths: list[MouthPaint | None]  # where each base has the mouth prior painted
+    details: list[torch.Tensor | None]  # the source detail split off each one, to add back
+    # (1, R, R) where each base filled a hole (None: a raw-warp base), so the face lands there:
+    # background the blend mask over the head would leave to the warp (the old head's place)
+    holes: list[torch.Tensor | None]
 
 
 # A model with two flow channels (UNetConfig.flow_channels) also *displaces* its base: the face
@@ -323,10 +336,12 @@ class DiffusionGenerator:
         self.shell = self.meta.get("shell") or "generic"
         if self.shell not in ("fitted", "generic"):
             raise ValueError(f"{path}: unknown shell {self.shell!r}; expected 'fitted' or 'generic'")
-        # the fringe on a fitted skull and the unseen background beside a moved head
-        # (AnimatorConfig.fringe, .background_seen); files from before session 21 had neither
-        self.fringe = self.meta.get("fringe", "0") == "1"
-        self.background_seen = self.meta.get("background_seen", "0") == "1"
+        # the fringe and the unseen background beside a moved head (AnimatorConfig.fringe,
+        # .background_seen): what the weights record; files from before session 21 record
+        # neither and were trained without, but are served with both since session 22 (without,
+        # a head that moves leaves its old self on the wall; README: "Two heads")
+        self.fringe = self.meta.get("fringe", "1") == "1"
+        self.background_seen = self.meta.get("background_seen", "1") == "1"
         self.source_detail = (
             cfg.source_detail
             if cfg.source_detail is not None
@@ -400,24 +415,23 @@ class DiffusionGenerator:
     def with_base(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorInput]:
         """The inputs as the model reads them: the source at most as detailed as the training
         clips' (``source_detail``), and its warp, or the filled warp (see ``BASES``)."""
-        return self.bases(inputs)[0]
+        return self.bases(inputs).inputs
 
-    def bases(
-        self, inputs: Sequence[GeneratorInput]
-    ) -> tuple[list[GeneratorInput], list[MouthPaint | None], list[torch.Tensor | None]]:
-        """:meth:`with_base`, where each filled base has the mouth prior painted (for the
-        outputs, so that compose repaints it finer), and the source detail each one's split
-        off (:meth:`split_source`), for the outputs to add back."""
+    def bases(self, inputs: Sequence[GeneratorInput]) -> Bases:
+        """:meth:`with_base`, with what the outputs need of each base: where the mouth prior
+        is painted (so that compose repaints it finer), the source detail split off
+        (:meth:`split_source`), to add back, and where the base filled a hole."""
         split = [self.split_source(x) for x in inputs]
         inputs = [x for x, _ in split]
         details = [d for _, d in split]
         if self._fill is None:
-            return inputs, [None] * len(inputs), details
+            return Bases(inputs, [None] * len(inputs), details, [None] * len(inputs))
         filled = [self._fill(x) for x in inputs]
-        return (
+        return Bases(
             [replace(x, warped=f.face) for x, f in zip(inputs, filled, strict=True)],
             [f.mouth for f in filled],
             details,
+            [f.alpha for f in filled],
         )
 
     def _source_split(self, inputs: GeneratorInput) -> tuple[float, SourceSplit]:
@@ -460,31 +474,31 @@ class DiffusionGenerator:
     @torch.inference_mode()
     def generate_batch(self, inputs: Sequence[GeneratorInput]) -> list[GeneratorOutput]:
         """One batched sampling for several inputs (e.g. several sessions' frames)."""
-        inputs, mouths, details = self.bases(inputs)
+        bases = self.bases(inputs)
+        inputs = bases.inputs
         hv = [self.config.history and x.history is not None for x in inputs]
         cond = build_condition_batch([x.to(self.device) for x in inputs], hv)
         res, disp = self.sample(cond)
         warped = torch.stack([x.warped.to(self.device).float() for x in inputs])
         face = displaced_face(warped, res, disp, self.residual_scale).clamp(0, 1)
-        return self.outputs(face, inputs, self.device, warped, disp, mouths, details)
+        return self.outputs(face, bases, self.device, warped, disp)
 
     def outputs(
         self,
         face: torch.Tensor,
-        inputs: Sequence[GeneratorInput],
+        bases: Bases,
         device: torch.device,
         warped: torch.Tensor | None = None,
         displacement: torch.Tensor | None = None,
-        mouths: Sequence[MouthPaint | None] | None = None,
-        details: Sequence[torch.Tensor | None] | None = None,
     ) -> list[GeneratorOutput]:
         """The sampled faces (N, 3, R, R) (and displacements (N, 2, R, R) of a displacing
-        model) as outputs: the warp-detail and texture post-processes when they are on, the
-        source detail split off each input added back, then each one's blend mask (shared by
-        the eager and the engine paths). ``mouths``: where each base has the mouth prior
-        painted (:meth:`bases`); dropped for a displaced base, which moved it. ``details``: the
-        source detail of :meth:`split_source` per input (None: none split off)."""
+        model) on ``bases`` (:meth:`bases`) as outputs: the warp-detail and texture
+        post-processes when they are on, the source detail split off each input added back,
+        then each one's blend mask (shared by the eager and the engine paths): the head's,
+        and wherever the base filled a hole. The mouth paint is dropped for a displaced base,
+        which moved it."""
         cfg = self.config
+        inputs = bases.inputs
         if cfg.detail > 0 or cfg.texture_gain > 1:
             if warped is None:
                 warped = torch.stack([x.warped.to(device).float() for x in inputs])
@@ -494,15 +508,21 @@ class DiffusionGenerator:
                 visibility = warp_batch(visibility, displacement)
             face = keep_warp_detail(face.float(), warped, visibility, cfg.detail)
             face = match_warp_texture(face.float(), warped, visibility, cfg.texture_gain)
-        if details is not None and any(d is not None for d in details):
-            add = torch.stack([torch.zeros_like(face[0]) if d is None else d.to(device) for d in details])
+        if any(d is not None for d in bases.details):
+            add = torch.stack(
+                [torch.zeros_like(face[0]) if d is None else d.to(device) for d in bases.details]
+            )
             if displacement is not None:  # the detail of the base the face was built on
                 add = displace(add, displacement)
             face = (face.float() + add).clamp(0, 1)
         labels = torch.stack([x.fields.labels.to(device) for x in inputs])
         alpha = face_alpha(labels, self.config.feather)
-        if mouths is None or displacement is not None:
-            mouths = [None] * len(inputs)
+        if displacement is None and any(h is not None for h in bases.holes):
+            holes = torch.stack(
+                [torch.zeros_like(alpha[0]) if h is None else h.to(device) for h in bases.holes]
+            )
+            alpha = torch.maximum(alpha, holes)
+        mouths = bases.mouths if displacement is None else [None] * len(inputs)
         return [
             GeneratorOutput(
                 face=face[i],

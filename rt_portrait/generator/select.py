@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rt_portrait.generator.colour import CHROMA_CLAMP
 from rt_portrait.generator.texture import TEXTURE_GAIN
 from rt_portrait.generator.types import Generator
 from rt_portrait.generator.warp_fill import WarpFillGenerator
@@ -230,6 +231,15 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         f"frame; 0 = off (default: {STILL_SIGMA:g})",
     )
     g.add_argument(
+        "--chroma-clamp",
+        type=float,
+        default=CHROMA_CLAMP,
+        metavar="K",
+        help="keep the portrait's colours: a generated pixel's chroma stays within K standard deviations "
+        "of the source head's (or as far out as the visible warp it was given), so a black-and-white "
+        f"portrait stays grey; 0 = off (default: {CHROMA_CLAMP:g})",
+    )
+    g.add_argument(
         "--frame-detail",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -263,17 +273,17 @@ def add_generator_arguments(parser: Any, steps_help: str | None = None) -> None:
         "--fringe",
         choices=("auto", "on", "off"),
         default="auto",
-        help="with the fitted skull, attach the person's head beyond it (a hat's brim, big hair) so a "
-        "turn carries it: on, off (the skull alone, before session 21), or auto (default: on for the "
-        "warp fill, for a learned model as it was trained; the shipped one: off)",
+        help="attach the person's head beyond the skull (a hat's brim, big hair) so a turn carries it: "
+        "on, off (the skull alone, before session 21), or auto (default: on, unless a learned model's "
+        "weights record off)",
     )
     g.add_argument(
         "--background-seen",
         choices=("auto", "on", "off"),
         default="auto",
         help="background that samples where the source's head was (beside a head that moved) is filled "
-        "from the wall instead of showing the old head: on, off, or auto (default: on for the warp fill, "
-        "for a learned model as it was trained; the shipped one: off)",
+        "from the wall instead of showing the old head: on, off, or auto (default: on, unless a learned "
+        "model's weights record off)",
     )
     g.add_argument(
         "--backend",
@@ -296,6 +306,8 @@ def generator_options(args: Any) -> dict[str, Any]:
         raise ValueError(f"--detail must be 0 or more, got {args.detail}")
     if not args.still_sigma >= 0:
         raise ValueError(f"--still-sigma must be 0 (off) or more, got {args.still_sigma}")
+    if not args.chroma_clamp >= 0:
+        raise ValueError(f"--chroma-clamp must be 0 (off) or more, got {args.chroma_clamp}")
     if not args.texture_gain >= 1:
         raise ValueError(f"--texture-gain must be 1 or more (1 = off), got {args.texture_gain}")
     if args.source_detail is not None and not args.source_detail >= 0:
@@ -309,6 +321,7 @@ def generator_options(args: Any) -> dict[str, Any]:
         "texture_gain": args.texture_gain,
         "source_detail": args.source_detail,
         "still_sigma": args.still_sigma or None,
+        "chroma_clamp": args.chroma_clamp,
         "frame_detail": args.frame_detail,
         "generator_weights": args.generator_weights,
         "mouth": args.mouth,

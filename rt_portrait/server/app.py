@@ -52,6 +52,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from rt_portrait.generator import Generator
+from rt_portrait.generator.colour import CHROMA_CLAMP
 from rt_portrait.generator.select import (
     STILL_SIGMA,
     add_generator_arguments,
@@ -109,6 +110,7 @@ class ServerConfig:
     texture_gain: float = TEXTURE_GAIN
     source_detail: float | None = None  # AnimatorConfig.source_detail
     still_sigma: float | None = STILL_SIGMA  # AnimatorConfig.still_sigma
+    chroma_clamp: float = CHROMA_CLAMP  # AnimatorConfig.chroma_clamp
     frame_detail: bool = True
     generator_weights: str | None = None
     mouth: str = "teeth"  # the warp fill's mouth style (AnimatorConfig.mouth)
@@ -216,6 +218,7 @@ class ServerState:
             texture_gain=c.texture_gain,
             source_detail=c.source_detail,
             still_sigma=c.still_sigma,
+            chroma_clamp=c.chroma_clamp,
             frame_detail=c.frame_detail,
             generator_weights=c.generator_weights,
             mouth=c.mouth,

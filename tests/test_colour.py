@@ -9,6 +9,7 @@ import torch
 from rt_portrait.core.types import Region
 from rt_portrait.generator import GeneratorInput, GeneratorOutput
 from rt_portrait.generator.colour import (
+    CHROMA_CLAMP,
     CHROMA_FLOOR,
     from_luma_chroma,
     keep_source_chroma,
@@ -47,7 +48,7 @@ def test_a_grey_source_gives_a_grey_face_and_a_colour_one_keeps_its_own() -> Non
     grey = torch.rand(1, 32, 32, generator=g).expand(3, -1, -1)
     tinted = (grey + torch.tensor([0.12, 0.02, -0.08]).reshape(3, 1, 1)).clamp(0, 1)
     out = keep_source_chroma(tinted, source_chroma(grey, labels))
-    assert float(_chroma(out).max()) <= 3 * CHROMA_FLOOR * 1.5  # the floor's spread, at most
+    assert float(_chroma(out).max()) <= CHROMA_CLAMP * CHROMA_FLOOR * 1.01  # the floor's spread, at most
     y_in, y_out = to_luma_chroma(tinted)[0], to_luma_chroma(out)[0]
     assert float((y_in - y_out).abs().max()) < 0.03  # luma kept (up to the [0, 1] clamp)
     assert torch.equal(keep_source_chroma(tinted, source_chroma(grey, labels), clamp=0), tinted)
@@ -60,7 +61,7 @@ def test_a_grey_source_gives_a_grey_face_and_a_colour_one_keeps_its_own() -> Non
     green[:, 10:14, 10:14] = torch.tensor([0.3, 0.9, 0.3]).reshape(3, 1, 1)
     green = green.clamp(0, 1)
     pulled = keep_source_chroma(green, stats)
-    assert float(stats.distance(to_luma_chroma(pulled)[1])[10:14, 10:14].max()) <= 3.0 + 1e-3
+    assert float(stats.distance(to_luma_chroma(pulled)[1])[10:14, 10:14].max()) <= CHROMA_CLAMP + 1e-3
     seen = keep_source_chroma(green, stats, warped=green, visibility=torch.ones(32, 32))
     torch.testing.assert_close(seen[:, 10:14, 10:14], green[:, 10:14, 10:14])
     hidden = keep_source_chroma(green, stats, warped=green, visibility=torch.zeros(32, 32))
@@ -88,11 +89,11 @@ def test_a_black_and_white_portrait_stays_black_and_white(grey_portrait: np.ndar
     """A generator that tints the face: with the clamp (default) the grey astronaut, turned,
     comes out grey; off, it comes out tinted."""
     outs = {}
-    for clamp in (3.0, 0.0):
+    for clamp in (CHROMA_CLAMP, 0.0):
         config = AnimatorConfig(size=128, chroma_clamp=clamp, still_sigma=None)
         animator = Animator(grey_portrait, config, generator=Tinter())
         outs[clamp] = float(_chroma(animator.render_edits(Edits(yaw=20)).image).max())
-    assert outs[3.0] < 5 / 255 and outs[0.0] > 0.05, outs
+    assert outs[CHROMA_CLAMP] < 6.5 / 255 and outs[0.0] > 0.05, outs
 
 
 def test_the_shipped_weights_keep_a_grey_portrait_grey(grey_portrait: np.ndarray) -> None:
@@ -101,8 +102,10 @@ def test_the_shipped_weights_keep_a_grey_portrait_grey(grey_portrait: np.ndarray
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip(f"the generator weights are not installed ({DEFAULT_WEIGHTS} is absent)")
     outs = {}
-    for clamp in (3.0, 0.0):
+    for clamp in (CHROMA_CLAMP, 0.0):
         config = AnimatorConfig(size=128, generator="diffusion", chroma_clamp=clamp)
         image = Animator(grey_portrait, config).render_edits(Edits(yaw=35, jaw_open=0.6)).image
         outs[clamp] = float(np.percentile(_chroma(image).numpy(), 99.9))
-    assert outs[3.0] < 5 / 255 and outs[0.0] > outs[3.0] + 3 / 255, outs  # measured 3.5 and 8.6 (/255)
+    assert outs[CHROMA_CLAMP] < 6.5 / 255 and outs[0.0] > outs[CHROMA_CLAMP] + 2.5 / 255, (
+        outs
+    )  # 5.1, 8.6 measured

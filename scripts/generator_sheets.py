@@ -447,8 +447,6 @@ def moved_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: float = 30.0,
     """Each portrait's head turned ``yaw`` degrees and moved ``shift`` px sideways, both ways
     (warp-only): before session 21 (no fringe, the wall beside the moved head as it samples) and
     since. The first tile is the source."""
-    from rt_portrait.head import apply_edits
-
     rows: list[tuple[str, list[np.ndarray]]] = []
     for who, img in portraits.items():
         for on in (False, True):
@@ -458,11 +456,7 @@ def moved_sheet(path: Path, portraits: dict[str, np.ndarray], yaw: float = 30.0,
                 generator=WarpFillGenerator(wall_from_head=on),
             )
             box = crop_box(animator, margin=0.6)
-            tiles = [tile(img, box)]
-            for sign in (1.0, -1.0):
-                s = apply_edits(animator.source_state, Edits(yaw=sign * yaw), animator.template)
-                pose = Pose(s.pose.rotation, s.pose.translation + [sign * shift, 0.0, 0.0], s.pose.scale)
-                tiles.append(tile(animator.render(replace(s, pose=pose))[0], box))
+            tiles = [tile(img, box), *moves(animator, box, yaw, shift)]
             rows.append((f"{who}\n{'since' if on else 'before'}\nsession 21", tiles))
     return sheet(
         path, rows, ["source", f"yaw {yaw:+.0f}°, {shift:+.0f} px", f"yaw {-yaw:+.0f}°, {-shift:+.0f} px"]

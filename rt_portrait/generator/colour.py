@@ -98,16 +98,14 @@ def keep_source_chroma(
         return face
     # few pixels beyond the clamp (a colour source): change only those; many (a grey one, where
     # every tinted pixel is): the whole grid at once, which is 4x faster than indexing it all
-    sel: tuple[slice, ...] | tuple[slice, torch.Tensor] = (slice(None), over)
-    if n_over > over.numel() // 4:
-        sel = (slice(None),)
-    limit = torch.full_like(dist[sel[1:]], float(clamp))
+    at: torch.Tensor | slice = over if n_over <= over.numel() // 4 else slice(None)
+    d = dist[at]
+    limit = torch.full_like(d, float(clamp))
     if warped is not None and visibility is not None:
-        _, own = to_luma_chroma(warped.float()[sel])
-        limit = torch.maximum(limit, visibility.reshape(dist.shape)[sel[1:]].float() * stats.distance(own))
-    picked = chroma[sel]
-    mean = stats.mean.reshape(2, *([1] * (picked.dim() - 1)))
-    pulled = mean + (picked - mean) * (limit / dist[sel[1:]]).clamp(max=1.0)
+        _, own = to_luma_chroma(warped.float()[:, at])
+        limit = torch.maximum(limit, visibility.reshape(dist.shape)[at].float() * stats.distance(own))
+    mean = stats.mean.reshape(2, *([1] * d.dim()))
+    pulled = mean + (chroma[:, at] - mean) * (limit / d).clamp(max=1.0)
     out = face.clone()
-    out[sel] = from_luma_chroma(y[sel], pulled)
+    out[:, at] = from_luma_chroma(y[:, at], pulled)
     return out.clamp(0, 1)

@@ -86,6 +86,19 @@ def test_sharpness_ratio_falls_with_blur_and_rises_with_noise(astronaut):
     assert M.sharpness_ratio(out, astronaut, mask) == pytest.approx(1.0)
 
 
+def test_sharpness_is_summarised_over_clips_by_its_geometric_mean():
+    """A ratio: one clip three times as sharp as its real frame must not hide three at 0.8."""
+    from rt_portrait.eval.harness import ClipResult, _summarise
+
+    clips = [
+        ClipResult(f"c{i}", "m", 5, 5, {"face_sharpness": v, "face_l1": v})
+        for i, v in enumerate((3.0, 0.8, 0.8, 0.8))
+    ]
+    summary = _summarise(clips, ["m"])["m"]
+    assert summary["face_sharpness"] == pytest.approx((3.0 * 0.8**3) ** 0.25)  # 1.13, not 1.35
+    assert summary["face_l1"] == pytest.approx(1.35)  # the others stay arithmetic means
+
+
 @pytest.mark.parametrize("k", [1, 4, 16])
 def test_psnr_and_l1_of_known_noise(astronaut, k):
     rng = np.random.default_rng(k)

@@ -307,6 +307,8 @@ def test_shell_fit_meets_the_person_outline(template, radius_scale, expected):
     assert fit.right == pytest.approx(expected, rel=0.06)
     ax, ay = shell_geometry(template).axes[:2]  # the disc's top against the skull's crown
     assert fit.top == pytest.approx(np.clip(radius_scale * ax / ay, 0.85, 1.5), rel=0.06)
+    side = (fit.left + fit.right) / 2  # the back, which the photo does not show: as thick
+    assert fit.back == pytest.approx(max(1.0, 1.0 + (side - 1.0) * ax / shell_geometry(template).axes[2]))
 
 
 def test_shell_fit_keeps_the_generic_skull_without_a_person(template):
@@ -329,6 +331,29 @@ def test_fitted_shell_is_wider_on_its_side_only_and_meets_the_face(template):
     assert np.linalg.norm(oval[:, None] - wide.points[None], axis=-1).min(1).max() < 1.5 * 0.08  # no seam gap
     with pytest.raises(ValueError, match="left"):
         build_shell(template, fit=ShellFit(left=0.0))
+
+
+def test_a_skull_as_thick_behind_as_beside_carries_its_hair_round_a_turn(template):
+    """Big hair (sides at 1.5x): with the back scaled as :func:`fit_shell` scales it, the skull
+    is as much thicker behind as beside, and at a 40-degree turn the side turning away reaches
+    further out than with the generic back, so the hair that showed there turns with the head."""
+    from scipy.spatial.transform import Rotation
+
+    geo = shell_geometry(template)
+    c = geo.centre
+    back = 1.0 + 0.5 * geo.axes[0] / geo.axes[2]
+    generic = build_shell(template).points - c
+    full = build_shell(template, fit=ShellFit(left=1.5, right=1.5, back=back)).points - c
+    flat = build_shell(template, fit=ShellFit(left=1.5, right=1.5)).points - c
+    behind = full[:, 2].max() - generic[:, 2].max()  # canonical +z: away from the face
+    assert behind == pytest.approx(0.5 * geo.axes[0], rel=0.05)  # the sides' extra half width
+    assert full[:, 2].min() == pytest.approx(flat[:, 2].min(), rel=1e-6)  # the front stays
+    turn = Rotation.from_euler("y", 40, degrees=True).as_matrix()
+    away = max(float((full @ turn.T)[:, 0].max()), float(-(full @ turn.T)[:, 0].min()))
+    away_flat = max(float((flat @ turn.T)[:, 0].max()), float(-(flat @ turn.T)[:, 0].min()))
+    assert away > 1.1 * away_flat
+    with pytest.raises(ValueError, match="back"):
+        build_shell(template, fit=ShellFit(back=0.0))
 
 
 @pytest.mark.parametrize("yaw", [0.0, 25.0])

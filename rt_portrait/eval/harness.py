@@ -60,6 +60,9 @@ SUMMARY_METRICS: tuple[tuple[str, bool], ...] = (
     ("jitter", False),
 )
 EXTRA_METRICS: tuple[str, ...] = ("full_l1", "mouth_l1", "retrack_fail", "jitter_driver", "ms_per_frame")
+# ratios to the real frame, summarised over clips by their geometric mean: an arithmetic mean
+# lets one clip at 3x (a warp sharper than a soft real video) outweigh several at 0.8x
+RATIO_METRICS: tuple[str, ...] = ("face_sharpness",)
 
 
 VideoReadError = video.MediaError  # a video that cannot be read; the message names the file
@@ -201,7 +204,7 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "face_l1": "mean |output - target| in [0,1] units inside the target's face-oval mask",
     "face_psnr": "PSNR (dB, capped at 100) inside the face mask",
     "face_ssim": "Gaussian-window SSIM map (sigma 1.5, per RGB channel) averaged inside the face mask",
-    "face_sharpness": "variance of the grey 4-neighbour Laplacian inside the face mask, / the target's (1 = as sharp as the real frame)",
+    "face_sharpness": "variance of the grey 4-neighbour Laplacian inside the face mask, / the target's (1 = as sharp as the real frame); over clips, the geometric mean",
     "full_l1": "mean |output - target| over the whole frame",
     "mouth_l1": "mean |output - target| inside the target's inner-lip polygon, over the frames whose mouth is open (at least metrics.MIN_MOUTH_PIXELS inside it)",
     "full_psnr": "PSNR (dB) over the whole frame",
@@ -470,7 +473,11 @@ def _summarise(clips: list[ClipResult], methods: Sequence[str]) -> dict[str, dic
         for k in keys:
             xs = np.array([c.metrics.get(k, float("nan")) for c in rows], dtype=np.float64)
             xs = xs[np.isfinite(xs)]
-            vals[k] = float(xs.mean()) if xs.size else float("nan")
+            if k in RATIO_METRICS:
+                xs = xs[xs > 0]
+                vals[k] = float(np.exp(np.log(xs).mean())) if xs.size else float("nan")
+            else:
+                vals[k] = float(xs.mean()) if xs.size else float("nan")
         vals["n_clips"] = float(len(rows))
         vals["n_frames"] = float(sum(c.n_scored for c in rows))
         summary[m] = vals

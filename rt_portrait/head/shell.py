@@ -71,17 +71,21 @@ def _angles(d: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class ShellFit:
     """Scales of the skull ellipsoid's semi-axes for one subject (1 = the generic skull):
-    toward canonical -x and +x (the image's left and right in a frontal view) and upward
-    (the crown). The generic skull is 1.08 face widths across; heads with ears, full hair or
-    a narrow crop differ, and a head turn then carries the real head's edge (an ear, hair)
-    only as far as the shell reaches: beyond it the source's head stays put like background."""
+    toward canonical -x and +x (the image's left and right in a frontal view), upward (the
+    crown) and backward (+z, away from the face). The generic skull is 1.08 face widths across;
+    heads with ears, full hair or a narrow crop differ, and a head turn then carries the real
+    head's edge (an ear, hair) only as far as the shell reaches: beyond it the source's head
+    stays put like background. A photo does not show the back: :func:`fit_shell` makes the
+    skull as much thicker behind as beside (never thinner than the generic one), so the side
+    that turns away carries full hair round to where it showed, not a gap and a stray lock."""
 
     left: float = 1.0
     right: float = 1.0
     top: float = 1.0
+    back: float = 1.0
 
     def validate(self) -> None:
-        for name in ("left", "right", "top"):
+        for name in ("left", "right", "top", "back"):
             v = getattr(self, name)
             if not (np.isfinite(v) and 0.25 <= v <= 4.0):
                 raise ValueError(f"shell fit {name} scale must be in [0.25, 4], got {v}")
@@ -97,6 +101,7 @@ def _skull_axes(dirs: np.ndarray, axes: np.ndarray, fit: ShellFit) -> np.ndarray
     out = np.tile(np.asarray(axes, dtype=np.float64), (len(dirs), 1))
     out[:, 0] *= np.where(dirs[:, 0] < 0, fit.left, fit.right)
     out[:, 1] *= np.where(dirs[:, 1] < 0, fit.top, 1.0)
+    out[:, 2] *= np.where(dirs[:, 2] > 0, fit.back, 1.0)
     return out
 
 
@@ -173,7 +178,10 @@ def fit_shell(
         if reach is not None and radius > 0:
             top = float(np.clip(reach / radius, lo, hi))
     # canonical -x is the image's left when the head faces the camera (rotation ~ identity)
-    return ShellFit(left=scales["left"], right=scales["right"], top=top)
+    # as thick behind the skull as beside it
+    side = (scales["left"] + scales["right"]) / 2
+    back = max(1.0, 1.0 + (side - 1.0) * float(geo.axes[0] / geo.axes[2]))
+    return ShellFit(left=scales["left"], right=scales["right"], top=top, back=back)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,8 @@ def test_sharpness_is_summarised_over_clips_by_its_geometric_mean():
     summary = _summarise(clips, ["m"])["m"]
     assert summary["face_sharpness"] == pytest.approx((3.0 * 0.8**3) ** 0.25)  # 1.13, not 1.35
     assert summary["face_l1"] == pytest.approx(1.35)  # the others stay arithmetic means
+    flat = clips + [ClipResult("c4", "m", 5, 5, {"face_sharpness": 0.0})]
+    assert _summarise(flat, ["m"])["m"]["face_sharpness"] < 0.1  # a flat face is not left out
 
 
 @pytest.mark.parametrize("k", [1, 4, 16])

@@ -473,9 +473,9 @@ def _summarise(clips: list[ClipResult], methods: Sequence[str]) -> dict[str, dic
         for k in keys:
             xs = np.array([c.metrics.get(k, float("nan")) for c in rows], dtype=np.float64)
             xs = xs[np.isfinite(xs)]
-            if k in RATIO_METRICS:
-                xs = xs[xs > 0]
-                vals[k] = float(np.exp(np.log(xs).mean())) if xs.size else float("nan")
+            if k in RATIO_METRICS:  # a flat output (ratio 0) drags the mean to about 0, as it should
+                logs = np.log(np.maximum(xs, 1e-6))
+                vals[k] = float(np.exp(logs.mean())) if xs.size else float("nan")
             else:
                 vals[k] = float(xs.mean()) if xs.size else float("nan")
         vals["n_clips"] = float(len(rows))

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 # The default texture gain (DiffusionConfig.texture_gain): chosen on 13 train clips, in session
 # 23, as the smallest of 1, 1.25, 1.5 and 2 whose median clip is over 0.9 of the real frame's
-# sharpness (1.25, chosen in session 18 on the clips' mean, left 7 of 13 under it; README: "The
-# sharpness goal, clip by clip").
+# sharpness (1.25, chosen in session 18 on the clips' mean, left 7 of 13 under it; README: "Hair
+# that turns away with the head, and the sharpness goal clip by clip").
 TEXTURE_GAIN = 1.5
 TEXTURE_POOL = 4  # energies are averaged over 3x3 cells of a grid this much coarser: ~12 px
 

@@ -349,8 +349,7 @@ def test_a_skull_as_thick_behind_as_beside_carries_its_hair_round_a_turn(templat
     assert behind == pytest.approx(0.5 * geo.axes[0], rel=0.05)  # the sides' extra half width
     assert full[:, 2].min() == pytest.approx(flat[:, 2].min(), rel=1e-6)  # the front stays
     turn = Rotation.from_euler("y", 40, degrees=True).as_matrix()
-    away = max(float((full @ turn.T)[:, 0].max()), float(-(full @ turn.T)[:, 0].min()))
-    away_flat = max(float((flat @ turn.T)[:, 0].max()), float(-(flat @ turn.T)[:, 0].min()))
+    away, away_flat = (float(np.abs((p @ turn.T)[:, 0]).max()) for p in (full, flat))
     assert away > 1.1 * away_flat
     with pytest.raises(ValueError, match="back"):
         build_shell(template, fit=ShellFit(back=0.0))

@@ -473,11 +473,12 @@ def _summarise(clips: list[ClipResult], methods: Sequence[str]) -> dict[str, dic
         for k in keys:
             xs = np.array([c.metrics.get(k, float("nan")) for c in rows], dtype=np.float64)
             xs = xs[np.isfinite(xs)]
-            if k in RATIO_METRICS:  # a flat output (ratio 0) drags the mean to about 0, as it should
-                logs = np.log(np.maximum(xs, 1e-6))
-                vals[k] = float(np.exp(logs.mean())) if xs.size else float("nan")
+            if not xs.size:
+                vals[k] = float("nan")
+            elif k in RATIO_METRICS:  # a flat output (ratio 0) drags the mean to about 0, as it should
+                vals[k] = float(np.exp(np.log(np.maximum(xs, 1e-6)).mean()))
             else:
-                vals[k] = float(xs.mean()) if xs.size else float("nan")
+                vals[k] = float(xs.mean())
         vals["n_clips"] = float(len(rows))
         vals["n_frames"] = float(sum(c.n_scored for c in rows))
         summary[m] = vals

@@ -300,11 +300,33 @@ def test_eval_generator_methods(tiny_weights: Path) -> None:
 # --------------------------------------------------------------------------- shipped weights
 
 
-def test_shipped_weights_beat_the_warp_on_a_talking_face() -> None:
-    """On a registry talking-face clip (not in the training data), the 1-step refined output is
-    closer to the real frames than the warp alone, in the face (self-reenactment)."""
-    if not DEFAULT_WEIGHTS.is_file():
-        pytest.skip(f"the generator weights are not installed ({DEFAULT_WEIGHTS} is absent)")
+def test_the_two_step_student_serves_two_steps() -> None:
+    """``--steps 2`` loads the shipped 2-step student (distilled in session 24), whose own
+    metadata says so; one step loads the 1-step file. Every caller resolves them alike, and the
+    teacher's path is one name."""
+    from rt_portrait.generator import diffusion, select
+
+    for steps in (1, 2, 16):
+        assert select.default_weights(steps) == diffusion.default_weights(steps)
+    assert select.teacher_weights() == diffusion.TEACHER_WEIGHTS
+    assert diffusion.default_weights(1) == DEFAULT_WEIGHTS
+    if not diffusion.STUDENT2_WEIGHTS.is_file():
+        pytest.skip(f"no 2-step student is installed ({diffusion.STUDENT2_WEIGHTS} is absent)")
+    assert diffusion.default_weights(2) == diffusion.STUDENT2_WEIGHTS
+    meta = weights_metadata(diffusion.STUDENT2_WEIGHTS)
+    assert (meta["mode"], meta["student_steps"]) == ("distill", "2")
+    assert "research" in meta["data"]
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_shipped_weights_beat_the_warp_on_a_talking_face(steps: int) -> None:
+    """On a registry talking-face clip (not in the training data), the refined output (the
+    1-step file in 1 step, the 2-step student in 2) is closer to the real frames than the warp
+    alone, in the face (self-reenactment)."""
+    from rt_portrait.generator.diffusion import default_weights
+
+    if not default_weights(steps).is_file():
+        pytest.skip(f"the generator weights are not installed ({default_weights(steps)} is absent)")
     from rt_portrait.core.assets import pyfeat_file
     from rt_portrait.eval.metrics import face_mask, l1
     from rt_portrait.tracking import FaceTracker, TrackerConfig
@@ -318,7 +340,9 @@ def test_shipped_weights_beat_the_warp_on_a_talking_face() -> None:
         target_tracks = [tracker.track(t) for t in targets]
     errors: dict[str, list[float]] = {}
     for name in ("warp", "diffusion"):
-        config = AnimatorConfig(size=256, generator=name, smoothing=SmoothingConfig(enabled=False))
+        config = AnimatorConfig(
+            size=256, generator=name, steps=steps, smoothing=SmoothingConfig(enabled=False)
+        )
         animator = Animator(frames[0], config, source_track=source_track)
         session = animator.session(fps=24.0)
         session.animate_track(source_track)  # the source frame is the driver's reference

@@ -57,19 +57,18 @@ class GeneratorSpec:
 
 
 def default_weights(steps: int = 1) -> Path:
-    """The shipped student for ``steps`` sampling steps: ``generator_2step`` for 2 steps when it
-    is installed, the 1-step student otherwise (sampled in ``steps`` steps)."""
-    from rt_portrait.generator.diffusion import DEFAULT_WEIGHTS, WEIGHTS_DIR
+    """The shipped weights for ``steps`` sampling steps (:func:`.diffusion.default_weights`:
+    ``generator_2step`` for 2 steps when it is installed, the 1-step student otherwise)."""
+    from rt_portrait.generator import diffusion
 
-    two = Path(WEIGHTS_DIR) / "generator_2step.safetensors"
-    return two if steps == 2 and two.is_file() else Path(DEFAULT_WEIGHTS)
+    return diffusion.default_weights(steps)
 
 
 def teacher_weights() -> Path:
-    """Where the shipped teacher's weights are (they may be absent)."""
-    from rt_portrait.generator.diffusion import WEIGHTS_DIR
+    """Where the shipped teacher's weights are (they may be absent: none ships today)."""
+    from rt_portrait.generator.diffusion import TEACHER_WEIGHTS
 
-    return Path(WEIGHTS_DIR) / "teacher.safetensors"
+    return Path(TEACHER_WEIGHTS)
 
 
 TEACHER_STEPS = 16  # the teacher's sampling steps when its weights do not say

@@ -57,8 +57,9 @@ class GeneratorSpec:
 
 
 def default_weights(steps: int = 1) -> Path:
-    """The shipped weights for ``steps`` sampling steps (:func:`.diffusion.default_weights`:
-    ``generator_2step`` for 2 steps when it is installed, the 1-step student otherwise)."""
+    """The shipped weights for ``steps`` sampling steps, as :func:`.diffusion.default_weights`
+    resolves them: the 1-step student for 1; ``generator_2step`` for 2 when it is installed;
+    for more, the teacher, else the 2-step student, else the 1-step one."""
     from rt_portrait.generator import diffusion
 
     return diffusion.default_weights(steps)

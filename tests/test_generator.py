@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from rt_portrait.core.fill import (
+    dilate,
+    erode,
     mirror_fill,
     nearest_seed,
     nearest_seed_jfa,
@@ -20,6 +22,20 @@ from rt_portrait.generator.diffusion import base_fill
 from rt_portrait.head import load_template
 
 R = 128
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 8])
+def test_dilate_and_erode_are_the_square_max_and_min(radius: int) -> None:
+    """The separable running maxima give exactly the square max-pool (and its min), at the
+    grid's border too, where neither spreads what lies outside it."""
+    import torch.nn.functional as F
+
+    x = torch.rand(37, 53)
+    k = 2 * radius + 1
+    assert torch.equal(dilate(x, radius), F.max_pool2d(x[None, None], k, 1, radius)[0, 0])
+    assert torch.equal(erode(x, radius), -F.max_pool2d(-x[None, None], k, 1, radius)[0, 0])
+    with pytest.raises(ValueError, match="radius"):
+        dilate(x, -1)
 
 
 def _landmarks(shift: float = 0.0) -> torch.Tensor:

@@ -8,6 +8,17 @@ import torch
 import torch.nn.functional as F
 
 
+def _running_max(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Max over the 2 radius + 1 neighbours along ``dim`` (-1 or -2) of an (H, W) map."""
+    n = x.shape[dim]
+    pad = (radius, radius) if dim == -1 else (0, 0, radius, radius)
+    p = F.pad(x[None], pad, value=float("-inf"))[0]
+    out = p.narrow(dim, 0, n)
+    for i in range(1, 2 * radius + 1):
+        out = torch.maximum(out, p.narrow(dim, i, n))
+    return out
+
+
 def dilate(image: torch.Tensor, radius: int) -> torch.Tensor:
     """Max over the (2 radius + 1)² square around each pixel of an (H, W) float map.
 
@@ -16,17 +27,9 @@ def dilate(image: torch.Tensor, radius: int) -> torch.Tensor:
     stage and the warp fill call it several times a frame). The result is the same."""
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
-    h, w = image.shape
-    k = 2 * radius + 1
-    rows = F.pad(image[None], (radius, radius), value=float("-inf"))[0]
-    out = rows[:, :w]
-    for i in range(1, k):
-        out = torch.maximum(out, rows[:, i : i + w])
-    cols = F.pad(out[None], (0, 0, radius, radius), value=float("-inf"))[0]
-    out = cols[:h]
-    for i in range(1, k):
-        out = torch.maximum(out, cols[i : i + h])
-    return out
+    if image.ndim != 2:
+        raise ValueError(f"dilate takes an (H, W) map, got shape {tuple(image.shape)}")
+    return _running_max(_running_max(image, radius, -1), radius, -2)
 
 
 def erode(image: torch.Tensor, radius: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ in the same way (condition groups dropped by a constant channel mask).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from functools import partial
@@ -100,6 +101,15 @@ class GeneratorGraph(nn.Module):
             mask = torch.ones(1, NUM_CHANNELS, 1, 1)
             mask[:, group_channels(group)] = 0
             self.register_buffer(f"keep_{group}", mask, persistent=False)
+
+    def cast(self, dtype: torch.dtype) -> GeneratorGraph:
+        """A copy whose UNet runs at ``dtype`` (inputs and output stay float32); this graph
+        is left as it is."""
+        device = next(self.unet.parameters()).device
+        graph = GeneratorGraph(
+            copy.deepcopy(self.unet), self.spec, self.residual_scale, self.prediction, dtype
+        )
+        return graph.to(device).eval()
 
     def _drop(self, cond: torch.Tensor, group: str) -> torch.Tensor:
         mask: torch.Tensor = getattr(self, f"keep_{group}")

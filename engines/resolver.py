@@ -32,9 +32,10 @@ from rt_portrait.engines.torch_engines import CompileEngine, EagerEngine
 log = logging.getLogger(__name__)
 
 GPU_ORDER = ("tensorrt", "compile", "onnxruntime", "eager")
-# compile is not a CPU candidate by default: measured on the 2-core development CPU it did not
-# beat the best of eager/ONNX Runtime, and inductor's first compile takes minutes there
-# (bench/bench_engines.py measures all three in one run; README "Engines")
+# compile is not a CPU candidate by default: on the 2-core development CPU (session 25, torch
+# 2.13, bf16) it saved 6 ms of the network's 30 at one thread but only 1-3 ms of the generator
+# stage at two, and inductor's first compile there takes 25-30 s (4-5 s from its cache) on
+# every start (bench/bench_engines.py measures all three in one run; README "Engines")
 CPU_CANDIDATES = ("onnxruntime", "eager")
 
 PARITY_FP32 = (2e-3, 45.0)  # max abs, min PSNR (dB)

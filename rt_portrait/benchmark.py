@@ -91,6 +91,7 @@ def run_stage_benchmark(
         "generator": gen_name,
         "steps": steps,
         "frames": len(samples["total"]),
+        "threads": torch.get_num_threads(),  # torch's intra-op threads (rt-portrait --threads)
         "median_ms": medians,
         "p90_ms": p90,
         "fps": 1000 / medians["total"],

@@ -210,9 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch CPU threads (default 1: on small machines the tracker's own threads and "
-        "concurrent sessions make more intra-op threads slower, not faster)",
+        default=None,
+        help="torch CPU threads (default: torch's own, one per core, for one stream; 1 for "
+        "serve, whose sessions run side by side in threads of their own)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -330,11 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         # SIGTERM unwinds like Ctrl-C (no .part file is left behind); serve and cam handle it themselves
         with raise_on_sigterm(Terminated):

@@ -275,6 +275,29 @@ def test_engine_generator_matches_the_diffusion_generator(random_weights, real_i
         assert torch.allclose(g.face, w.face, atol=2e-3)
 
 
+def test_bfloat16_on_the_cpu_runs_a_cast_copy_near_float32(random_weights, real_inputs, real_cond) -> None:
+    # bf16 on the CPU runs a copy of the UNet cast to bf16, not float32 under autocast
+    # (core.cpu.casts_weights: faster there); the float32 module that graphs, exports and
+    # parity read is left as it is
+    full = DiffusionGenerator(DiffusionConfig(weights=random_weights, dtype="float32"))
+    half = DiffusionGenerator(DiffusionConfig(weights=random_weights, dtype="bfloat16"))
+    assert full.net is full.model and half.net is not half.model
+    assert next(half.model.parameters()).dtype == torch.float32
+    assert next(half.net.parameters()).dtype == torch.bfloat16
+    for got, want in zip(half.generate_batch(real_inputs), full.generate_batch(real_inputs), strict=True):
+        assert got.face.dtype == torch.float32
+        assert parity_stats(got.face, want.face)["psnr"] >= 30  # the reduced-precision bar
+    graph = load_graph(random_weights).graph
+    eager = EagerEngine(graph, Precision("bfloat16"))
+    assert eager.precision == "bfloat16"
+    assert next(graph.unet.parameters()).dtype == torch.float32
+    assert next(eager.graph.unet.parameters()).dtype == torch.bfloat16
+    noise = _noise(real_cond.shape[0], real_cond.shape[-1])
+    with torch.inference_mode():
+        stats = parity_stats(eager(real_cond, noise), graph(real_cond, noise))
+    assert 30 <= stats["psnr"] < 100  # close, and not the float32 graph itself
+
+
 def test_onnx_cache_is_reused_and_keyed_by_weights(random_weights, tmp_path) -> None:
     from rt_portrait.engines.onnx_export import cached_onnx
 

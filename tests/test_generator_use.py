@@ -177,6 +177,7 @@ def test_bench_reports_a_generator_stage() -> None:
     assert report["generator"] == "warp"
     assert "generator" in report["median_ms"] and report["median_ms"]["generator"] > 0
     assert "generator" in report["table"]
+    assert report["threads"] == torch.get_num_threads()  # what the figures were measured with
 
 
 # --------------------------------------------------------------------------- history

@@ -97,6 +97,24 @@ def test_animate_without_a_face_anywhere_is_an_error(
     assert not out.exists() and not list(tmp_path.glob("*.part*"))
 
 
+def test_threads_default_to_torchs_own_for_one_stream_and_one_for_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from rt_portrait.server.app import serve_threads
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    missing = ["animate", "--source", str(tmp_path / "none.png"), "--driver", str(tmp_path / "none.mp4")]
+    assert main([*missing, "-o", str(tmp_path / "a.mp4")]) == 2  # fails on the file, after threads
+    assert calls == []  # torch's default: one thread per core
+    assert main(["--threads", "3", *missing, "-o", str(tmp_path / "b.mp4")]) == 2
+    assert calls == [3]
+    assert build_parser().parse_args(["serve"]).threads is None
+    assert serve_threads(None) == 1 and serve_threads(2) == 2
+
+
 def test_animate_with_partial_coverage_warns_with_the_count(
     tmp_path: Path, portrait_png: Path, capsys: pytest.CaptureFixture[str], umask_022: None
 ) -> None:

@@ -30,6 +30,7 @@ every frame, which also keeps the output temporally stable).
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rt_portrait.core.cpu import auto_dtype
+from rt_portrait.core.cpu import auto_dtype, casts_weights
 from rt_portrait.core.fill import gaussian_blur, warp_batch, warp_working
 from rt_portrait.core.types import Region
 from rt_portrait.generator.conditioning import NUM_CHANNELS, build_condition_batch, drop_groups
@@ -311,6 +312,12 @@ class DiffusionGenerator:
                 f"{path}: the model takes {self.model.config.cond_channels} condition channels, "
                 f"the conditioning has {NUM_CHANNELS}"
             )
+        # the network as it runs: the model itself (under autocast), or a copy cast to the
+        # working precision where that is faster (core.cpu.casts_weights)
+        self.dtype = auto_dtype(self.device) if cfg.dtype == "auto" else cfg.dtype
+        self.net: ConditionalUNet = self.model
+        if casts_weights(self.device, self.dtype):
+            self.net = copy.deepcopy(self.model).to(torch.bfloat16)
         self.residual_scale = float(self.meta.get("residual_scale", "1"))
         self.prediction = self.meta.get("prediction", "sample")
         if self.prediction not in PREDICTIONS:
@@ -356,11 +363,17 @@ class DiffusionGenerator:
         self._source_lock = threading.Lock()  # a server's sessions call from several threads
 
     def _autocast(self) -> AbstractContextManager[object]:
-        dt = auto_dtype(self.device) if self.config.dtype == "auto" else self.config.dtype
-        if dt == "float32":
+        dt = self.dtype
+        if dt == "float32" or self.net is not self.model:
             return nullcontext()
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dt]
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """One network call at the working precision, float32 out."""
+        dt = next(self.net.parameters()).dtype
+        with self._autocast():
+            return self.net(x.to(dt), t, cond.to(dt)).float()
 
     def noise(self, h: int, w: int) -> torch.Tensor:
         """(1, 3, h, w) starting noise, fixed per size by the seed."""
@@ -386,14 +399,12 @@ class DiffusionGenerator:
         cfg = self.config
         if self.prediction == "regression":  # plain regression (ablation): one forward from zeros
             x = torch.zeros(b, 3, h, w, device=cond.device)
-            with self._autocast():
-                out = self.model(x, torch.ones(b, device=cond.device), cond).float()
+            out = self.forward(x, torch.ones(b, device=cond.device), cond)
             return out[:, :3], self._displacement(out[:, 3:])
         first: list[torch.Tensor] = []
 
         def model_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                out = self.model(x, t, c).float()
+            out = self.forward(x, t, c)
             if not first:
                 first.append(out[:b, 3:])
             x0 = out[:, :3]

@@ -1053,14 +1053,20 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def serve_threads(requested: int | None) -> int:
+    """The server's torch intra-op threads: ``requested``, else 1. Sessions run side by side
+    in threads of their own, and one intra-op thread each keeps them from oversubscribing the
+    cores (a single stream, ``animate`` or ``cam``, uses torch's default of one per core)."""
+    return 1 if requested is None else requested
+
+
 def run_from_args(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     use_allocator(config.allocator)  # may replace the process: before any thread or socket
     import torch
 
-    # sessions run in parallel threads: one intra-op thread each avoids oversubscribing the cores
-    torch.set_num_threads(getattr(args, "threads", 1))
+    torch.set_num_threads(serve_threads(getattr(args, "threads", None)))
     tune_malloc(config.malloc_arenas, config.malloc_mmap_threshold_kb)  # process-wide: not in build_app
     log.info("native allocator: %s", loaded_allocator())
     print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)

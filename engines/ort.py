@@ -100,6 +100,10 @@ class OrtEngine:
             so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
+            # no busy-waiting between runs: ORT's pool spins by default, and with two or more
+            # threads it took cores from the rest of each frame (the flow stage ran 28 ms
+            # instead of 17 beside it on the 2-core CPU)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if self.provider == "CUDAExecutionProvider":
                 dev = self.device.index if self.device.index is not None else torch.cuda.current_device()
                 opts = {

@@ -405,6 +405,43 @@ def test_auto_on_the_cpu_takes_the_faster(small_graph) -> None:
     assert res.backend == "eager" and res.fallbacks[0].reason == "build failed"
 
 
+def test_the_cpu_probe_takes_turns_so_a_burst_of_load_hits_every_candidate(small_graph) -> None:
+    import time as _time
+
+    from rt_portrait.engines.resolver import probe_ms
+
+    calls: list[str] = []
+
+    class Timed(_Fake):
+        def __init__(self, name: str, cost_s: float) -> None:
+            super().__init__(name, small_graph)
+            self.cost_s = cost_s
+
+        def __call__(self, cond, noise):
+            calls.append(self.name)
+            timed = len(calls) - 2  # after one warm-up round of the two
+            burst = 0.2 if 0 < timed <= 4 else 0.0  # the machine busy for a moment
+            _time.sleep(self.cost_s + burst)
+            return noise
+
+    engines = {"fast": Timed("fast", 0.0), "slow": Timed("slow", 0.05)}
+    cond, noise = torch.zeros(1, 1, 8, 8), torch.zeros(1, 3, 8, 8)
+    got = probe_ms(engines, cond, noise, runs=5, warmup=1)
+    assert calls == ["fast", "slow"] * 6  # in turn: the burst took two runs of each
+    assert got["fast"] < 40 < got["slow"] < 200  # timed one after the other, "fast" lost 4 of 5
+
+
+def test_onnxruntime_does_not_spin_between_runs(random_weights, tmp_path) -> None:
+    """ORT's CPU pool busy-waits by default, taking the cores the rest of the frame needs."""
+    from rt_portrait.engines.onnx_export import export_onnx
+    from rt_portrait.engines.ort import OrtEngine
+
+    info = export_onnx(load_graph(random_weights), tmp_path / "g.onnx", 64)
+    engine = OrtEngine.from_files([info.path], threads=2)
+    options = engine._session(64).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_an_explicit_backend_that_fails_is_an_error_naming_the_reason(small_graph) -> None:
     g = small_graph
     factories = {

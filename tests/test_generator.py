@@ -10,6 +10,7 @@ import torch
 from rt_portrait.core.fill import (
     dilate,
     erode,
+    gaussian_blur,
     mirror_fill,
     nearest_seed,
     nearest_seed_jfa,
@@ -36,6 +37,28 @@ def test_dilate_and_erode_are_the_square_max_and_min(radius: int) -> None:
     assert torch.equal(erode(x, radius), -F.max_pool2d(-x[None, None], k, 1, radius)[0, 0])
     with pytest.raises(ValueError, match="radius"):
         dilate(x, -1)
+
+
+@pytest.mark.parametrize("sigma", [0.7, 2.0, 4.0])
+def test_gaussian_blur_on_the_cpu_is_the_depthwise_convolution(sigma: float) -> None:
+    """The shifted-slice passes give the separable depthwise convolution they replaced (and
+    still run elsewhere than on the CPU), replicate border and NaN spread included."""
+    import torch.nn.functional as F
+
+    x = torch.rand(2, 3, 37, 53)
+    x[1, 2, 10:14, 20:30] = float("nan")  # the warp fill blurs a flow masked with NaN
+    r = max(1, int(3 * sigma + 0.5))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma * sigma))
+    k = k / k.sum()
+    rows = F.conv2d(
+        F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3
+    )
+    want = F.conv2d(
+        F.pad(rows, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3
+    )
+    got = gaussian_blur(x, sigma)
+    assert torch.equal(got.isnan(), want.isnan()) and bool(got.isnan().any())
+    assert torch.allclose(got.nan_to_num(), want.nan_to_num(), atol=1e-6)
 
 
 def _landmarks(shift: float = 0.0) -> torch.Tensor:

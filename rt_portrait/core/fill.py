@@ -172,16 +172,33 @@ def source_area_ratio(flow: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, C, H, W) separable Gaussian blur, replicate-padded (sigma in pixels)."""
+    """(B, C, H, W) separable Gaussian blur, replicate-padded (sigma in pixels).
+
+    On the CPU each pass is a weighted sum of shifted slices: depthwise convolutions cost
+    1.1-8x as much there (sigma 0.7-12 at 256^2, one thread; e.g. 4.1 against 1.0 ms for the
+    warp fill's 4-channel soften), for the same result within 3e-7. Elsewhere, two depthwise
+    convolutions (one launch a pass instead of one per tap)."""
     r = max(1, int(3 * sigma + 0.5))
     t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(t**2) / (2 * sigma * sigma))
     k = k / k.sum()
+    if x.device.type == "cpu":
+        return _blur_rows(_blur_rows(x, k.tolist(), r, -1), k.tolist(), r, -2)
     c = x.shape[1]
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(
         F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c
     )
+
+
+def _blur_rows(x: torch.Tensor, k: list[float], r: int, dim: int) -> torch.Tensor:
+    """One pass of :func:`gaussian_blur` along ``dim`` (-1 or -2) as shifted slices."""
+    n = x.shape[dim]
+    p = F.pad(x, (r, r, 0, 0) if dim == -1 else (0, 0, r, r), mode="replicate")
+    out = p.narrow(dim, 0, n) * k[0]
+    for i in range(1, 2 * r + 1):
+        out.add_(p.narrow(dim, i, n), alpha=k[i])
+    return out
 
 
 def warp_batch(images: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:

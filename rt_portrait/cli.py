@@ -211,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's own, one per core, for one stream; 1 for "
-        "serve, whose sessions run side by side in threads of their own)",
+        help="torch CPU threads (default: torch's own, one per core; for serve, the cores "
+        "shared among its --max-sessions, at least 1, as its sessions run side by side)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

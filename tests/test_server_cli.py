@@ -97,7 +97,7 @@ def test_animate_without_a_face_anywhere_is_an_error(
     assert not out.exists() and not list(tmp_path.glob("*.part*"))
 
 
-def test_threads_default_to_torchs_own_for_one_stream_and_one_for_serve(
+def test_threads_default_to_torchs_own_and_serve_shares_the_cores_among_its_sessions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
@@ -112,7 +112,10 @@ def test_threads_default_to_torchs_own_for_one_stream_and_one_for_serve(
     assert main(["--threads", "3", *missing, "-o", str(tmp_path / "b.mp4")]) == 2
     assert calls == [3]
     assert build_parser().parse_args(["serve"]).threads is None
-    assert serve_threads(None) == 1 and serve_threads(2) == 2
+    assert serve_threads(None, max_sessions=4, cores=2) == 1  # every slot busy: no oversubscription
+    assert serve_threads(None, max_sessions=1, cores=2) == 2  # one person: the whole machine
+    assert serve_threads(None, max_sessions=4, cores=16) == 4
+    assert serve_threads(3, max_sessions=4, cores=2) == 3  # asked for
 
 
 def test_animate_with_partial_coverage_warns_with_the_count(

@@ -951,7 +951,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-sessions",
         type=int,
         default=d.max_sessions,
-        help=f"sessions at once (default {d.max_sessions})",
+        help=f"sessions at once (default {d.max_sessions}); without --threads, the cores are "
+        "shared among them (1: one person's server gets them all)",
     )
     parser.add_argument(
         "--max-viewers",
@@ -1053,11 +1054,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def serve_threads(requested: int | None) -> int:
-    """The server's torch intra-op threads: ``requested``, else 1. Sessions run side by side
-    in threads of their own, and one intra-op thread each keeps them from oversubscribing the
-    cores (a single stream, ``animate`` or ``cam``, uses torch's default of one per core)."""
-    return 1 if requested is None else requested
+def serve_threads(requested: int | None, max_sessions: int, cores: int) -> int:
+    """The server's torch intra-op threads: ``requested``, else the ``cores`` shared among the
+    session slots (at least 1). Sessions run side by side in threads of their own, so with
+    every slot busy none oversubscribes the cores; a server for one person
+    (``--max-sessions 1``) gets them all (the 1-step loop on the 2-core development CPU: 18-21
+    fps with two threads, 14 with one)."""
+    if requested is not None:
+        return requested
+    return max(1, cores // max(1, max_sessions))
 
 
 def run_from_args(args: argparse.Namespace) -> None:
@@ -1066,9 +1071,12 @@ def run_from_args(args: argparse.Namespace) -> None:
     use_allocator(config.allocator)  # may replace the process: before any thread or socket
     import torch
 
-    torch.set_num_threads(serve_threads(getattr(args, "threads", None)))
+    torch.set_num_threads(
+        serve_threads(getattr(args, "threads", None), config.max_sessions, torch.get_num_threads())
+    )
     tune_malloc(config.malloc_arenas, config.malloc_mmap_threshold_kb)  # process-wide: not in build_app
     log.info("native allocator: %s", loaded_allocator())
+    log.info("torch intra-op threads: %d (%d sessions at most)", torch.get_num_threads(), config.max_sessions)
     print(f"rt-portrait server on http://{config.host}:{config.port}/", flush=True)
     web.run_app(
         build_app(config),

@@ -19,7 +19,7 @@ def working_graph(graph: GeneratorGraph, precision: Precision) -> tuple[Generato
     working precision where that is faster than autocast (``core.cpu.casts_weights``, then
     with no autocast), else the graph itself."""
     device = next(graph.parameters()).device
-    if precision.name != "float32" and casts_weights(device, precision.name):
+    if casts_weights(device, precision.name):
         return graph.cast(precision.torch_dtype), Precision("float32")
     return graph, precision
 

@@ -183,7 +183,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = torch.exp(-(t**2) / (2 * sigma * sigma))
     k = k / k.sum()
     if x.device.type == "cpu":
-        return _blur_rows(_blur_rows(x, k.tolist(), r, -1), k.tolist(), r, -2)
+        taps = k.tolist()
+        return _blur_rows(_blur_rows(x, taps, r, -1), taps, r, -2)
     c = x.shape[1]
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(

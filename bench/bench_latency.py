@@ -121,7 +121,9 @@ def portrait_file(size: int, folder: Path) -> Path:
     return path
 
 
-async def run_bench(sizes: list[int], seconds: float, warmup: float, max_n: int) -> list[Result]:
+async def run_bench(
+    sizes: list[int], seconds: float, warmup: float, max_n: int, server_args: list[str] | None = None
+) -> list[Result]:
     from _webrtc_client import ServerProcess
 
     results: list[Result] = []
@@ -138,7 +140,7 @@ async def run_bench(sizes: list[int], seconds: float, warmup: float, max_n: int)
                     str(source),
                     "--max-sessions",
                     str(max(max_n, 1) + 1),
-                ] + (["--echo"] if echo else [])
+                ] + (["--echo"] if echo else [*(server_args or [])])
                 server = ServerProcess(extra)
                 try:
                     await server.wait_ready()
@@ -195,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-sessions", type=int, default=6, help="upper bound of the concurrency ramp")
     ap.add_argument("--quick", action="store_true", help="4 s windows, ramp to 3")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--server-args",
+        default="",
+        help='more flags for the animating server, e.g. "--generator diffusion --threads 1"',
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.max_sessions = 4.0, 2.0, min(args.max_sessions, 3)
-    results = asyncio.run(run_bench(args.sizes, args.seconds, args.warmup, args.max_sessions))
+    results = asyncio.run(
+        run_bench(args.sizes, args.seconds, args.warmup, args.max_sessions, args.server_args.split())
+    )
     print()
     print(summary(results))
     if args.json:

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's own, one per core; for serve, the cores "
+        help="torch CPU threads (default: torch's own, one per core; for serve, the cores but one "
         "shared among its --max-sessions, at least 1, as its sessions run side by side)",
     )
     sub = parser.add_subparsers(dest="command", required=True)

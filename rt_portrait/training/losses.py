@@ -37,15 +37,31 @@ def weighted_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (x * w).sum() / w.sum().clamp_min(1e-6)
 
 
+PIXEL_LOSSES = ("l1", "mse")
+
+
 def l1_ssim(
-    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, ssim_weight: float = 0.5
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    ssim_weight: float = 0.5,
+    pixel: str = "l1",
 ) -> torch.Tensor:
-    """Weighted L1 + ssim_weight x (1 - SSIM) of images in [0, 1]."""
-    l1 = weighted_mean((pred - target).abs(), weight)
+    """Weighted L1 (or, with ``pixel="mse"``, squared error) + ssim_weight x (1 - SSIM) of
+    images in [0, 1].
+
+    Squared error alone is the flow-matching objective: its minimiser at every noise level is
+    the conditional mean E[x0 | x_t], the only prediction the deterministic multi-step sampler
+    integrates exactly. L1's minimiser is the conditional median, which is sharper in one step
+    but drifts over many (README: "A teacher for the students")."""
+    if pixel not in PIXEL_LOSSES:
+        raise ValueError(f"unknown pixel loss {pixel!r}; choose from {PIXEL_LOSSES}")
+    diff = pred - target
+    base = weighted_mean(diff * diff if pixel == "mse" else diff.abs(), weight)
     if ssim_weight == 0:
-        return l1
+        return base
     s = ssim_map(pred, target)
-    return l1 + ssim_weight * weighted_mean(1 - s, weight)
+    return base + ssim_weight * weighted_mean(1 - s, weight)
 
 
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])  # also the sharpness metric's

@@ -67,7 +67,7 @@ from rt_portrait.training.dataset import (
     make_batch_device,
 )
 from rt_portrait.training.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, patch_weights
-from rt_portrait.training.losses import l1_ssim, texture_loss
+from rt_portrait.training.losses import PIXEL_LOSSES, l1_ssim, texture_loss
 
 log = logging.getLogger(__name__)
 MODES = ("teacher", "distill", "regress", "adversarial")
@@ -98,6 +98,7 @@ class TrainConfig:
     channels: int = 24
     p_t1: float = 0.2  # share of each teacher batch at t = 1; 1.0 tunes the one-step output alone
     ssim_weight: float = 0.5  # loss = L1 + ssim_weight * (1 - SSIM), weighted up on the head
+    pixel_loss: str = "l1"  # the per-pixel term: "l1", or "mse" (the flow-matching objective; .losses)
     texture_weight: float = 0.0  # + texture_weight * texture_loss (local detail energy, see .losses)
     drop_motion: float = 0.1
     drop_identity: float = 0.1
@@ -262,7 +263,7 @@ def image_loss(
     pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, cfg: TrainConfig
 ) -> torch.Tensor:
     """The loss of every mode against a real (or teacher) image: L1 + SSIM (+ texture)."""
-    loss = l1_ssim(pred, target, weight, cfg.ssim_weight)
+    loss = l1_ssim(pred, target, weight, cfg.ssim_weight, cfg.pixel_loss)
     if cfg.texture_weight:
         loss = loss + cfg.texture_weight * texture_loss(pred, target, weight)
     return loss
@@ -370,6 +371,7 @@ def _export(run: _Run) -> Path:
         "train_minutes": f"{run.elapsed / 60:.1f}",
         "p_t1": str(cfg.p_t1) if cfg.mode == "teacher" else "",
         "ssim_weight": str(cfg.ssim_weight),
+        "pixel_loss": cfg.pixel_loss,
         "texture_weight": str(cfg.texture_weight),
         "init": cfg.init.name if cfg.init is not None else "",
         "batch": str(cfg.batch),
@@ -451,6 +453,8 @@ def run(cfg: TrainConfig, cache: PairCache | None = None) -> _Run:
         raise ValueError(f"unknown mode {cfg.mode!r}; choose from {MODES}")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose from {SCHEDULES}")
+    if cfg.pixel_loss not in PIXEL_LOSSES:
+        raise ValueError(f"unknown pixel loss {cfg.pixel_loss!r}; choose from {PIXEL_LOSSES}")
     if cfg.batches not in BATCHES:
         raise ValueError(f"unknown batches {cfg.batches!r}; choose from {BATCHES}")
     torch.set_num_threads(cfg.threads)

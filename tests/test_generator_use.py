@@ -319,6 +319,19 @@ def test_the_two_step_student_serves_two_steps() -> None:
     assert "research" in meta["data"]
 
 
+def test_the_teacher_serves_its_own_steps() -> None:
+    """The shipped teacher (session 26) is what 3 or more steps load, and ``eval``'s teacher
+    method reads its step count from its metadata."""
+    from rt_portrait.generator import diffusion, select
+
+    if not diffusion.TEACHER_WEIGHTS.is_file():
+        pytest.skip(f"no teacher is installed ({diffusion.TEACHER_WEIGHTS} is absent)")
+    assert diffusion.default_weights(16) == diffusion.default_weights(3) == diffusion.TEACHER_WEIGHTS
+    meta = weights_metadata(select.teacher_weights())
+    assert (meta["mode"], meta["steps"], meta["p_t1"]) == ("teacher", "16", "0.2")
+    assert "research" in meta["data"]
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_shipped_weights_beat_the_warp_on_a_talking_face(steps: int) -> None:
     """On a registry talking-face clip (not in the training data), the refined output (the

@@ -66,7 +66,7 @@ def default_weights(steps: int = 1) -> Path:
 
 
 def teacher_weights() -> Path:
-    """Where the shipped teacher's weights are (they may be absent: none ships today)."""
+    """Where the shipped teacher's weights are (session 26; a checkout may lack them)."""
     from rt_portrait.generator.diffusion import TEACHER_WEIGHTS
 
     return Path(TEACHER_WEIGHTS)

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--server-args",
         default="",
-        help='more flags for the animating server, e.g. "--generator diffusion --threads 1"',
+        help='more flags for the animating server (server/app.py\'s), e.g. "--generator diffusion --fps 15"',
     )
     args = ap.parse_args(argv)
     if args.quick:

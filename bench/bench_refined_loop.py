@@ -37,12 +37,13 @@ SETTINGS = {  # name: AnimatorConfig generator options
     "refined (2 steps)": {"generator": "diffusion", "steps": 2},
     "warp only": {"generator": "warp"},
 }
-if teacher_weights().is_file():  # no student stands in for it: only the teacher's own file
-    _steps = int(weights_metadata(teacher_weights()).get("steps") or TEACHER_STEPS)
+_TEACHER = teacher_weights()
+if _TEACHER.is_file():  # no student stands in for it: only the teacher's own file
+    _steps = int(weights_metadata(_TEACHER).get("steps") or TEACHER_STEPS)
     SETTINGS[f"teacher ({_steps} steps)"] = {
         "generator": "diffusion",
         "steps": _steps,
-        "generator_weights": str(teacher_weights()),
+        "generator_weights": str(_TEACHER),
     }
 
 pytestmark = pytest.mark.skipif(not default_weights(1).is_file(), reason="no generator weights installed")
